@@ -1,0 +1,29 @@
+# `make test` sets up .venv (torch 2.13.0 CPU first, so nothing pulls the CUDA build) and runs the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(PY) -m ruff check hf_encoders tests benchmarks
+	$(PY) -m ruff format --check hf_encoders tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/bench_encoder_cpu.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,169 @@
+"""Configurations of the hf_encoders model families, written the transformers 5 way (dataclass fields).
+
+This file is copied next to every saved checkpoint so that `trust_remote_code=True` works without the package:
+it imports only `transformers` (and the standard library).
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers.configuration_utils import PreTrainedConfig
+
+HIDDEN_ACTIVATIONS = ("gelu", "geglu", "swiglu")
+NORM_TYPES = ("layernorm", "rmsnorm")
+POSITION_EMBEDDING_TYPES = ("rope", "absolute")
+CLASSIFIER_POOLINGS = ("cls", "mean")
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+
+
+def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"`{name}`={value!r} is not supported; choose one of {', '.join(map(repr, allowed))}.")
+
+
+def _check_positive(config: PreTrainedConfig, *names: str) -> None:
+    for name in names:
+        if getattr(config, name) <= 0:
+            raise ValueError(f"`{name}` must be a positive integer, got {getattr(config, name)}.")
+
+
+def _check_probability(config: PreTrainedConfig, *names: str) -> None:
+    for name in names:
+        if not 0.0 <= getattr(config, name) < 1.0:
+            raise ValueError(f"`{name}` is a dropout probability and must lie in [0, 1), got {getattr(config, name)}.")
+
+
+@strict
+class EncoderConfig(PreTrainedConfig):
+    r"""
+    Configuration of the hf_encoders encoder family (`EncoderModel` and its heads), a BERT/ModernBERT-like bidirectional
+    transformer: pre-norm layers, RoPE or absolute positions, GLU feed-forward blocks, optional alternating
+    local/global attention.
+
+    Args:
+        vocab_size: size of the token vocabulary.
+        hidden_size: width of the residual stream.
+        num_hidden_layers: number of transformer layers.
+        num_attention_heads: attention heads per layer; must divide `hidden_size`.
+        intermediate_size: width of the feed-forward block (of each half for the GLU activations).
+        hidden_activation: `"gelu"` (plain MLP), `"geglu"` or `"swiglu"` (gated linear units).
+        norm_type: `"layernorm"` or `"rmsnorm"`.
+        norm_eps: epsilon of the normalisation layers.
+        norm_bias: whether LayerNorm has a bias (ignored by RMSNorm).
+        position_embedding_type: `"rope"` (rotary, applied to queries and keys) or `"absolute"` (learned table).
+        rope_theta: base of the rotary frequencies.
+        max_position_embeddings: longest sequence the model accepts.
+        local_attention: total width of the sliding window of local layers (each token sees `local_attention // 2`
+            tokens on either side). Set together with `global_attn_every_n_layers`; all layers are global when unset.
+        global_attn_every_n_layers: every n-th layer (from the first) is global, the others are local.
+        attention_bias / mlp_bias / decoder_bias / classifier_bias: biases of the projections.
+        embedding_dropout / attention_dropout / hidden_dropout / classifier_dropout: dropout probabilities of the
+            embeddings, the attention probabilities, the residual branches and the classification heads.
+        initializer_range: standard deviation of the (truncated normal) weight initialisation.
+        initializer_cutoff_factor: truncation of the initialisation at this many standard deviations.
+        classifier_pooling: `"cls"` (first token) or `"mean"` (mean over non-padding tokens) for `pooler_output` and
+            the sequence-classification head.
+        sparse_prediction: compute the masked-LM vocabulary projection only where `labels != -100`.
+        pad/bos/eos/cls/sep/mask_token_id: ids of the special tokens.
+        tie_word_embeddings: share the masked-LM decoder matrix with the input embeddings.
+
+    Example:
+
+    ```python
+    >>> from hf_encoders import EncoderConfig, EncoderForMaskedLM
+    >>> config = EncoderConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512)
+    >>> model = EncoderForMaskedLM(config)
+    ```"""
+
+    model_type = "hf_encoder"
+
+    vocab_size: int = 32768
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 2048
+    hidden_activation: str = "geglu"
+    norm_type: str = "layernorm"
+    norm_eps: float | int = 1e-5
+    norm_bias: bool = False
+    position_embedding_type: str = "rope"
+    rope_theta: float | int = 10000.0
+    max_position_embeddings: int = 1024
+    local_attention: int | None = None
+    global_attn_every_n_layers: int | None = None
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    decoder_bias: bool = True
+    classifier_bias: bool = False
+    embedding_dropout: float | int = 0.0
+    attention_dropout: float | int = 0.0
+    hidden_dropout: float | int = 0.0
+    classifier_dropout: float | int = 0.0
+    initializer_range: float | int = 0.02
+    initializer_cutoff_factor: float | int = 2.0
+    classifier_pooling: str = "cls"
+    sparse_prediction: bool = False
+    pad_token_id: int | None = 0
+    cls_token_id: int | None = 1
+    sep_token_id: int | None = 2
+    mask_token_id: int | None = 3
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        _check_positive(
+            self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            "max_position_embeddings",
+        )  # fmt: skip
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
+                f"({self.num_attention_heads}); the remainder is {self.hidden_size % self.num_attention_heads}."
+            )
+        if self.position_embedding_type == "rope" and (self.hidden_size // self.num_attention_heads) % 2:
+            raise ValueError(
+                f"RoPE needs an even head dimension, but `hidden_size` / `num_attention_heads` = "
+                f"{self.hidden_size // self.num_attention_heads}."
+            )
+        _check_choice("hidden_activation", self.hidden_activation, HIDDEN_ACTIVATIONS)
+        _check_choice("norm_type", self.norm_type, NORM_TYPES)
+        _check_choice("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDING_TYPES)
+        _check_choice("classifier_pooling", self.classifier_pooling, CLASSIFIER_POOLINGS)
+        _check_probability(self, "embedding_dropout", "attention_dropout", "hidden_dropout", "classifier_dropout")
+        if (self.local_attention is None) != (self.global_attn_every_n_layers is None):
+            raise ValueError(
+                "`local_attention` and `global_attn_every_n_layers` go together: set both for alternating "
+                f"local/global attention, or neither for global attention in every layer (got local_attention="
+                f"{self.local_attention}, global_attn_every_n_layers={self.global_attn_every_n_layers})."
+            )
+        if self.local_attention is not None:
+            if self.local_attention < 2 or self.local_attention % 2:
+                raise ValueError(f"`local_attention` must be an even window width >= 2, got {self.local_attention}.")
+            if self.global_attn_every_n_layers <= 0:
+                raise ValueError(
+                    f"`global_attn_every_n_layers` must be a positive integer, got {self.global_attn_every_n_layers}."
+                )
+        attn_implementation = kwargs.get("attn_implementation")
+        if attn_implementation is not None and not attn_implementation.startswith("kernels-community/"):
+            _check_choice("attn_implementation", attn_implementation, ATTENTION_IMPLEMENTATIONS)
+        super().__post_init__(**kwargs)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def layer_types(self) -> list[str]:
+        """`"full_attention"` or `"sliding_attention"` for each layer, from the local/global alternation."""
+        every = self.global_attn_every_n_layers
+        return [
+            "full_attention" if every is None or i % every == 0 else "sliding_attention"
+            for i in range(self.num_hidden_layers)
+        ]
+
+    @property
+    def sliding_window(self) -> int | None:
+        """Tokens seen on each side by local layers (what `transformers.masking_utils` reads)."""
+        return None if self.local_attention is None else self.local_attention // 2
+
+
+__all__ = ["EncoderConfig"]

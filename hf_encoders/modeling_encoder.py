@@ -1,0 +1,699 @@
+"""The hf_encoders encoder family: shared building blocks (norm, RoPE, attention, MLP, layer), `EncoderModel` and its
+heads.
+
+A modern BERT: pre-norm layers, rotary or absolute positions, gated (GLU) feed-forward blocks, optional alternating
+local/global attention, and a padding-free path where sequences packed back to back (one row of `total` tokens with
+`position_ids` restarting per sequence, or `cu_seq_lens_q`, as `DataCollatorWithFlattening` produces) attend only
+within their own sequence. The attention math lives once, in `eager_attention_forward` and transformers'
+`ALL_ATTENTION_FUNCTIONS` (sdpa, flex_attention, flash_attention_2, ...); masks come from `transformers.masking_utils`.
+
+This file is copied next to every saved checkpoint for `trust_remote_code=True`: it imports only `torch`,
+`transformers` and its sibling `configuration_hf_encoders`.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.masking_utils import create_bidirectional_mask, create_bidirectional_sliding_window_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
+from transformers.utils.generic import can_return_tuple, is_flash_attention_requested
+from transformers.utils.import_utils import is_torchdynamo_compiling
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_hf_encoders import EncoderConfig
+
+# Auto classes under which every checkpoint of the family is saved (`auto_map`), so that a folder saved from one
+# head also loads through the others with `trust_remote_code=True` (a masked-LM checkpoint as `AutoModel`, say).
+ENCODER_AUTO_MAP = {
+    "AutoConfig": "configuration_hf_encoders.EncoderConfig",
+    "AutoModel": "modeling_encoder.EncoderModel",
+    "AutoModelForMaskedLM": "modeling_encoder.EncoderForMaskedLM",
+    "AutoModelForSequenceClassification": "modeling_encoder.EncoderForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_encoder.EncoderForTokenClassification",
+}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Input checks: bad input gets a ValueError that says what is wrong, never an index error from deep inside torch.
+
+
+def check_token_ids(ids: torch.Tensor, vocab_size: int, name: str = "input_ids", ignore_index: int | None = None):
+    """Raise a ValueError if `ids` (ignoring `ignore_index`) fall outside `[0, vocab_size)`. One host sync."""
+    if is_torchdynamo_compiling() or ids.numel() == 0:
+        return
+    if ignore_index is not None:
+        ids = ids.masked_fill(ids == ignore_index, 0)
+    low, high = torch.stack(torch.aminmax(ids)).tolist()
+    if low < 0:
+        raise ValueError(f"`{name}` contains negative ids (smallest {low}); ids must lie in [0, {vocab_size}).")
+    if high >= vocab_size:
+        raise ValueError(
+            f"`{name}` contains id {high}, {high - vocab_size + 1} beyond the vocabulary: vocab_size is {vocab_size}, "
+            f"so ids must lie in [0, {vocab_size})."
+        )
+
+
+def check_sequence_length(length: int, max_position_embeddings: int, name: str = "input_ids") -> None:
+    if length == 0:
+        raise ValueError(f"`{name}` is empty (sequence length 0): give at least one token.")
+    if length > max_position_embeddings:
+        raise ValueError(
+            f"`{name}` has sequences of {length} tokens, {length - max_position_embeddings} more than "
+            f"max_position_embeddings={max_position_embeddings}; truncate them (e.g. tokenizer(..., truncation=True, "
+            f"max_length={max_position_embeddings}))."
+        )
+
+
+def check_attention_mask(attention_mask: torch.Tensor | None, input_shape: torch.Size, name: str = "input_ids"):
+    if attention_mask is None or attention_mask.ndim == 4:  # 4D masks are prepared by the caller, used as they are
+        return
+    if tuple(attention_mask.shape) != tuple(input_shape):
+        raise ValueError(
+            f"`attention_mask` has shape {tuple(attention_mask.shape)} but `{name}` has shape {tuple(input_shape)}; "
+            "they must match (batch_size, sequence_length)."
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Padding-free batches
+
+
+@dataclass
+class PackedBatch:
+    """Layout of a padding-free batch: `num_sequences` sequences laid back to back in one row of `total` tokens.
+
+    Token-wise work (projections, MLP, norms) runs on the `total` real tokens only. Attention kernels without a
+    variable-length mode (eager, sdpa, flex) see the sequences re-padded to `(num_sequences, max_length)` with
+    `pad`, and their output comes back with `unpad`; flash attention reads `cu_seq_lens` directly.
+    """
+
+    cu_seq_lens: torch.Tensor  # (num_sequences + 1,) int32 offsets of the sequences in the row
+    max_length: int  # longest sequence
+    index: torch.Tensor  # (total,) where each token sits in the flattened (num_sequences, max_length) grid
+    padding_mask: torch.Tensor  # (num_sequences, max_length), True on real tokens
+    position_ids: torch.Tensor  # (1, total) position of each token inside its sequence
+
+    @classmethod
+    def from_cu_seq_lens(cls, cu_seq_lens: torch.Tensor, total: int) -> "PackedBatch":
+        cu = cu_seq_lens.to(torch.long).flatten()
+        lengths = cu.diff()
+        first, last, shortest, longest = torch.stack([cu[0], cu[-1], lengths.min(), lengths.max()]).tolist()
+        if first != 0 or last != total or shortest <= 0:
+            raise ValueError(
+                f"`cu_seq_lens_q` must rise strictly from 0 to the number of tokens ({total}); got {cu.tolist()}."
+            )
+        device = cu.device
+        sequence = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths, output_size=total)
+        position = torch.arange(total, device=device) - cu[:-1][sequence]
+        return cls(
+            cu_seq_lens=cu.to(torch.int32),
+            max_length=longest,
+            index=sequence * longest + position,
+            padding_mask=torch.arange(longest, device=device) < lengths[:, None],
+            position_ids=position[None],
+        )
+
+    @classmethod
+    def from_position_ids(cls, position_ids: torch.Tensor) -> "PackedBatch":
+        """A new sequence starts wherever the position does not continue the previous token's."""
+        positions = position_ids.flatten()
+        starts = torch.ones_like(positions, dtype=torch.bool)
+        starts[1:] = positions[1:] != positions[:-1] + 1
+        cu = torch.cat([starts.nonzero().flatten(), positions.new_tensor([positions.numel()])])
+        return cls.from_cu_seq_lens(cu, positions.numel())
+
+    @property
+    def num_sequences(self) -> int:
+        return self.padding_mask.shape[0]
+
+    def pad(self, packed: torch.Tensor) -> torch.Tensor:
+        """(1, total, *rest) -> (num_sequences, max_length, *rest), zeros on padding."""
+        rest = packed.shape[2:]
+        padded = packed.new_zeros(self.padding_mask.numel(), *rest)
+        padded = padded.index_copy(0, self.index, packed[0])
+        return padded.view(*self.padding_mask.shape, *rest)
+
+    def unpad(self, padded: torch.Tensor) -> torch.Tensor:
+        """(num_sequences, max_length, *rest) -> (1, total, *rest)."""
+        return padded.flatten(0, 1).index_select(0, self.index)[None]
+
+
+def packed_batch_from_inputs(
+    input_shape: torch.Size,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+    cu_seq_lens_q: torch.Tensor | None = None,
+) -> PackedBatch | None:
+    """The padding-free layout of a batch, or None for an ordinary (padded) batch."""
+    if cu_seq_lens_q is None and position_ids is None:
+        return None
+    batch_size, total = input_shape
+    if batch_size != 1 or attention_mask is not None:
+        if cu_seq_lens_q is not None:
+            raise ValueError(
+                "Padding-free batches (`cu_seq_lens_q`) hold all sequences in one row of shape (1, total_tokens) "
+                f"without an `attention_mask`; got batch size {batch_size}"
+                + (" and an attention_mask." if attention_mask is not None else ".")
+            )
+        return None
+    packed = (
+        PackedBatch.from_cu_seq_lens(cu_seq_lens_q, total)
+        if cu_seq_lens_q is not None
+        else PackedBatch.from_position_ids(position_ids)
+    )
+    return packed if packed.num_sequences > 1 else None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def make_norm(config: EncoderConfig) -> nn.Module:
+    if config.norm_type == "rmsnorm":
+        return nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
+    return nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
+
+
+class EncoderEmbeddings(nn.Module):
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = (
+            nn.Embedding(config.max_position_embeddings, config.hidden_size)
+            if config.position_embedding_type == "absolute"
+            else None
+        )
+        self.norm = make_norm(config)
+        self.dropout = nn.Dropout(config.embedding_dropout)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        position_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        embeddings = self.tok_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        if self.position_embeddings is not None:
+            embeddings = embeddings + self.position_embeddings(position_ids)
+        return self.dropout(self.norm(embeddings))
+
+
+class EncoderRotaryEmbedding(nn.Module):
+    """Rotary position embeddings: the cos/sin tables for given positions, shared by all layers."""
+
+    inv_freq: torch.Tensor
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.register_buffer("inv_freq", self.compute_inv_freq(config), persistent=False)
+
+    @staticmethod
+    def compute_inv_freq(config: EncoderConfig) -> torch.Tensor:
+        dim = config.head_dim
+        return 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(device_type=x.device.type, enabled=False):  # angles in float32
+            freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)
+            emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate queries and keys laid out as (batch, seq, heads, head_dim) (`unsqueeze_dim=2`, the default) or
+    (batch, heads, seq, head_dim) (`unsqueeze_dim=1`) by the (batch, seq, head_dim) tables `cos` and `sin`."""
+    cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference attention on (batch, heads, seq, head_dim) inputs; returns (batch, seq, heads, head_dim) and the
+    attention probabilities. `attention_mask` is a boolean (True = attend) or additive float mask."""
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            attn_weights = attn_weights.masked_fill(~attention_mask, torch.finfo(attn_weights.dtype).min)
+        else:
+            attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class EncoderAttention(nn.Module):
+    """Bidirectional multi-head self-attention with a fused QKV projection, dispatched through
+    `ALL_ATTENTION_FUNCTIONS` by `config._attn_implementation`."""
+
+    def __init__(self, config: EncoderConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.attention_dropout = config.attention_dropout
+        # flash attention's window is inclusive on both sides: `sliding_window + 1` there equals `sliding_window` in
+        # the masks of `masking_utils` (|i - j| <= config.sliding_window)
+        self.sliding_window = (
+            config.sliding_window + 1 if config.layer_types[layer_idx] == "sliding_attention" else None
+        )
+        self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attention_bias)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        packed: PackedBatch | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        qkv = self.qkv_proj(hidden_states).view(*input_shape, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.unbind(dim=-3)  # each (batch, seq, heads, head_dim)
+        if position_embeddings is not None:
+            query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+
+        repad = packed is not None and not is_flash_attention_requested(self.config)
+        if repad:
+            query, key, value = packed.pad(query), packed.pad(key), packed.pad(value)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query.transpose(1, 2),
+            key.transpose(1, 2),
+            value.transpose(1, 2),
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            sliding_window=self.sliding_window,
+            **kwargs,
+        )
+        if repad:
+            attn_output = packed.unpad(attn_output)
+        return self.o_proj(attn_output.reshape(*input_shape, -1)), attn_weights
+
+
+class EncoderMLP(nn.Module):
+    """Feed-forward block: `act(x W_up) W_down`, or the gated `(act(x W_a) * x W_b) W_down` for geglu/swiglu."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.gated = config.hidden_activation in ("geglu", "swiglu")
+        self.act = ACT2FN["silu" if config.hidden_activation == "swiglu" else "gelu"]
+        self.up_proj = nn.Linear(
+            config.hidden_size, config.intermediate_size * (2 if self.gated else 1), bias=config.mlp_bias
+        )
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.up_proj(hidden_states)
+        if self.gated:
+            hidden_states, gate = hidden_states.chunk(2, dim=-1)
+            return self.down_proj(self.act(hidden_states) * gate)
+        return self.down_proj(self.act(hidden_states))
+
+
+class EncoderLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer layer. The first layer reads the already normalised embeddings, so it has no
+    attention norm of its own."""
+
+    def __init__(self, config: EncoderConfig, layer_idx: int):
+        super().__init__()
+        self.attention_type = config.layer_types[layer_idx]
+        self.attn_norm = nn.Identity() if layer_idx == 0 else make_norm(config)
+        self.attn = EncoderAttention(config, layer_idx)
+        self.mlp_norm = make_norm(config)
+        self.mlp = EncoderMLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        packed: PackedBatch | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        attn_output, _ = self.attn(
+            self.attn_norm(hidden_states), attention_mask, position_embeddings, packed, **kwargs
+        )
+        hidden_states = hidden_states + self.dropout(attn_output)
+        return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
+
+
+class EncoderPredictionHead(nn.Module):
+    """Dense + GELU + norm, applied before the masked-LM decoder and the classifiers."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.classifier_bias)
+        self.act = ACT2FN["gelu"]
+        self.norm = make_norm(config)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.act(self.dense(hidden_states)))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Models
+
+
+class EncoderPreTrainedModel(PreTrainedModel):
+    config_class = EncoderConfig
+    config: EncoderConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["EncoderEmbeddings", "EncoderLayer"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+    _can_record_outputs = {"hidden_states": EncoderLayer, "attentions": EncoderAttention}
+    _family_auto_map = ENCODER_AUTO_MAP
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        """Truncated-normal weights; output projections scaled down by sqrt(2 * num_layers), classifiers by the
+        width (as ModernBERT)."""
+        super()._init_weights(module)
+        config = self.config
+
+        def trunc_normal(layer: nn.Module, std: float):
+            cutoff = config.initializer_cutoff_factor * std
+            init.trunc_normal_(layer.weight, mean=0.0, std=std, a=-cutoff, b=cutoff)
+            if getattr(layer, "bias", None) is not None:
+                init.zeros_(layer.bias)
+
+        std = config.initializer_range
+        out_std = std / math.sqrt(2.0 * config.num_hidden_layers)
+        if isinstance(module, EncoderEmbeddings):
+            trunc_normal(module.tok_embeddings, std)
+            if module.position_embeddings is not None:
+                trunc_normal(module.position_embeddings, std)
+        elif isinstance(module, EncoderAttention):
+            trunc_normal(module.qkv_proj, std)
+            trunc_normal(module.o_proj, out_std)
+        elif isinstance(module, EncoderMLP):
+            trunc_normal(module.up_proj, std)
+            trunc_normal(module.down_proj, out_std)
+        elif isinstance(module, EncoderPredictionHead):
+            trunc_normal(module.dense, out_std)
+        elif isinstance(module, EncoderForMaskedLM) and module.decoder.bias is not None:
+            init.zeros_(module.decoder.bias)
+        elif isinstance(module, (EncoderForSequenceClassification, EncoderForTokenClassification)):
+            trunc_normal(module.classifier, config.hidden_size**-0.5)
+        elif isinstance(module, EncoderRotaryEmbedding):
+            init.copy_(module.inv_freq, module.compute_inv_freq(config))
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # The registered auto class of this head alone would reach `auto_map`; write the whole family.
+        if self.is_remote_code():
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._family_auto_map}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class EncoderModel(EncoderPreTrainedModel):
+    """The bare encoder: `last_hidden_state` and a pooled `pooler_output` embedding (first token or mean over real
+    tokens, by `config.classifier_pooling`; one row per sequence, also for padding-free batches)."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config)
+        self.embeddings = EncoderEmbeddings(config)
+        self.layers = nn.ModuleList(EncoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.final_norm = make_norm(config)
+        self.rotary_emb = EncoderRotaryEmbedding(config) if config.position_embedding_type == "rope" else None
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.tok_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.embeddings.tok_embeddings = value
+
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        input_ids: (batch, seq) token ids; or one row (1, total) of sequences packed back to back, told apart by
+            `position_ids` that restart at each sequence or by `cu_seq_lens_q` (padding-free).
+        attention_mask: (batch, seq), 1 on real tokens and 0 on padding; or a prepared 4D mask.
+        position_ids: positions of the tokens (default 0, 1, ...).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        name = "input_ids" if input_ids is not None else "inputs_embeds"
+        input_shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
+        if len(input_shape) != 2:
+            raise ValueError(f"`{name}` must be 2D (batch_size, sequence_length), got shape {tuple(input_shape)}.")
+        if input_ids is not None:
+            check_token_ids(input_ids, self.config.vocab_size)
+        check_attention_mask(attention_mask, input_shape, name)
+
+        cu_seq_lens_q = kwargs.pop("cu_seq_lens_q", None)
+        for key in ("cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx"):
+            kwargs.pop(key, None)  # recomputed below from `cu_seq_lens_q` or `position_ids`
+        packed = packed_batch_from_inputs(input_shape, attention_mask, position_ids, cu_seq_lens_q)
+        if packed is not None:
+            if position_ids is None:
+                position_ids = packed.position_ids
+            check_sequence_length(packed.max_length, self.config.max_position_embeddings, name)
+        else:
+            check_sequence_length(input_shape[1], self.config.max_position_embeddings, name)
+        if position_ids is None:
+            position_ids = torch.arange(input_shape[1], device=self.device)[None]
+
+        hidden_states = self.embeddings(input_ids, inputs_embeds, position_ids)
+        flash = is_flash_attention_requested(self.config)
+        if packed is not None and flash:
+            kwargs.update(
+                cu_seq_lens_q=packed.cu_seq_lens,
+                cu_seq_lens_k=packed.cu_seq_lens,
+                max_length_q=packed.max_length,
+                max_length_k=packed.max_length,
+            )
+
+        # attention masks, in the padded layout that the attention kernels see
+        mask_embeds, mask_2d = hidden_states, attention_mask
+        if packed is not None and not flash:
+            mask_embeds, mask_2d = hidden_states.new_empty(*packed.padding_mask.shape, 0), packed.padding_mask
+        mask_creators = {
+            "full_attention": create_bidirectional_mask,
+            "sliding_attention": create_bidirectional_sliding_window_mask,
+        }
+        masks = {
+            layer_type: mask_creators[layer_type](self.config, mask_embeds, mask_2d)
+            for layer_type in set(self.config.layer_types)
+        }
+        position_embeddings = self.rotary_emb(hidden_states, position_ids) if self.rotary_emb is not None else None
+
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, masks[layer.attention_type], position_embeddings, packed, **kwargs)
+        hidden_states = self.final_norm(hidden_states)
+
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states, pooler_output=self.pool(hidden_states, attention_mask, packed)
+        )
+
+    def pool(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, packed: PackedBatch | None = None
+    ) -> torch.Tensor:
+        """One embedding per sequence: the first token (`"cls"`) or the mean over real tokens (`"mean"`)."""
+        if packed is not None:
+            hidden_states, attention_mask = packed.pad(hidden_states), packed.padding_mask
+        if self.config.classifier_pooling == "cls":
+            return hidden_states[:, 0]
+        if attention_mask is None or attention_mask.ndim != 2:
+            return hidden_states.mean(dim=1)
+        weights = attention_mask.to(hidden_states.dtype).unsqueeze(-1)
+        return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class EncoderForMaskedLM(EncoderPreTrainedModel):
+    """Masked-language-model head; its decoder matrix is tied to the input embeddings. With
+    `config.sparse_prediction`, the head runs only on positions whose label is not -100, and `logits` has one row per
+    such position."""
+
+    _tied_weights_keys = {"decoder.weight": "model.embeddings.tok_embeddings.weight"}
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config)
+        self.model = EncoderModel(config)
+        self.head = EncoderPredictionHead(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=config.decoder_bias)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear):
+        self.decoder = new_embeddings
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MaskedLMOutput:
+        r"""
+        labels: (batch, seq) ids of the original tokens at masked positions, -100 elsewhere.
+        """
+        outputs = self.model(input_ids, attention_mask, position_ids, inputs_embeds, **kwargs)
+        hidden_states = outputs.last_hidden_state
+        if labels is not None:
+            if labels.shape != hidden_states.shape[:-1]:
+                raise ValueError(
+                    f"`labels` has shape {tuple(labels.shape)} but the input has shape "
+                    f"{tuple(hidden_states.shape[:-1])}; they must match."
+                )
+            check_token_ids(labels, self.config.vocab_size, "labels", ignore_index=-100)
+            if self.config.sparse_prediction:
+                labels = labels.flatten()
+                predicted = labels != -100
+                hidden_states, labels = hidden_states.flatten(0, -2)[predicted], labels[predicted]
+
+        logits = self.decoder(self.head(hidden_states))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+        return MaskedLMOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+class EncoderForSequenceClassification(EncoderPreTrainedModel):
+    """Classification or regression on the pooled embedding (`config.problem_type`: regression,
+    single_label_classification or multi_label_classification, inferred from the labels as in transformers)."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = EncoderModel(config)
+        self.head = EncoderPredictionHead(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> SequenceClassifierOutput:
+        r"""
+        labels: (batch,) class ids, (batch, num_labels) multi-hot floats, or (batch,) / (batch, num_labels) targets
+            for regression.
+        """
+        outputs = self.model(input_ids, attention_mask, position_ids, inputs_embeds, **kwargs)
+        logits = self.classifier(self.dropout(self.head(outputs.pooler_output)))
+        loss = None
+        if labels is not None:
+            if labels.shape[0] != logits.shape[0]:
+                raise ValueError(f"`labels` has {labels.shape[0]} rows for {logits.shape[0]} sequences.")
+            if not labels.is_floating_point() and self.num_labels > 1:
+                check_token_ids(labels, self.num_labels, "labels")
+            loss = self.loss_function(labels, logits, self.config, **kwargs)
+        return SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+class EncoderForTokenClassification(EncoderPreTrainedModel):
+    """A label per token (named entities, tags); -100 labels are ignored."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = EncoderModel(config)
+        self.head = EncoderPredictionHead(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> TokenClassifierOutput:
+        r"""
+        labels: (batch, seq) class ids, -100 on tokens to ignore.
+        """
+        outputs = self.model(input_ids, attention_mask, position_ids, inputs_embeds, **kwargs)
+        logits = self.classifier(self.dropout(self.head(outputs.last_hidden_state)))
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape[:-1]:
+                raise ValueError(
+                    f"`labels` has shape {tuple(labels.shape)} but the input has shape {tuple(logits.shape[:-1])}."
+                )
+            check_token_ids(labels, self.num_labels, "labels", ignore_index=-100)
+            loss = self.loss_function(logits, labels, self.config, **kwargs)
+        return TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+__all__ = [
+    "EncoderPreTrainedModel",
+    "EncoderModel",
+    "EncoderForMaskedLM",
+    "EncoderForSequenceClassification",
+    "EncoderForTokenClassification",
+]

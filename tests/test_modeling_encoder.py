@@ -1,0 +1,446 @@
+"""Behaviour of the encoder family that users rely on, in the spirit of transformers' common model tests."""
+
+import pytest
+import torch
+from conftest import pack, random_batch, tiny_config, unpad
+
+from hf_encoders import (
+    EncoderConfig,
+    EncoderForMaskedLM,
+    EncoderForSequenceClassification,
+    EncoderForTokenClassification,
+    EncoderModel,
+)
+
+ALL_MODEL_CLASSES = [EncoderModel, EncoderForMaskedLM, EncoderForSequenceClassification, EncoderForTokenClassification]
+ARCHITECTURES = {
+    "modernbert-like": {},
+    "bert-like": dict(
+        position_embedding_type="absolute",
+        hidden_activation="gelu",
+        norm_type="layernorm",
+        norm_bias=True,
+        attention_bias=True,
+        mlp_bias=True,
+        local_attention=None,
+        global_attn_every_n_layers=None,
+    ),
+    "llama-like": dict(norm_type="rmsnorm", hidden_activation="swiglu", classifier_pooling="mean"),
+}
+
+
+def build(model_class, seed=0, **overrides):
+    torch.manual_seed(seed)
+    return model_class(tiny_config(**overrides)).eval()
+
+
+def main_output(model, output):
+    return output.last_hidden_state if isinstance(model, EncoderModel) else output.logits
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(hidden_size=30), "`hidden_size` (30) must be divisible by `num_attention_heads` (4)"),
+        (dict(hidden_activation="relu"), "'gelu', 'geglu', 'swiglu'"),
+        (dict(norm_type="batchnorm"), "'layernorm', 'rmsnorm'"),
+        (dict(position_embedding_type="alibi"), "'rope', 'absolute'"),
+        (dict(classifier_pooling="max"), "'cls', 'mean'"),
+        (dict(attn_implementation="fast"), "`attn_implementation`='fast'"),
+        (dict(global_attn_every_n_layers=None), "`local_attention` and `global_attn_every_n_layers` go together"),
+        (dict(local_attention=5), "even window width"),
+        (dict(hidden_dropout=1.5), "`hidden_dropout`"),
+        (dict(num_hidden_layers=0), "`num_hidden_layers` must be a positive integer"),
+    ],
+)
+def test_config_rejects_inconsistent_values(overrides, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        tiny_config(**overrides)
+
+
+def test_config_layer_types_alternate_and_round_trip(tmp_path):
+    config = tiny_config(num_hidden_layers=5, local_attention=8, global_attn_every_n_layers=3)
+    assert config.layer_types == ["full_attention", "sliding_attention", "sliding_attention", "full_attention",
+                                  "sliding_attention"]  # fmt: skip
+    assert config.sliding_window == 4
+    assert EncoderConfig(num_hidden_layers=2).layer_types == ["full_attention"] * 2
+    config.save_pretrained(tmp_path)
+    loaded = EncoderConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == config.to_dict()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Save / load, tying
+
+
+@pytest.mark.parametrize("model_class", ALL_MODEL_CLASSES)
+def test_same_outputs_after_save_and_load(model_class, tmp_path):
+    model = build(model_class, num_labels=3)
+    ids, mask = random_batch(model.config)
+    model.save_pretrained(tmp_path)
+    loaded, info = model_class.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info.values()), info
+    with torch.no_grad():
+        torch.testing.assert_close(main_output(model, model(ids, mask)), main_output(loaded, loaded(ids, mask)))
+    assert (tmp_path / "model.safetensors").exists()
+
+
+def test_base_model_loads_from_head_checkpoint_and_back(tmp_path):
+    mlm = build(EncoderForMaskedLM)
+    ids, mask = random_batch(mlm.config)
+    mlm.save_pretrained(tmp_path)
+    base = EncoderModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(base(ids, mask).last_hidden_state, mlm.model(ids, mask).last_hidden_state)
+
+
+def test_tied_weights_stay_tied_after_load_and_resize(tmp_path):
+    model = build(EncoderForMaskedLM)
+    embeddings = model.get_input_embeddings()
+    assert model.decoder.weight is embeddings.weight
+    model.save_pretrained(tmp_path)
+    loaded = EncoderForMaskedLM.from_pretrained(tmp_path)
+    assert loaded.decoder.weight is loaded.model.embeddings.tok_embeddings.weight
+
+    loaded.resize_token_embeddings(120)
+    assert loaded.config.vocab_size == 120
+    assert loaded.decoder.weight is loaded.model.embeddings.tok_embeddings.weight
+    assert loaded.decoder.weight.shape == (120, 32) and loaded.decoder.bias.shape == (120,)
+    ids = torch.tensor([[1, 110, 119, 2]])  # ids only the grown vocabulary has
+    assert loaded(ids).logits.shape == (1, 4, 120)
+
+
+def test_untied_decoder_when_asked():
+    model = build(EncoderForMaskedLM, tie_word_embeddings=False)
+    assert model.decoder.weight is not model.get_input_embeddings().weight
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Attention implementations, padding, packing
+
+
+@pytest.mark.parametrize(
+    "architecture, implementation",
+    # flex_attention compiles its kernels on first use (tens of seconds on CPU): the sliding-window flex variant
+    # is covered by test_packed_equals_padded
+    [(a, "sdpa") for a in ARCHITECTURES] + [("bert-like", "flex_attention"), ("llama-like", "flex_attention")],
+)
+def test_attention_implementations_agree_with_eager(architecture, implementation):
+    model = build(EncoderModel, **ARCHITECTURES[architecture])
+    ids, mask = random_batch(model.config)
+    with torch.no_grad():
+        model.set_attn_implementation("eager")
+        expected = model(ids, mask).last_hidden_state
+        model.set_attn_implementation(implementation)
+        actual = model(ids, mask).last_hidden_state
+    torch.testing.assert_close(actual * mask[..., None], expected * mask[..., None], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_padding_invariance(architecture, implementation):
+    """A sequence gives the same hidden states alone and inside a padded batch."""
+    model = build(EncoderModel, attn_implementation=implementation, **ARCHITECTURES[architecture])
+    ids, mask = random_batch(model.config, lengths=(12, 5, 9))
+    with torch.no_grad():
+        batched = model(ids, mask)
+        for row, length in enumerate((12, 5, 9)):
+            alone = model(ids[row : row + 1, :length])
+            torch.testing.assert_close(batched.last_hidden_state[row, :length], alone.last_hidden_state[0])
+            torch.testing.assert_close(batched.pooler_output[row], alone.pooler_output[0])
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("implementation", ["eager", "sdpa", "flex_attention"])
+def test_packed_equals_padded(architecture, implementation):
+    model = build(EncoderForMaskedLM, attn_implementation=implementation, **ARCHITECTURES[architecture])
+    ids, mask = random_batch(model.config, lengths=(12, 5, 9, 1))
+    flat, positions, lengths = pack(ids, mask)
+    cu_seq_lens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    with torch.no_grad():
+        expected = unpad(model(ids, mask).logits, lengths)
+        torch.testing.assert_close(model(flat, position_ids=positions).logits, expected, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(model(flat, cu_seq_lens_q=cu_seq_lens).logits, expected, atol=1e-5, rtol=1e-4)
+        pooled = model.model(flat, position_ids=positions).pooler_output
+        torch.testing.assert_close(pooled, model.model(ids, mask).pooler_output, atol=1e-5, rtol=1e-4)
+
+
+def test_packed_sequences_do_not_see_each_other():
+    model = build(EncoderModel)
+    ids, mask = random_batch(model.config, lengths=(6, 6))
+    flat, positions, _ = pack(ids, mask)
+    changed = flat.clone()
+    changed[0, 6:] = (changed[0, 6:] + 1) % model.config.vocab_size  # alter only the second sequence
+    with torch.no_grad():
+        first = model(flat, position_ids=positions).last_hidden_state[0, :6]
+        first_after = model(changed, position_ids=positions).last_hidden_state[0, :6]
+    torch.testing.assert_close(first, first_after)
+
+
+def test_packed_gradients_equal_padded_gradients():
+    model = build(EncoderForMaskedLM, sparse_prediction=True)
+    model.train()
+    ids, mask = random_batch(model.config, lengths=(8, 5, 7))
+    labels = ids.masked_fill(torch.rand(ids.shape, generator=torch.Generator().manual_seed(1)) > 0.4, -100)
+    labels = labels.masked_fill(mask == 0, -100)
+    model(ids, mask, labels=labels).loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    flat, positions, lengths = pack(ids, mask)
+    model(flat, position_ids=positions, labels=unpad(labels, lengths)).loss.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_local_attention_limits_the_receptive_field():
+    """With one local layer of window 4 (2 tokens per side), token 0 cannot see token 5."""
+    model = build(EncoderModel, num_hidden_layers=2, local_attention=4, global_attn_every_n_layers=2)
+    model.layers = model.layers[1:]  # keep only the sliding-window layer
+    assert model.layers[0].attention_type == "sliding_attention"
+    ids = torch.randint(5, 99, (1, 8), generator=torch.Generator().manual_seed(0))
+    changed = ids.clone()
+    changed[0, 5] = 7 if ids[0, 5] != 7 else 8
+    with torch.no_grad():
+        before, after = model(ids).last_hidden_state, model(changed).last_hidden_state
+    torch.testing.assert_close(before[0, :3], after[0, :3])
+    assert not torch.allclose(before[0, 3:], after[0, 3:])
+
+
+def test_inputs_embeds_path_equals_input_ids_path():
+    model = build(EncoderModel)
+    ids, mask = random_batch(model.config)
+    with torch.no_grad():
+        by_ids = model(ids, mask).last_hidden_state
+        by_embeds = model(inputs_embeds=model.get_input_embeddings()(ids), attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(by_ids, by_embeds)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training features
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = build(EncoderForMaskedLM)
+    model.train()
+    ids, mask = random_batch(model.config)
+    labels = ids.masked_fill(mask == 0, -100)
+    model(ids, mask, labels=labels).loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for layer in model.model.layers)
+    model(ids, mask, labels=labels).loss.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], msg=name)
+
+
+def test_every_parameter_gets_a_gradient():
+    model = build(EncoderForMaskedLM, tie_word_embeddings=False)
+    model.train()
+    ids, mask = random_batch(model.config)
+    model(ids, mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+def test_bf16_autocast_on_cpu_stays_close_to_fp32():
+    model = build(EncoderForMaskedLM)
+    ids, mask = random_batch(model.config)
+    labels = ids.masked_fill(mask == 0, -100)
+    with torch.no_grad():
+        reference = model(ids, mask, labels=labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model(ids, mask, labels=labels)
+    assert mixed.logits.dtype == torch.bfloat16
+    assert torch.isfinite(mixed.loss)
+    assert abs(mixed.loss.item() - reference.loss.item()) < 0.02 * reference.loss.item()
+    torch.testing.assert_close(mixed.logits.float(), reference.logits, atol=0.05, rtol=0.05)
+
+
+def test_sparse_prediction_loss_equals_dense_loss():
+    dense = build(EncoderForMaskedLM, sparse_prediction=False)
+    sparse = build(EncoderForMaskedLM, sparse_prediction=True)
+    ids, mask = random_batch(dense.config)
+    labels = torch.full_like(ids, -100)
+    labels[0, 2], labels[1, 0], labels[2, 1] = 11, 12, 13
+    with torch.no_grad():
+        dense_out, sparse_out = dense(ids, mask, labels=labels), sparse(ids, mask, labels=labels)
+    torch.testing.assert_close(sparse_out.loss, dense_out.loss)
+    assert sparse_out.logits.shape == (3, dense.config.vocab_size)
+    torch.testing.assert_close(sparse_out.logits, dense_out.logits[labels != -100])
+    # without labels the sparse model still returns a logit for every position (fill-mask needs them)
+    assert sparse(ids, mask).logits.shape == (*ids.shape, dense.config.vocab_size)
+
+
+def test_masked_lm_loss_is_cross_entropy_over_labelled_positions():
+    model = build(EncoderForMaskedLM)
+    ids, mask = random_batch(model.config)
+    labels = ids.masked_fill(mask == 0, -100)
+    with torch.no_grad():
+        out = model(ids, mask, labels=labels)
+    keep = labels != -100
+    expected = torch.nn.functional.cross_entropy(out.logits[keep], labels[keep])
+    torch.testing.assert_close(out.loss, expected)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Outputs
+
+
+def test_hidden_states_and_attentions_shapes():
+    model = build(EncoderForMaskedLM, attn_implementation="eager")
+    ids, mask = random_batch(model.config)
+    out = model(ids, mask, output_hidden_states=True, output_attentions=True)
+    config = model.config
+    assert len(out.hidden_states) == config.num_hidden_layers + 1
+    assert all(h.shape == (*ids.shape, config.hidden_size) for h in out.hidden_states)
+    assert len(out.attentions) == config.num_hidden_layers
+    assert all(a.shape == (3, config.num_attention_heads, ids.shape[1], ids.shape[1]) for a in out.attentions)
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(3, 4, ids.shape[1]))
+    # padding gets no attention
+    assert out.attentions[0][2, :, :, 3:].abs().max() == 0
+    # the sliding-window layer does not look further than 2 tokens
+    assert out.attentions[1][0, :, 0, 3:].abs().max() == 0
+
+
+def test_return_dict_false_gives_tuples():
+    model = build(EncoderForSequenceClassification, num_labels=2)
+    ids, mask = random_batch(model.config)
+    loss, logits = model(ids, mask, labels=torch.tensor([0, 1, 1]), return_dict=False)[:2]
+    assert loss.ndim == 0 and logits.shape == (3, 2)
+    last_hidden_state, pooled = model.model(ids, mask, return_dict=False)[:2]
+    assert last_hidden_state.shape == (3, 10, 32) and pooled.shape == (3, 32)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_pooler_output(pooling):
+    model = build(EncoderModel, classifier_pooling=pooling)
+    ids, mask = random_batch(model.config)
+    with torch.no_grad():
+        out = model(ids, mask)
+    if pooling == "cls":
+        expected = out.last_hidden_state[:, 0]
+    else:
+        expected = torch.stack([out.last_hidden_state[i, :n].mean(0) for i, n in enumerate((10, 7, 3))])
+    torch.testing.assert_close(out.pooler_output, expected)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Heads and their losses
+
+
+def test_single_label_classification_loss():
+    model = build(EncoderForSequenceClassification, num_labels=3)
+    ids, mask = random_batch(model.config)
+    labels = torch.tensor([0, 2, 1])
+    out = model(ids, mask, labels=labels)
+    assert model.config.problem_type == "single_label_classification"
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, labels))
+
+
+def test_multi_label_classification_loss():
+    model = build(EncoderForSequenceClassification, num_labels=3, problem_type="multi_label_classification")
+    ids, mask = random_batch(model.config)
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    out = model(ids, mask, labels=labels)
+    torch.testing.assert_close(out.loss, torch.nn.functional.binary_cross_entropy_with_logits(out.logits, labels))
+
+
+def test_regression_loss():
+    model = build(EncoderForSequenceClassification, num_labels=1)
+    ids, mask = random_batch(model.config)
+    labels = torch.tensor([0.5, -1.0, 2.0])
+    out = model(ids, mask, labels=labels)
+    assert model.config.problem_type == "regression"
+    torch.testing.assert_close(out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(-1), labels))
+
+
+def test_token_classification_loss_ignores_minus_100():
+    model = build(EncoderForTokenClassification, num_labels=5)
+    ids, mask = random_batch(model.config)
+    labels = torch.randint(0, 5, ids.shape).masked_fill(mask == 0, -100)
+    out = model(ids, mask, labels=labels)
+    assert out.logits.shape == (*ids.shape, 5)
+    keep = labels != -100
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits[keep], labels[keep]))
+
+
+def test_sequence_classification_on_a_packed_batch():
+    model = build(EncoderForSequenceClassification, num_labels=2, classifier_pooling="mean")
+    ids, mask = random_batch(model.config)
+    flat, positions, _ = pack(ids, mask)
+    labels = torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        padded, packed = model(ids, mask, labels=labels), model(flat, position_ids=positions, labels=labels)
+    torch.testing.assert_close(packed.logits, padded.logits, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(packed.loss, padded.loss, atol=1e-5, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bad input: clear ValueErrors, never an index error from inside torch
+
+
+@pytest.mark.parametrize(
+    "ids, message",
+    [
+        (torch.tensor([[1, 5, 99, 2]]), r"contains id 99, 1 beyond the vocabulary: vocab_size is 99"),
+        (torch.tensor([[1, 5, 130, 2]]), r"contains id 130, 32 beyond the vocabulary"),
+        (torch.tensor([[1, -3, 5, 2]]), r"contains negative ids \(smallest -3\)"),
+    ],
+)
+def test_out_of_range_token_ids_are_refused(ids, message):
+    model = build(EncoderForMaskedLM)
+    with pytest.raises(ValueError, match=message):
+        model(ids)
+
+
+def test_too_long_sequences_are_refused():
+    model = build(EncoderModel)
+    with pytest.raises(ValueError, match=r"sequences of 70 tokens, 6 more than max_position_embeddings=64"):
+        model(torch.full((1, 70), 5))
+    flat = torch.full((1, 80), 5)
+    positions = torch.cat([torch.arange(10), torch.arange(70)])[None]
+    with pytest.raises(ValueError, match=r"sequences of 70 tokens, 6 more than"):
+        model(flat, position_ids=positions)
+
+
+def test_mismatched_attention_mask_is_refused():
+    model = build(EncoderModel)
+    with pytest.raises(ValueError, match=r"`attention_mask` has shape \(2, 7\) but `input_ids` has shape \(2, 8\)"):
+        model(torch.full((2, 8), 5), attention_mask=torch.ones(2, 7))
+
+
+def test_other_bad_inputs_are_refused():
+    model = build(EncoderForMaskedLM)
+    with pytest.raises(ValueError, match="exactly one of `input_ids` or `inputs_embeds`"):
+        model()
+    with pytest.raises(ValueError, match="must be 2D"):
+        model(torch.full((8,), 5))
+    with pytest.raises(ValueError, match="empty"):
+        model(torch.zeros((1, 0), dtype=torch.long))
+    with pytest.raises(ValueError, match=r"`labels` has shape \(1, 3\) but the input has shape \(1, 4\)"):
+        model(torch.full((1, 4), 5), labels=torch.full((1, 3), 5))
+    with pytest.raises(ValueError, match="`labels` contains id 120"):
+        model(torch.full((1, 4), 5), labels=torch.tensor([[-100, 120, -100, 5]]))
+    with pytest.raises(ValueError, match="cu_seq_lens_q` must rise strictly from 0 to the number of tokens"):
+        model(torch.full((1, 8), 5), cu_seq_lens_q=torch.tensor([0, 3, 7]))
+    classifier = build(EncoderForSequenceClassification, num_labels=2)
+    with pytest.raises(ValueError, match="`labels` contains id 2, 1 beyond"):
+        classifier(torch.full((2, 4), 5), labels=torch.tensor([0, 2]))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Compilation
+
+
+def test_sdpa_forward_compiles_without_graph_breaks():
+    model = build(EncoderForMaskedLM, attn_implementation="sdpa")
+    ids, mask = random_batch(model.config)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)  # fullgraph: any graph break raises
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(ids, mask).logits, model(ids, mask).logits)
+        torch.testing.assert_close(compiled(ids).logits, model(ids).logits)
