@@ -40,13 +40,13 @@ def random_batch(config: EncoderConfig, lengths=(10, 7, 3), seed: int = 0):
 def pack(ids: torch.Tensor, mask: torch.Tensor):
     """The padding-free form of a padded batch: one row of tokens and restarting position ids."""
     lengths = mask.sum(1).tolist()
-    flat = torch.cat([row[:n] for row, n in zip(ids, lengths)])[None]
+    flat = torch.cat([row[:n] for row, n in zip(ids, lengths, strict=True)])[None]
     positions = torch.cat([torch.arange(n) for n in lengths])[None]
     return flat, positions, lengths
 
 
 def unpad(padded: torch.Tensor, lengths) -> torch.Tensor:
-    return torch.cat([row[:n] for row, n in zip(padded, lengths)])[None]
+    return torch.cat([row[:n] for row, n in zip(padded, lengths, strict=True)])[None]
 
 
 @pytest.fixture

@@ -1,0 +1,23 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cpu_benchmark_runs_and_records_its_figures(tmp_path):
+    output = tmp_path / "result.json"
+    tiny = ["--hidden-size", "32", "--layers", "2", "--heads", "2", "--intermediate-size", "64", "--vocab-size", "128",
+            "--batch-size", "4", "--min-length", "8", "--max-length", "16", "--steps", "2", "--rounds", "1",
+            "--warmup", "1"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_encoder_cpu.py"), *tiny, "--output", str(output)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(output.read_text())
+    assert set(result["tokens_per_second"]) == set(result["speedup_of_ours"])
+    assert len(result["tokens_per_second"]) == 4 and all(v > 0 for v in result["tokens_per_second"].values())
+    assert result["real_tokens_per_step"] < result["padded_tokens_per_step"]
+    assert {"torch", "transformers"} <= set(result["versions"]) and result["command"].startswith("python ")
