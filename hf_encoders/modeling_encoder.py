@@ -11,7 +11,6 @@ This file is copied next to every saved checkpoint for `trust_remote_code=True`:
 `transformers` and its sibling `configuration_hf_encoders`.
 """
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -411,37 +410,25 @@ class EncoderPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
-        """Truncated-normal weights; output projections scaled down by sqrt(2 * num_layers), classifiers by the
-        width (as ModernBERT)."""
-        super()._init_weights(module)
-        config = self.config
+        """Truncated-normal projections and embeddings (the padding row zero), zero biases, unit norms.
 
-        def trunc_normal(layer: nn.Module, std: float):
-            cutoff = config.initializer_cutoff_factor * std
-            init.trunc_normal_(layer.weight, mean=0.0, std=std, a=-cutoff, b=cutoff)
-            if getattr(layer, "bias", None) is not None:
-                init.zeros_(layer.bias)
-
-        std = config.initializer_range
-        out_std = std / math.sqrt(2.0 * config.num_hidden_layers)
-        if isinstance(module, EncoderEmbeddings):
-            trunc_normal(module.tok_embeddings, std)
-            if module.position_embeddings is not None:
-                trunc_normal(module.position_embeddings, std)
-        elif isinstance(module, EncoderAttention):
-            trunc_normal(module.qkv_proj, std)
-            trunc_normal(module.o_proj, out_std)
-        elif isinstance(module, EncoderMLP):
-            trunc_normal(module.up_proj, std)
-            trunc_normal(module.down_proj, out_std)
-        elif isinstance(module, EncoderPredictionHead):
-            trunc_normal(module.dense, out_std)
-        elif isinstance(module, EncoderForMaskedLM) and module.decoder.bias is not None:
-            init.zeros_(module.decoder.bias)
-        elif isinstance(module, (EncoderForSequenceClassification, EncoderForTokenClassification)):
-            trunc_normal(module.classifier, config.hidden_size**-0.5)
+        Decided per leaf module: in custom (non-transformers) code, transformers skips the init of container modules
+        that hold no parameters of their own, so an init keyed on `EncoderMLP` or `EncoderAttention` would never run.
+        """
+        std = self.config.initializer_range
+        cutoff = self.config.initializer_cutoff_factor * std
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            init.trunc_normal_(module.weight, mean=0.0, std=std, a=-cutoff, b=cutoff)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+            if getattr(module, "padding_idx", None) is not None and not getattr(
+                module.weight, "_is_hf_initialized", False
+            ):
+                init.zeros_(module.weight[module.padding_idx])
         elif isinstance(module, EncoderRotaryEmbedding):
-            init.copy_(module.inv_freq, module.compute_inv_freq(config))
+            init.copy_(module.inv_freq, module.compute_inv_freq(self.config))
+        else:
+            super()._init_weights(module)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # The registered auto class of this head alone would reach `auto_map`; write the whole family.

@@ -444,3 +444,58 @@ def test_sdpa_forward_compiles_without_graph_breaks():
     with torch.no_grad():
         torch.testing.assert_close(compiled(ids, mask).logits, model(ids, mask).logits)
         torch.testing.assert_close(compiled(ids).logits, model(ids).logits)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Initialisation and loading, as transformers' common model tests check them
+
+
+@pytest.mark.parametrize("model_class", ALL_MODEL_CLASSES)
+def test_initialization_statistics(model_class):
+    model = build(model_class, hidden_size=64, intermediate_size=128, vocab_size=512, num_labels=3)
+    config = model.config
+    cutoff = config.initializer_cutoff_factor * config.initializer_range
+    for name, p in model.named_parameters():
+        assert torch.isfinite(p).all(), name
+        if "norm" in name:
+            assert torch.equal(p, torch.ones_like(p)), name
+        elif name.endswith("bias"):
+            assert torch.equal(p, torch.zeros_like(p)), name
+        else:  # every projection and embedding: a normal truncated at cutoff_factor standard deviations
+            assert p.abs().max() <= cutoff + 1e-6, name
+            assert abs(p.std().item() - 0.88 * config.initializer_range) < 0.1 * config.initializer_range, (
+                name
+            )  # std of N(0,1) cut at 2
+    assert torch.equal(model.get_input_embeddings().weight[config.pad_token_id], torch.zeros(64))
+    dim = config.head_dim  # the rotary frequencies, written out independently
+    expected = torch.tensor([config.rope_theta ** (-2 * i / dim) for i in range(dim // 2)])
+    torch.testing.assert_close(model.base_model.rotary_emb.inv_freq, expected)
+
+
+def test_head_loaded_from_a_checkpoint_without_it_is_initialised(tmp_path):
+    mlm = build(EncoderForMaskedLM)
+    mlm.save_pretrained(tmp_path)
+    classifier, info = EncoderForSequenceClassification.from_pretrained(
+        tmp_path, num_labels=3, output_loading_info=True
+    )
+    assert set(info["missing_keys"]) == {"classifier.weight", "classifier.bias"}  # the head is shared with the MLM
+    assert not info["mismatched_keys"]
+    for name, p in classifier.named_parameters():
+        assert torch.isfinite(p).all(), name
+    assert torch.equal(classifier.classifier.bias, torch.zeros(3))
+    assert 0 < classifier.classifier.weight.std() < 0.5
+    torch.testing.assert_close(classifier.model.layers[1].mlp.up_proj.weight, mlm.model.layers[1].mlp.up_proj.weight)
+    # RoPE tables are buffers, not weights: they must be rebuilt on load, not left empty
+    torch.testing.assert_close(classifier.model.rotary_emb.inv_freq, mlm.model.rotary_emb.inv_freq)
+
+
+def test_load_in_bfloat16(tmp_path):
+    model = build(EncoderForMaskedLM)
+    model.save_pretrained(tmp_path)
+    loaded = EncoderForMaskedLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert loaded.dtype == torch.bfloat16
+    ids, mask = random_batch(model.config)
+    with torch.no_grad():
+        logits = loaded(ids, mask).logits
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), model(ids, mask).logits, atol=0.1, rtol=0.1)
