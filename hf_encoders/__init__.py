@@ -9,11 +9,12 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
 
-from .configuration_hf_encoders import EncoderConfig
+from .configuration_hf_encoders import EncoderConfig, Seq2SeqConfig
 from .modeling_encoder import (
     EncoderForMaskedLM,
     EncoderForSequenceClassification,
@@ -21,21 +22,30 @@ from .modeling_encoder import (
     EncoderModel,
     EncoderPreTrainedModel,
 )
+from .modeling_seq2seq import Seq2SeqForConditionalGeneration, Seq2SeqModel, Seq2SeqPreTrainedModel
+from .pipeline_seq2seq import Text2TextGenerationPipeline, TranslationPipeline
 
 __version__ = "0.1.0"
 
 _AUTO_CLASSES = {
-    AutoModel: EncoderModel,
-    AutoModelForMaskedLM: EncoderForMaskedLM,
-    AutoModelForSequenceClassification: EncoderForSequenceClassification,
-    AutoModelForTokenClassification: EncoderForTokenClassification,
+    EncoderConfig: {
+        AutoModel: EncoderModel,
+        AutoModelForMaskedLM: EncoderForMaskedLM,
+        AutoModelForSequenceClassification: EncoderForSequenceClassification,
+        AutoModelForTokenClassification: EncoderForTokenClassification,
+    },
+    Seq2SeqConfig: {
+        AutoModel: Seq2SeqModel,
+        AutoModelForSeq2SeqLM: Seq2SeqForConditionalGeneration,
+    },
 }
 
-AutoConfig.register(EncoderConfig.model_type, EncoderConfig, exist_ok=True)
-EncoderConfig.register_for_auto_class()
-for _auto_class, _model_class in _AUTO_CLASSES.items():
-    _auto_class.register(EncoderConfig, _model_class, exist_ok=True)
-    _model_class.register_for_auto_class(_auto_class.__name__)
+for _config_class, _models in _AUTO_CLASSES.items():
+    AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
+    _config_class.register_for_auto_class()
+    for _auto_class, _model_class in _models.items():
+        _auto_class.register(_config_class, _model_class, exist_ok=True)
+        _model_class.register_for_auto_class(_auto_class.__name__)
 
 __all__ = [
     "EncoderConfig",
@@ -44,4 +54,10 @@ __all__ = [
     "EncoderForMaskedLM",
     "EncoderForSequenceClassification",
     "EncoderForTokenClassification",
+    "Seq2SeqConfig",
+    "Seq2SeqPreTrainedModel",
+    "Seq2SeqModel",
+    "Seq2SeqForConditionalGeneration",
+    "Text2TextGenerationPipeline",
+    "TranslationPipeline",
 ]

@@ -4,6 +4,8 @@ This file is copied next to every saved checkpoint so that `trust_remote_code=Tr
 it imports only `transformers` (and the standard library).
 """
 
+import copy
+
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
@@ -166,4 +168,60 @@ class EncoderConfig(PreTrainedConfig):
         return None if self.local_attention is None else self.local_attention // 2
 
 
-__all__ = ["EncoderConfig"]
+@strict
+class Seq2SeqConfig(EncoderConfig):
+    r"""
+    Configuration of the hf_encoders encoder-decoder family (`Seq2SeqModel`, `Seq2SeqForConditionalGeneration`).
+
+    The encoder is the encoder family's, configured by the same fields (`hidden_size`, `num_attention_heads`,
+    `intermediate_size`, `hidden_activation`, `norm_type`, `position_embedding_type`, `max_position_embeddings`,
+    local/global attention, ...; see [`EncoderConfig`]). The decoder shares the width, heads, MLP, norm and position
+    choices and has its own depth. Source and target share one vocabulary.
+
+    Args:
+        num_hidden_layers: encoder layers.
+        num_decoder_layers: decoder layers (defaults to `num_hidden_layers`).
+        tie_word_embeddings: one matrix for the encoder embeddings, the decoder embeddings and the LM head.
+        decoder_start_token_id: the id the decoder starts from (what `labels` are shifted right with).
+        use_cache: keep keys and values of past decoder steps during generation.
+
+    Generation defaults (beams, lengths, ...) belong in `generation_config.json`, not here.
+    """
+
+    model_type = "hf_seq2seq"
+
+    num_hidden_layers: int = 6
+    num_decoder_layers: int | None = None
+    hidden_size: int = 512
+    num_attention_heads: int = 8
+    intermediate_size: int = 1536
+    max_position_embeddings: int = 512
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    decoder_start_token_id: int | None = 1
+    cls_token_id: int | None = None
+    sep_token_id: int | None = None
+    mask_token_id: int | None = None
+    is_encoder_decoder: bool = True
+    use_cache: bool = True
+
+    def __post_init__(self, **kwargs):
+        if self.num_decoder_layers is None:
+            self.num_decoder_layers = self.num_hidden_layers
+        if self.num_decoder_layers <= 0:
+            raise ValueError(f"`num_decoder_layers` must be a positive integer, got {self.num_decoder_layers}.")
+        super().__post_init__(**kwargs)
+
+    def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:
+        """With `decoder=True`, a copy shaped like the decoder (its depth, global attention only), which is what
+        transformers sizes the generation cache from."""
+        if decoder and not encoder:
+            decoder_config = copy.deepcopy(self)
+            decoder_config.num_hidden_layers = self.num_decoder_layers
+            decoder_config.local_attention = decoder_config.global_attn_every_n_layers = None
+            return decoder_config
+        return self
+
+
+__all__ = ["EncoderConfig", "Seq2SeqConfig"]

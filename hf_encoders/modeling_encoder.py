@@ -271,6 +271,31 @@ def eager_attention_forward(
     return attn_output, attn_weights
 
 
+def run_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Call the attention implementation of `module.config` (eager, sdpa, flex, flash, ...) on
+    (batch, heads, seq, head_dim) tensors; returns (batch, seq, heads, head_dim) and the weights if computed."""
+    attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+        module.config._attn_implementation, eager_attention_forward
+    )
+    return attention_interface(
+        module,
+        query,
+        key,
+        value,
+        attention_mask,
+        dropout=module.attention_dropout if module.training else 0.0,
+        scaling=module.head_dim**-0.5,
+        **kwargs,
+    )
+
+
 class EncoderAttention(nn.Module):
     """Bidirectional multi-head self-attention with a fused QKV projection, dispatched through
     `ALL_ATTENTION_FUNCTIONS` by `config._attn_implementation`."""
@@ -281,7 +306,6 @@ class EncoderAttention(nn.Module):
         self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.head_dim = config.head_dim
-        self.scaling = self.head_dim**-0.5
         self.is_causal = False
         self.attention_dropout = config.attention_dropout
         # flash attention's window is inclusive on both sides: `sliding_window + 1` there equals `sliding_window` in
@@ -310,17 +334,12 @@ class EncoderAttention(nn.Module):
         if repad:
             query, key, value = packed.pad(query), packed.pad(key), packed.pad(value)
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn_output, attn_weights = attention_interface(
+        attn_output, attn_weights = run_attention(
             self,
             query.transpose(1, 2),
             key.transpose(1, 2),
             value.transpose(1, 2),
             attention_mask,
-            dropout=self.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
             sliding_window=self.sliding_window,
             **kwargs,
         )

@@ -1,0 +1,526 @@
+"""The hf_encoders encoder-decoder family: `Seq2SeqModel` and `Seq2SeqForConditionalGeneration` (translation,
+summarisation, any text-to-text task), generating through transformers' `GenerationMixin` with an
+`EncoderDecoderCache`.
+
+The encoder is the encoder family's `EncoderModel`. Decoder layers are pre-norm with causal self-attention (rotary
+positions, keys and values cached step by step) and cross-attention to the encoder output (keys and values computed
+once per source and cached), built from the encoder family's blocks and the same attention interface.
+
+This file is copied next to every saved checkpoint for `trust_remote_code=True`: it imports only `torch`,
+`transformers` and its siblings.
+"""
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.generation import GenerationMixin
+from transformers.loss.loss_utils import ForMaskedLMLoss
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPastAndCrossAttentions,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+)
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
+
+from .configuration_hf_encoders import Seq2SeqConfig
+from .modeling_encoder import (
+    EncoderEmbeddings,
+    EncoderMLP,
+    EncoderModel,
+    EncoderPreTrainedModel,
+    EncoderRotaryEmbedding,
+    apply_rotary_pos_emb,
+    check_attention_mask,
+    check_sequence_length,
+    check_token_ids,
+    make_norm,
+    run_attention,
+)
+from .pipeline_seq2seq import CUSTOM_PIPELINES
+
+logger = logging.getLogger(__name__)
+
+SEQ2SEQ_AUTO_MAP = {
+    "AutoConfig": "configuration_hf_encoders.Seq2SeqConfig",
+    "AutoModel": "modeling_seq2seq.Seq2SeqModel",
+    "AutoModelForSeq2SeqLM": "modeling_seq2seq.Seq2SeqForConditionalGeneration",
+}
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None):
+    """Decoder inputs for teacher forcing: `labels` shifted one step right behind `decoder_start_token_id`, with
+    the -100 of ignored positions replaced by padding."""
+    if decoder_start_token_id is None:
+        raise ValueError(
+            "`labels` were given but the config has no `decoder_start_token_id` to build `decoder_input_ids` from; "
+            "set `config.decoder_start_token_id` (the id the decoder starts from, e.g. the `<s>` token)."
+        )
+    if pad_token_id is None:
+        raise ValueError("`labels` were given but the config has no `pad_token_id` to replace their -100 with.")
+    shifted = labels.new_full(labels.shape, decoder_start_token_id)
+    shifted[:, 1:] = labels[:, :-1]
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+class DecoderSelfAttention(nn.Module):
+    """Causal self-attention over the target; with a cache, each step appends its keys and values."""
+
+    def __init__(self, config: Seq2SeqConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads, self.head_dim = config.num_attention_heads, config.head_dim
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = True
+        self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attention_bias)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
+        past_key_values: EncoderDecoderCache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        qkv = self.qkv_proj(hidden_states).view(*input_shape, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.unbind(dim=-3)
+        if position_embeddings is not None:
+            query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+        if past_key_values is not None:
+            key, value = past_key_values.self_attention_cache.update(key, value, self.layer_idx)
+        attn_output, attn_weights = run_attention(self, query, key, value, attention_mask, **kwargs)
+        return self.o_proj(attn_output.reshape(*input_shape, -1)), attn_weights
+
+
+class DecoderCrossAttention(nn.Module):
+    """Attention from the target to the encoder output. Keys and values depend on the source only: with a cache
+    they are computed at the first step and reused at every later one."""
+
+    def __init__(self, config: Seq2SeqConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads, self.head_dim = config.num_attention_heads, config.head_dim
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = False
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
+        self.kv_proj = nn.Linear(config.hidden_size, 2 * config.hidden_size, bias=config.attention_bias)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        past_key_values: EncoderDecoderCache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        query = self.q_proj(hidden_states).view(*input_shape, self.num_heads, self.head_dim).transpose(1, 2)
+        if past_key_values is not None and past_key_values.is_updated.get(self.layer_idx):
+            cached = past_key_values.cross_attention_cache.layers[self.layer_idx]
+            key, value = cached.keys, cached.values
+        else:
+            kv = self.kv_proj(encoder_hidden_states)
+            kv = kv.view(*encoder_hidden_states.shape[:-1], 2, self.num_heads, self.head_dim)
+            key, value = (states.transpose(1, 2) for states in kv.unbind(dim=-3))
+            if past_key_values is not None:
+                key, value = past_key_values.cross_attention_cache.update(key, value, self.layer_idx)
+                past_key_values.is_updated[self.layer_idx] = True
+        attn_output, attn_weights = run_attention(self, query, key, value, attention_mask, **kwargs)
+        return self.o_proj(attn_output.reshape(*input_shape, -1)), attn_weights
+
+
+class DecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm decoder layer: causal self-attention, cross-attention, MLP. As in the encoder, the first layer reads
+    the already normalised embeddings and has no self-attention norm."""
+
+    def __init__(self, config: Seq2SeqConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn_norm = nn.Identity() if layer_idx == 0 else make_norm(config)
+        self.self_attn = DecoderSelfAttention(config, layer_idx)
+        self.cross_attn_norm = make_norm(config)
+        self.cross_attn = DecoderCrossAttention(config, layer_idx)
+        self.mlp_norm = make_norm(config)
+        self.mlp = EncoderMLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        attn_output, _ = self.self_attn(
+            self.self_attn_norm(hidden_states), attention_mask, position_embeddings, past_key_values, **kwargs
+        )
+        hidden_states = hidden_states + self.dropout(attn_output)
+        attn_output, _ = self.cross_attn(
+            self.cross_attn_norm(hidden_states), encoder_hidden_states, encoder_attention_mask, past_key_values, **kwargs
+        )
+        hidden_states = hidden_states + self.dropout(attn_output)
+        return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
+
+
+class Seq2SeqPreTrainedModel(EncoderPreTrainedModel):
+    config_class = Seq2SeqConfig
+    config: Seq2SeqConfig
+    _no_split_modules = ["EncoderEmbeddings", "EncoderLayer", "DecoderLayer"]
+    _can_compile_fullgraph = False
+    _family_auto_map = SEQ2SEQ_AUTO_MAP
+
+
+class Seq2SeqDecoder(Seq2SeqPreTrainedModel):
+    """The decoder stack. Its token embeddings are tied to the encoder's when `config.tie_word_embeddings`."""
+
+    _can_record_outputs = {
+        "hidden_states": DecoderLayer,
+        "attentions": OutputRecorder(DecoderSelfAttention, index=1),
+        "cross_attentions": OutputRecorder(DecoderCrossAttention, index=1),
+    }
+
+    def __init__(self, config: Seq2SeqConfig):
+        super().__init__(config)
+        self.embeddings = EncoderEmbeddings(config)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_decoder_layers))
+        self.final_norm = make_norm(config)
+        self.rotary_emb = EncoderRotaryEmbedding(config) if config.position_embedding_type == "rope" else None
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.tok_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.embeddings.tok_embeddings = value
+
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        position_ids: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `decoder_input_ids` or `decoder_inputs_embeds`.")
+        if encoder_hidden_states is None:
+            raise ValueError("The decoder needs `encoder_hidden_states` (the encoder's output) to attend to.")
+        input_shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
+        if input_ids is not None:
+            check_token_ids(input_ids, self.config.vocab_size, "decoder_input_ids")
+        check_attention_mask(attention_mask, input_shape, "decoder_input_ids")
+        if encoder_hidden_states.shape[0] != input_shape[0]:
+            raise ValueError(
+                f"The source batch has {encoder_hidden_states.shape[0]} sequences but the target batch has "
+                f"{input_shape[0]}."
+            )
+
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None and not (self.gradient_checkpointing and self.training):
+            past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        check_sequence_length(past_length + input_shape[1], self.config.max_position_embeddings, "decoder_input_ids")
+        if position_ids is None:
+            position_ids = torch.arange(past_length, past_length + input_shape[1], device=self.device)[None]
+
+        hidden_states = self.embeddings(input_ids, inputs_embeds, position_ids)
+        self_attention_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=hidden_states,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values.self_attention_cache if past_key_values is not None else None,
+            position_ids=position_ids,
+        )
+        cross_attention_mask = create_bidirectional_mask(
+            config=self.config,
+            inputs_embeds=hidden_states,
+            attention_mask=encoder_attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+        )
+        position_embeddings = self.rotary_emb(hidden_states, position_ids) if self.rotary_emb is not None else None
+
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states,
+                self_attention_mask,
+                encoder_hidden_states,
+                cross_attention_mask,
+                position_embeddings,
+                past_key_values,
+                **kwargs,
+            )
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=self.final_norm(hidden_states), past_key_values=past_key_values
+        )
+
+
+class Seq2SeqModel(Seq2SeqPreTrainedModel):
+    """Encoder (the encoder family's `EncoderModel`) and decoder; one vocabulary for source and target."""
+
+    _tied_weights_keys = {"decoder.embeddings.tok_embeddings.weight": "encoder.embeddings.tok_embeddings.weight"}
+
+    def __init__(self, config: Seq2SeqConfig):
+        super().__init__(config)
+        self.encoder = EncoderModel(config)
+        self.decoder = Seq2SeqDecoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.encoder.set_input_embeddings(value)
+        if self.config.tie_word_embeddings:
+            self.decoder.set_input_embeddings(value)
+
+    def get_encoder(self) -> EncoderModel:
+        return self.encoder
+
+    def get_decoder(self) -> Seq2SeqDecoder:
+        return self.decoder
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        decoder_position_ids: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> Seq2SeqModelOutput:
+        r"""
+        input_ids / attention_mask: the source batch. decoder_input_ids / decoder_attention_mask: the target prefix.
+        encoder_outputs: the encoder's output, to skip running it again (as `generate` does).
+        """
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+            )
+        elif isinstance(encoder_outputs, (tuple, list)):  # return_dict=False outputs of the encoder
+            encoder_outputs = BaseModelOutput(*encoder_outputs)
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            encoder_hidden_states=encoder_outputs.last_hidden_state,
+            encoder_attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            position_ids=decoder_position_ids,
+            **kwargs,
+        )
+        return Seq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            past_key_values=decoder_outputs.past_key_values,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+
+
+class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
+    """Encoder-decoder with a language-model head, for translation and other text-to-text tasks. Generates with
+    `generate()` (greedy, beam search, sampling, ...) and serves `pipeline("translation")` and
+    `pipeline("text2text-generation")`."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.encoder.embeddings.tok_embeddings.weight"}
+
+    def __init__(self, config: Seq2SeqConfig):
+        super().__init__(config)
+        self.model = Seq2SeqModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_encoder(self) -> EncoderModel:
+        return self.model.encoder
+
+    def get_decoder(self) -> Seq2SeqDecoder:
+        return self.model.decoder
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear):
+        self.lm_head = new_embeddings
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # declare the text-to-text pipelines that transformers 5 no longer ships (their code travels with the model)
+        self.config.custom_pipelines = CUSTOM_PIPELINES
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> Seq2SeqLMOutput:
+        r"""
+        labels: (batch, target_len) target ids, -100 on positions to ignore. Without `decoder_input_ids`, the decoder
+            reads the labels shifted right behind `config.decoder_start_token_id` (teacher forcing).
+        """
+        if labels is not None:
+            check_token_ids(labels, self.config.vocab_size, "labels", ignore_index=-100)
+            if decoder_input_ids is not None and decoder_input_ids.shape != labels.shape:
+                raise ValueError(
+                    f"`decoder_input_ids` has shape {tuple(decoder_input_ids.shape)} but `labels` has shape "
+                    f"{tuple(labels.shape)}; they must match (or leave out `decoder_input_ids` to shift the labels)."
+                )
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            # token-level cross-entropy without a shift: the labels are aligned with the decoder outputs already
+            loss = ForMaskedLMLoss(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+        return Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+        )
+
+    @classmethod
+    def from_encoder_pretrained(
+        cls,
+        encoder_path: str | Path,
+        num_decoder_layers: int | None = None,
+        init_decoder_from_encoder: bool = True,
+        **config_overrides,
+    ) -> "Seq2SeqForConditionalGeneration":
+        """Warm-start an encoder-decoder from a saved encoder checkpoint (an `EncoderForMaskedLM` or `EncoderModel`
+        folder or Hub id), the way BERT2BERT does.
+
+        The encoder, the (shared) embeddings and the final norm are copied. With `init_decoder_from_encoder`, decoder
+        layer i also takes its self-attention, MLP and their norms from encoder layer i (where the encoder has such a
+        layer). Cross-attention is always new. The special ids default to the encoder's: `[CLS]` starts the decoder,
+        `[SEP]` ends it. What was copied and what is new is logged and kept in `model.warm_start_report`.
+        """
+        encoder = EncoderModel.from_pretrained(encoder_path)
+        encoder_config = encoder.config.to_dict()
+        fields = {name for name in Seq2SeqConfig.__dataclass_fields__ if name in encoder_config}
+        settings = {name: encoder_config[name] for name in fields if name not in ("model_type", "architectures")}
+        settings.update(
+            bos_token_id=encoder.config.cls_token_id,
+            decoder_start_token_id=encoder.config.cls_token_id,
+            eos_token_id=encoder.config.sep_token_id,
+            num_decoder_layers=num_decoder_layers or encoder.config.num_hidden_layers,
+        )
+        settings.update(config_overrides)
+        model = cls(Seq2SeqConfig(**settings))
+
+        sources = {f"model.encoder.{name}": tensor for name, tensor in encoder.state_dict().items()}
+        decoder_sources = {"embeddings.norm": "embeddings.norm", "final_norm": "final_norm"}
+        if init_decoder_from_encoder:
+            for i in range(min(model.config.num_decoder_layers, encoder.config.num_hidden_layers)):
+                decoder_sources.update(
+                    {
+                        f"layers.{i}.self_attn.qkv_proj": f"layers.{i}.attn.qkv_proj",
+                        f"layers.{i}.self_attn.o_proj": f"layers.{i}.attn.o_proj",
+                        f"layers.{i}.self_attn_norm": f"layers.{i}.attn_norm",
+                        f"layers.{i}.mlp": f"layers.{i}.mlp",
+                        f"layers.{i}.mlp_norm": f"layers.{i}.mlp_norm",
+                    }
+                )
+        encoder_state = encoder.state_dict()
+        for target, source in decoder_sources.items():
+            for name, tensor in encoder_state.items():
+                if name.startswith(source + "."):
+                    sources[f"model.decoder.{target}{name[len(source) :]}"] = tensor
+        if not model.config.tie_word_embeddings:  # separate matrices: each starts from the encoder's embeddings
+            embeddings = encoder_state["embeddings.tok_embeddings.weight"]
+            sources["model.decoder.embeddings.tok_embeddings.weight"] = embeddings
+            sources["lm_head.weight"] = embeddings
+
+        state = model.state_dict()
+        unknown = sorted(set(sources) - set(state))
+        if unknown:
+            raise ValueError(f"Warm start found no place for encoder weights {unknown[:5]} (of {len(unknown)}).")
+        with torch.no_grad():
+            for name, tensor in sources.items():
+                state[name].copy_(tensor)
+        tied = {name for name in model.all_tied_weights_keys if name not in sources}
+        report = {
+            "source": str(encoder_path),
+            "copied": sorted(sources),
+            "tied": sorted(tied),
+            "initialised": sorted(set(state) - set(sources) - tied),
+        }
+        model.warm_start_report = report
+        logger.info(
+            "Warm start from %s: copied %d tensors, %d tied to them, %d newly initialised: %s",
+            encoder_path,
+            len(report["copied"]),
+            len(report["tied"]),
+            len(report["initialised"]),
+            ", ".join(report["initialised"]),
+        )
+        return model
+
+
+__all__ = [
+    "Seq2SeqPreTrainedModel",
+    "Seq2SeqModel",
+    "Seq2SeqForConditionalGeneration",
+    "shift_tokens_right",
+]

@@ -1,0 +1,417 @@
+"""The encoder-decoder family: generation with and without cache, teacher forcing, padding, round trips, warm start."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import tiny_config
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, PreTrainedTokenizerFast, pipeline
+
+from hf_encoders import (
+    EncoderForMaskedLM,
+    Seq2SeqConfig,
+    Seq2SeqForConditionalGeneration,
+    Seq2SeqModel,
+    TranslationPipeline,
+)
+
+SEQ2SEQ_WORDS = "<pad> <s> </s> <unk> <2de> <2en> a dog runs the cat sits ein hund rennt die katze sitzt".split()
+
+
+def seq2seq_config(**overrides) -> Seq2SeqConfig:
+    values = dict(
+        vocab_size=40,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_decoder_layers=3,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=48,
+        initializer_range=0.3,  # large weights: random models whose greedy outputs vary from step to step
+    )
+    values.update(overrides)
+    return Seq2SeqConfig(**values)
+
+
+def build(seed=0, model_class=Seq2SeqForConditionalGeneration, **overrides):
+    torch.manual_seed(seed)
+    return model_class(seq2seq_config(**overrides)).eval()
+
+
+def source_batch(lengths=(7, 4, 2), vocab_size=40, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, vocab_size, (len(lengths), max(lengths)), generator=generator)
+    mask = torch.zeros_like(ids)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+def seq2seq_tokenizer() -> PreTrainedTokenizerFast:
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(SEQ2SEQ_WORDS)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 2)])
+    backend.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        additional_special_tokens=["<2de>", "<2en>"],
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Configuration
+
+
+def test_config_fields_and_decoder_view():
+    config = seq2seq_config(num_hidden_layers=3, num_decoder_layers=2, local_attention=4, global_attn_every_n_layers=2)
+    assert config.is_encoder_decoder and config.use_cache
+    assert config.layer_types == ["full_attention", "sliding_attention", "full_attention"]
+    decoder = config.get_text_config(decoder=True)  # what generate() sizes its cache from
+    assert decoder.num_hidden_layers == 2 and decoder.layer_types == ["full_attention"] * 2
+    assert seq2seq_config(num_decoder_layers=None).num_decoder_layers == 2
+    with pytest.raises(ValueError, match="`num_decoder_layers` must be a positive integer"):
+        seq2seq_config(num_decoder_layers=0)
+    with pytest.raises(ValueError, match="'gelu', 'geglu', 'swiglu'"):
+        seq2seq_config(hidden_activation="tanh")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Generation
+
+
+@pytest.mark.parametrize(
+    "generate_kwargs",
+    [
+        dict(),
+        dict(num_beams=4),
+        dict(num_beams=3, num_return_sequences=2, length_penalty=0.6),
+        dict(num_beams=3, no_repeat_ngram_size=2),
+        dict(do_sample=True, top_k=0, temperature=1.5),
+    ],
+    ids=["greedy", "beam4", "beam3-return2", "no-repeat-ngram", "sampling"],
+)
+def test_generation_is_identical_with_and_without_cache(generate_kwargs):
+    model = build()
+    ids, mask = source_batch()
+    outputs = []
+    for use_cache in (True, False):
+        torch.manual_seed(1)
+        outputs.append(model.generate(ids, attention_mask=mask, max_new_tokens=12, use_cache=use_cache,
+                                      **generate_kwargs))  # fmt: skip
+    assert torch.equal(outputs[0], outputs[1])
+    assert len(set(outputs[0][0, 1:].tolist())) > 1, "a degenerate output makes this test weak"
+
+
+def test_step_by_step_logits_equal_teacher_forced_logits():
+    model = build()
+    ids, mask = source_batch()
+    target = torch.randint(4, 40, (3, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = model(ids, mask, decoder_input_ids=target, use_cache=False).logits
+        encoder_outputs = model.get_encoder()(ids, mask)
+        cache, steps = None, []
+        for t in range(target.shape[1]):
+            out = model(attention_mask=mask, encoder_outputs=encoder_outputs, decoder_input_ids=target[:, t : t + 1],
+                        past_key_values=cache, use_cache=True)  # fmt: skip
+            cache = out.past_key_values
+            steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+    assert cache.get_seq_length() == target.shape[1]
+
+
+def test_cross_attention_keys_and_values_are_computed_once_per_source():
+    model = build()
+    ids, mask = source_batch()
+    calls = {"kv": 0, "self_qkv": 0}
+    for layer in model.get_decoder().layers:
+        layer.cross_attn.kv_proj.register_forward_hook(lambda *_: calls.__setitem__("kv", calls["kv"] + 1))
+        layer.self_attn.qkv_proj.register_forward_hook(lambda *_: calls.__setitem__("self_qkv", calls["self_qkv"] + 1))
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=10, min_new_tokens=10)
+    layers = model.config.num_decoder_layers
+    assert out.shape[1] == 11
+    assert calls["kv"] == layers  # once per layer for the whole generation
+    assert calls["self_qkv"] == layers * 10  # once per layer and step
+
+
+def test_padded_batch_gives_each_sequence_its_own_output():
+    model = build()
+    ids, mask = source_batch(lengths=(7, 4, 2))
+    batched = model.generate(ids, attention_mask=mask, max_new_tokens=8, num_beams=3)
+    with torch.no_grad():
+        target = torch.randint(4, 40, (3, 6), generator=torch.Generator().manual_seed(5))
+        batched_logits = model(ids, mask, decoder_input_ids=target).logits
+    for row, length in enumerate((7, 4, 2)):
+        alone = model.generate(ids[row : row + 1, :length], max_new_tokens=8, num_beams=3)
+        assert torch.equal(batched[row, : alone.shape[1]], alone[0]), row
+        with torch.no_grad():
+            logits = model(ids[row : row + 1, :length], decoder_input_ids=target[row : row + 1]).logits
+        torch.testing.assert_close(batched_logits[row], logits[0], atol=1e-5, rtol=1e-4)
+
+
+def test_generation_controls():
+    model = build()
+    ids, mask = source_batch()
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6)
+    assert out.shape == (3, 7) and (out[:, 0] == model.config.decoder_start_token_id).all()
+    forced = model.generate(ids, attention_mask=mask, max_new_tokens=6, forced_bos_token_id=4)
+    assert (forced[:, 1] == 4).all()  # a target-language tag right after the start token
+    no_repeat = model.generate(ids, attention_mask=mask, max_new_tokens=15, min_new_tokens=15, no_repeat_ngram_size=2)
+    for row in no_repeat.tolist():
+        bigrams = list(zip(row[1:], row[2:], strict=False))
+        assert len(bigrams) == len(set(bigrams))
+    beams = model.generate(ids, attention_mask=mask, max_new_tokens=6, num_beams=4, num_return_sequences=4,
+                           output_scores=True, return_dict_in_generate=True)  # fmt: skip
+    assert beams.sequences.shape[0] == 12
+    assert (beams.sequences_scores.view(3, 4).diff(dim=1) <= 1e-6).all()  # best beam first
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loss and training
+
+
+def test_loss_equals_hand_computed_cross_entropy():
+    model = build()
+    ids, mask = source_batch()
+    labels = torch.randint(4, 40, (3, 6), generator=torch.Generator().manual_seed(2))
+    labels[1, 4:] = -100
+    out = model(ids, mask, labels=labels)
+    decoder_input_ids = torch.cat([torch.full((3, 1), model.config.decoder_start_token_id), labels[:, :-1]], dim=1)
+    decoder_input_ids = decoder_input_ids.masked_fill(decoder_input_ids == -100, model.config.pad_token_id)
+    logits = model(ids, mask, decoder_input_ids=decoder_input_ids).logits
+    torch.testing.assert_close(out.logits, logits)
+    keep = labels != -100
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(logits[keep], labels[keep]))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = build(initializer_range=0.02)
+    model.train()
+    ids, mask = source_batch()
+    labels = torch.randint(4, 40, (3, 6), generator=torch.Generator().manual_seed(2))
+    model(ids, mask, labels=labels).loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    model(ids, mask, labels=labels).loss.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], msg=name)
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "flex_attention"])
+def test_attention_implementations_agree_with_eager(implementation):
+    model = build(initializer_range=0.02)
+    ids, mask = source_batch()
+    target = torch.randint(4, 40, (3, 6), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        model.set_attn_implementation("eager")
+        expected = model(ids, mask, decoder_input_ids=target).logits
+        model.set_attn_implementation(implementation)
+        actual = model(ids, mask, decoder_input_ids=target).logits
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_outputs_of_every_part():
+    model = build(attn_implementation="eager")
+    ids, mask = source_batch()
+    target = torch.randint(4, 40, (3, 5), generator=torch.Generator().manual_seed(2))
+    out = model(ids, mask, decoder_input_ids=target, output_hidden_states=True, output_attentions=True)
+    config = model.config
+    assert len(out.encoder_hidden_states) == config.num_hidden_layers + 1
+    assert len(out.decoder_hidden_states) == config.num_decoder_layers + 1
+    assert out.encoder_attentions[0].shape == (3, 4, 7, 7)
+    assert out.decoder_attentions[0].shape == (3, 4, 5, 5)
+    assert out.cross_attentions[0].shape == (3, 4, 5, 7)
+    assert out.decoder_attentions[0][0, 0].triu(1).abs().max() == 0  # causal
+    assert out.cross_attentions[0][2, :, :, 2:].abs().max() == 0  # source padding gets no attention
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Weights: tying, save/load, Auto classes, remote code, warm start
+
+
+def test_one_matrix_for_both_embeddings_and_the_lm_head(tmp_path):
+    model = build()
+    embeddings = model.get_input_embeddings().weight
+    assert model.get_decoder().get_input_embeddings().weight is embeddings and model.lm_head.weight is embeddings
+    model.save_pretrained(tmp_path)
+    loaded = Seq2SeqForConditionalGeneration.from_pretrained(tmp_path)
+    assert loaded.lm_head.weight is loaded.model.decoder.embeddings.tok_embeddings.weight
+    assert loaded.lm_head.weight is loaded.model.encoder.embeddings.tok_embeddings.weight
+    loaded.resize_token_embeddings(50)
+    assert loaded.lm_head.weight is loaded.model.decoder.embeddings.tok_embeddings.weight
+    assert loaded.lm_head.weight.shape[0] == 50 == loaded.config.vocab_size
+    untied = build(tie_word_embeddings=False)
+    assert untied.lm_head.weight is not untied.get_input_embeddings().weight
+    assert untied.get_decoder().get_input_embeddings().weight is not untied.get_input_embeddings().weight
+
+
+def test_save_load_and_auto_classes(tmp_path):
+    model = build()
+    ids, mask = source_batch()
+    model.save_pretrained(tmp_path)
+    generation_config = json.loads((tmp_path / "generation_config.json").read_text())
+    assert generation_config["decoder_start_token_id"] == 1 and generation_config["eos_token_id"] == 2
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), Seq2SeqConfig)
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is Seq2SeqForConditionalGeneration
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(base) is Seq2SeqModel
+    target = torch.randint(4, 40, (3, 6), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, mask, decoder_input_ids=target).logits,
+                                   model(ids, mask, decoder_input_ids=target).logits)  # fmt: skip
+        torch.testing.assert_close(base(ids, mask, decoder_input_ids=target).last_hidden_state,
+                                   model.model(ids, mask, decoder_input_ids=target).last_hidden_state)  # fmt: skip
+    assert torch.equal(loaded.generate(ids, attention_mask=mask, num_beams=2, max_new_tokens=8),
+                       model.generate(ids, attention_mask=mask, num_beams=2, max_new_tokens=8))  # fmt: skip
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class RefuseHfEncoders(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "hf_encoders":
+                raise ModuleNotFoundError(f"No module named {name!r} (refused by the test)")
+
+    sys.meta_path.insert(0, RefuseHfEncoders())
+    import torch
+    from transformers import AutoModel, AutoModelForSeq2SeqLM, pipeline
+
+    folder, expected_file = sys.argv[1], sys.argv[2]
+    expected = torch.load(expected_file)
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules")
+    with torch.no_grad():
+        logits = model(**expected["inputs"]).logits
+    generated = model.generate(expected["inputs"]["input_ids"], attention_mask=expected["inputs"]["attention_mask"],
+                               num_beams=2, max_new_tokens=8)
+    base = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    translate = pipeline("translation", model=folder, trust_remote_code=True, tgt_lang="de", max_new_tokens=5)
+    print(json.dumps({
+        "logits": float((logits - expected["logits"]).abs().max()),
+        "generate_equal": bool(torch.equal(generated, expected["generated"])),
+        "base": type(base).__name__,
+        "translation": translate("a dog runs")[0]["translation_text"],
+    }))
+    """
+)
+
+
+def test_trust_remote_code_without_the_package(tmp_path):
+    tokenizer = seq2seq_tokenizer()
+    model = build(vocab_size=len(tokenizer))
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    for code in ("modeling_seq2seq.py", "modeling_encoder.py", "configuration_hf_encoders.py", "pipeline_seq2seq.py"):
+        assert (folder / code).exists(), code
+    ids, mask = source_batch(vocab_size=len(tokenizer))
+    target = torch.randint(4, len(tokenizer), (3, 6), generator=torch.Generator().manual_seed(2))
+    inputs = {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": target}
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    generated = model.generate(ids, attention_mask=mask, num_beams=2, max_new_tokens=8)
+    torch.save({"inputs": inputs, "logits": logits, "generated": generated}, tmp_path / "expected.pt")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    done = subprocess.run([sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(tmp_path / "expected.pt")],
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["logits"] < 1e-5 and result["generate_equal"] and result["base"] == "Seq2SeqModel", result
+    assert isinstance(result["translation"], str)
+
+
+def test_translation_and_text2text_pipelines(tmp_path):
+    tokenizer = seq2seq_tokenizer()
+    model = build(vocab_size=len(tokenizer))
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    translate = pipeline("translation", model=str(tmp_path), pipeline_class=TranslationPipeline, tgt_lang="de",
+                         max_new_tokens=6, num_beams=2)  # fmt: skip
+    single = translate("a dog runs")
+    assert len(single) == 1 and set(single[0]) == {"translation_text"}
+    ids = tokenizer("a dog runs", return_tensors="pt")
+    expected = model.generate(**ids, max_new_tokens=6, num_beams=2, forced_bos_token_id=4)
+    assert single[0]["translation_text"] == tokenizer.decode(expected[0], skip_special_tokens=True)
+    assert len(translate(["a dog runs", "the cat sits"])) == 2
+    with pytest.raises(ValueError, match="no language tag '<2fr>'"):
+        pipeline("translation", model=str(tmp_path), pipeline_class=TranslationPipeline, tgt_lang="fr")
+    generate = pipeline("text2text-generation", model=str(tmp_path), trust_remote_code=True, max_new_tokens=4)
+    several = generate("the cat", num_beams=3, num_return_sequences=3)
+    assert len(several) == 3 and all("generated_text" in item for item in several)
+
+
+def test_warm_start_from_a_masked_lm_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    encoder = EncoderForMaskedLM(
+        tiny_config(num_hidden_layers=3, local_attention=None, global_attn_every_n_layers=None)
+    )
+    encoder.save_pretrained(tmp_path)
+    model = Seq2SeqForConditionalGeneration.from_encoder_pretrained(tmp_path, num_decoder_layers=2)
+    report = model.warm_start_report
+    source = encoder.model.state_dict()
+    state = model.state_dict()
+    assert model.config.num_hidden_layers == 3 and model.config.num_decoder_layers == 2
+    assert model.config.decoder_start_token_id == encoder.config.cls_token_id
+    assert model.config.eos_token_id == encoder.config.sep_token_id
+    # everything of the encoder is copied
+    for name, tensor in source.items():
+        assert torch.equal(state[f"model.encoder.{name}"], tensor), name
+        assert f"model.encoder.{name}" in report["copied"]
+    # decoder self-attention, MLP and norms come from the encoder layer of the same index
+    pairs = {"self_attn.qkv_proj.weight": "attn.qkv_proj.weight", "self_attn.o_proj.weight": "attn.o_proj.weight",
+             "mlp.up_proj.weight": "mlp.up_proj.weight", "mlp.down_proj.weight": "mlp.down_proj.weight",
+             "mlp_norm.weight": "mlp_norm.weight"}  # fmt: skip
+    for i in range(2):
+        for target, origin in pairs.items():
+            assert torch.equal(state[f"model.decoder.layers.{i}.{target}"], source[f"layers.{i}.{origin}"])
+            assert f"model.decoder.layers.{i}.{target}" in report["copied"]
+    assert torch.equal(state["model.decoder.layers.1.self_attn_norm.weight"], source["layers.1.attn_norm.weight"])
+    # cross-attention is new, and only what the report calls copied was copied
+    assert all(".cross_attn" in name for name in report["initialised"])
+    assert {f"model.decoder.layers.{i}.cross_attn.{p}.weight" for i in range(2) for p in ("q_proj", "kv_proj", "o_proj")} <= set(report["initialised"])  # fmt: skip
+    assert set(report["tied"]) == {"lm_head.weight", "model.decoder.embeddings.tok_embeddings.weight"}
+    assert set(report["copied"]) | set(report["initialised"]) | set(report["tied"]) == set(state)
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+
+    fresh = Seq2SeqForConditionalGeneration.from_encoder_pretrained(tmp_path, init_decoder_from_encoder=False)
+    assert all(name.startswith("model.encoder.") or "norm" in name for name in fresh.warm_start_report["copied"])
+    assert "model.decoder.layers.0.self_attn.qkv_proj.weight" in fresh.warm_start_report["initialised"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_bad_inputs_are_refused():
+    model = build()
+    ids, mask = source_batch()
+    with pytest.raises(ValueError, match=r"`decoder_input_ids` has shape \(3, 4\) but `labels` has shape \(3, 5\)"):
+        model(ids, mask, decoder_input_ids=torch.full((3, 4), 5), labels=torch.full((3, 5), 5))
+    with pytest.raises(ValueError, match="`input_ids` is empty"):
+        model(torch.zeros((1, 0), dtype=torch.long), labels=torch.full((1, 3), 5))
+    with pytest.raises(ValueError, match="`input_ids` contains id 45, 6 beyond the vocabulary"):
+        model(torch.tensor([[5, 45]]), labels=torch.full((1, 3), 5))
+    with pytest.raises(ValueError, match="`decoder_input_ids` contains negative ids"):
+        model(ids, mask, decoder_input_ids=torch.full((3, 2), -1))
+    with pytest.raises(ValueError, match="`labels` contains id 40"):
+        model(ids, mask, labels=torch.full((3, 2), 40))
+    with pytest.raises(ValueError, match="`attention_mask` has shape"):
+        model(ids, mask[:, :3], labels=torch.full((3, 2), 5))
+    with pytest.raises(ValueError, match="`decoder_input_ids` has sequences of 50 tokens, 2 more than"):
+        model(ids, mask, decoder_input_ids=torch.full((3, 50), 5))
+    no_start = build(decoder_start_token_id=None)
+    with pytest.raises(ValueError, match="no `decoder_start_token_id`"):
+        no_start(ids, mask, labels=torch.full((3, 2), 5))
