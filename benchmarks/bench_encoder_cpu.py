@@ -12,18 +12,16 @@ own `sparse_prediction=True`.
 """
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-import transformers
 from transformers import BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import write_result  # noqa: E402
 from hf_encoders import EncoderConfig, EncoderForMaskedLM  # noqa: E402
 
 PAD, CLS, SEP, MASK = 0, 1, 2, 3
@@ -118,16 +116,6 @@ def time_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches
     return seconds
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -159,26 +147,18 @@ def main() -> None:
     )
 
     if args.output:
-        result = {
-            "benchmark": "masked-LM training step (forward, backward, AdamW), CPU",
-            "command": "python " + " ".join(sys.argv),
-            "device": f"CPU: {cpu_name()}",
-            "cpu_threads": args.threads,
-            "versions": {
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
+        write_result(
+            args.output,
+            "masked-LM training step (forward, backward, AdamW)",
+            {k: v for k, v in vars(args).items() if k != "output"},
+            {
+                "real_tokens_per_step": tokens / len(batches),
+                "padded_tokens_per_step": padded_tokens / len(batches),
+                "tokens_per_second": median,
+                "tokens_per_second_per_round": throughput,
+                "speedup_of_ours": {name: median[ours] / value for name, value in median.items()},
             },
-            "settings": {k: v for k, v in vars(args).items() if k != "output"},
-            "real_tokens_per_step": tokens / len(batches),
-            "padded_tokens_per_step": padded_tokens / len(batches),
-            "tokens_per_second": median,
-            "tokens_per_second_per_round": throughput,
-            "speedup_of_ours": {name: median[ours] / value for name, value in median.items()},
-        }
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.output}")
+        )
 
 
 if __name__ == "__main__":

@@ -38,11 +38,13 @@ from .modeling_encoder import (
     EncoderModel,
     EncoderPreTrainedModel,
     EncoderRotaryEmbedding,
+    PackedBatch,
     apply_rotary_pos_emb,
     check_attention_mask,
     check_sequence_length,
     check_token_ids,
     make_norm,
+    packed_batch_from_inputs,
     run_attention,
 )
 from .pipeline_seq2seq import CUSTOM_PIPELINES
@@ -56,9 +58,15 @@ SEQ2SEQ_AUTO_MAP = {
 }
 
 
-def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None):
+def shift_tokens_right(
+    labels: torch.Tensor,
+    pad_token_id: int | None,
+    decoder_start_token_id: int | None,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Decoder inputs for teacher forcing: `labels` shifted one step right behind `decoder_start_token_id`, with
-    the -100 of ignored positions replaced by padding."""
+    the -100 of ignored positions replaced by padding. For a padding-free row of several targets, give their
+    `position_ids`: every sequence (position 0) then starts from `decoder_start_token_id`."""
     if decoder_start_token_id is None:
         raise ValueError(
             "`labels` were given but the config has no `decoder_start_token_id` to build `decoder_input_ids` from; "
@@ -68,6 +76,8 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_s
         raise ValueError("`labels` were given but the config has no `pad_token_id` to replace their -100 with.")
     shifted = labels.new_full(labels.shape, decoder_start_token_id)
     shifted[:, 1:] = labels[:, :-1]
+    if position_ids is not None:
+        shifted = shifted.masked_fill(position_ids.expand_as(shifted) == 0, decoder_start_token_id)
     return shifted.masked_fill(shifted == -100, pad_token_id)
 
 
@@ -90,6 +100,7 @@ class DecoderSelfAttention(nn.Module):
         attention_mask: torch.Tensor | None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
         past_key_values: EncoderDecoderCache | None = None,
+        packed: PackedBatch | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
@@ -97,10 +108,14 @@ class DecoderSelfAttention(nn.Module):
         query, key, value = qkv.unbind(dim=-3)
         if position_embeddings is not None:
             query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        if packed is not None:  # padding-free targets: attention sees them re-padded, (num_targets, max_length)
+            query, key, value = packed.pad(query), packed.pad(key), packed.pad(value)
         query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
         if past_key_values is not None:
             key, value = past_key_values.self_attention_cache.update(key, value, self.layer_idx)
         attn_output, attn_weights = run_attention(self, query, key, value, attention_mask, **kwargs)
+        if packed is not None:
+            attn_output = packed.unpad(attn_output)
         return self.o_proj(attn_output.reshape(*input_shape, -1)), attn_weights
 
 
@@ -125,21 +140,30 @@ class DecoderCrossAttention(nn.Module):
         encoder_hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
         past_key_values: EncoderDecoderCache | None = None,
+        packed: PackedBatch | None = None,
+        source_packed: PackedBatch | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
-        query = self.q_proj(hidden_states).view(*input_shape, self.num_heads, self.head_dim).transpose(1, 2)
+        query = self.q_proj(hidden_states).view(*input_shape, self.num_heads, self.head_dim)
+        if packed is not None:  # padding-free: each target attends to its own source, both re-padded
+            query = packed.pad(query)
+        query = query.transpose(1, 2)
         if past_key_values is not None and past_key_values.is_updated.get(self.layer_idx):
             cached = past_key_values.cross_attention_cache.layers[self.layer_idx]
             key, value = cached.keys, cached.values
         else:
             kv = self.kv_proj(encoder_hidden_states)
             kv = kv.view(*encoder_hidden_states.shape[:-1], 2, self.num_heads, self.head_dim)
+            if source_packed is not None:
+                kv = source_packed.pad(kv)
             key, value = (states.transpose(1, 2) for states in kv.unbind(dim=-3))
             if past_key_values is not None:
                 key, value = past_key_values.cross_attention_cache.update(key, value, self.layer_idx)
                 past_key_values.is_updated[self.layer_idx] = True
         attn_output, attn_weights = run_attention(self, query, key, value, attention_mask, **kwargs)
+        if packed is not None:
+            attn_output = packed.unpad(attn_output)
         return self.o_proj(attn_output.reshape(*input_shape, -1)), attn_weights
 
 
@@ -165,14 +189,22 @@ class DecoderLayer(GradientCheckpointingLayer):
         encoder_attention_mask: torch.Tensor | None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         past_key_values: EncoderDecoderCache | None = None,
+        packed: PackedBatch | None = None,
+        source_packed: PackedBatch | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         attn_output, _ = self.self_attn(
-            self.self_attn_norm(hidden_states), attention_mask, position_embeddings, past_key_values, **kwargs
+            self.self_attn_norm(hidden_states), attention_mask, position_embeddings, past_key_values, packed, **kwargs
         )
         hidden_states = hidden_states + self.dropout(attn_output)
         attn_output, _ = self.cross_attn(
-            self.cross_attn_norm(hidden_states), encoder_hidden_states, encoder_attention_mask, past_key_values, **kwargs
+            self.cross_attn_norm(hidden_states),
+            encoder_hidden_states,
+            encoder_attention_mask,
+            past_key_values,
+            packed,
+            source_packed,
+            **kwargs,
         )
         hidden_states = hidden_states + self.dropout(attn_output)
         return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
@@ -221,8 +253,14 @@ class Seq2SeqDecoder(Seq2SeqPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         position_ids: torch.LongTensor | None = None,
+        encoder_position_ids: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPastAndCrossAttentions:
+        r"""
+        position_ids / encoder_position_ids: positions of the target and source tokens. For padding-free batches
+            (targets in one row of shape (1, total), sources likewise), they restart at 0 with each sequence; each
+            target then attends causally within itself and to its own source only.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `decoder_input_ids` or `decoder_inputs_embeds`.")
         if encoder_hidden_states is None:
@@ -237,27 +275,60 @@ class Seq2SeqDecoder(Seq2SeqPreTrainedModel):
                 f"{input_shape[0]}."
             )
 
+        packed = packed_batch_from_inputs(input_shape, attention_mask, position_ids)
+        source_packed = packed_batch_from_inputs(
+            encoder_hidden_states.shape[:2], encoder_attention_mask, encoder_position_ids
+        )
+        if (packed is None) != (source_packed is None) or (
+            packed is not None and packed.num_sequences != source_packed.num_sequences
+        ):
+            raise ValueError(
+                "Padding-free batches pack sources and targets alike: one row each, with `position_ids` and "
+                "`decoder_position_ids` restarting at every sequence, as many targets as sources; got "
+                f"{packed.num_sequences if packed else 'no packed'} targets and "
+                f"{source_packed.num_sequences if source_packed else 'no packed'} sources."
+            )
+        if packed is not None and past_key_values is not None:
+            raise ValueError("Padding-free batches are for training: they take no `past_key_values`.")
+
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None and not (self.gradient_checkpointing and self.training):
+        if (
+            use_cache
+            and past_key_values is None
+            and packed is None
+            and not (self.gradient_checkpointing and self.training)
+        ):
             past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-        check_sequence_length(past_length + input_shape[1], self.config.max_position_embeddings, "decoder_input_ids")
+        longest = packed.max_length if packed is not None else past_length + input_shape[1]
+        check_sequence_length(longest, self.config.max_position_embeddings, "decoder_input_ids")
         if position_ids is None:
             position_ids = torch.arange(past_length, past_length + input_shape[1], device=self.device)[None]
 
         hidden_states = self.embeddings(input_ids, inputs_embeds, position_ids)
+        # attention masks, in the padded layout that the attention kernels see
+        mask_embeds, target_mask, source_embeds, source_mask = (
+            hidden_states,
+            attention_mask,
+            encoder_hidden_states,
+            encoder_attention_mask,
+        )
+        if packed is not None:
+            mask_embeds, target_mask = hidden_states.new_empty(*packed.padding_mask.shape, 0), packed.padding_mask
+            source_embeds = hidden_states.new_empty(*source_packed.padding_mask.shape, 0)
+            source_mask = source_packed.padding_mask
         self_attention_mask = create_causal_mask(
             config=self.config,
-            inputs_embeds=hidden_states,
-            attention_mask=attention_mask,
+            inputs_embeds=mask_embeds,
+            attention_mask=target_mask,
             past_key_values=past_key_values.self_attention_cache if past_key_values is not None else None,
-            position_ids=position_ids,
+            position_ids=position_ids if packed is None else None,
         )
         cross_attention_mask = create_bidirectional_mask(
             config=self.config,
-            inputs_embeds=hidden_states,
-            attention_mask=encoder_attention_mask,
-            encoder_hidden_states=encoder_hidden_states,
+            inputs_embeds=mask_embeds,
+            attention_mask=source_mask,
+            encoder_hidden_states=source_embeds,
         )
         position_embeddings = self.rotary_emb(hidden_states, position_ids) if self.rotary_emb is not None else None
 
@@ -269,6 +340,8 @@ class Seq2SeqDecoder(Seq2SeqPreTrainedModel):
                 cross_attention_mask,
                 position_embeddings,
                 past_key_values,
+                packed,
+                source_packed,
                 **kwargs,
             )
         return BaseModelOutputWithPastAndCrossAttentions(
@@ -313,16 +386,23 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        position_ids: torch.LongTensor | None = None,
         decoder_position_ids: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqModelOutput:
         r"""
         input_ids / attention_mask: the source batch. decoder_input_ids / decoder_attention_mask: the target prefix.
         encoder_outputs: the encoder's output, to skip running it again (as `generate` does).
+        position_ids / decoder_position_ids: for padding-free batches, sources packed in one row and targets in
+            another, each with positions restarting at 0 per sequence.
         """
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
-                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                **kwargs,
             )
         elif isinstance(encoder_outputs, (tuple, list)):  # return_dict=False outputs of the encoder
             encoder_outputs = BaseModelOutput(*encoder_outputs)
@@ -335,6 +415,7 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
             inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
             position_ids=decoder_position_ids,
+            encoder_position_ids=position_ids,
             **kwargs,
         )
         return Seq2SeqModelOutput(
@@ -379,6 +460,12 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
         self.config.custom_pipelines = CUSTOM_PIPELINES
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+    def _reorder_cache(self, past_key_values: EncoderDecoderCache, beam_idx: torch.LongTensor) -> EncoderDecoderCache:
+        """Beam search: the beams follow their parents in the self-attention cache. Beams never change source, and
+        the cross-attention keys and values are the same for all beams of a source, so they stay where they are."""
+        past_key_values.self_attention_cache.reorder_cache(beam_idx)
+        return past_key_values
+
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
@@ -395,11 +482,15 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
         decoder_inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        position_ids: torch.LongTensor | None = None,
+        decoder_position_ids: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqLMOutput:
         r"""
         labels: (batch, target_len) target ids, -100 on positions to ignore. Without `decoder_input_ids`, the decoder
-            reads the labels shifted right behind `config.decoder_start_token_id` (teacher forcing).
+            reads the labels shifted right behind `config.decoder_start_token_id` (teacher forcing). With
+            `config.sparse_prediction`, the LM head runs only on labelled positions and `logits` has one row for each.
+        position_ids / decoder_position_ids: padding-free batches (see `Seq2SeqModel.forward`).
         """
         if labels is not None:
             check_token_ids(labels, self.config.vocab_size, "labels", ignore_index=-100)
@@ -409,7 +500,9 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
                     f"{tuple(labels.shape)}; they must match (or leave out `decoder_input_ids` to shift the labels)."
                 )
             if decoder_input_ids is None and decoder_inputs_embeds is None:
-                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+                decoder_input_ids = shift_tokens_right(
+                    labels, self.config.pad_token_id, self.config.decoder_start_token_id, decoder_position_ids
+                )
 
         outputs = self.model(
             input_ids=input_ids,
@@ -421,9 +514,15 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             decoder_inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
+            position_ids=position_ids,
+            decoder_position_ids=decoder_position_ids,
             **kwargs,
         )
-        logits = self.lm_head(outputs.last_hidden_state)
+        hidden_states = outputs.last_hidden_state
+        if labels is not None and self.config.sparse_prediction:
+            predicted = labels != -100
+            hidden_states, labels = hidden_states[predicted], labels[predicted]
+        logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:
             # token-level cross-entropy without a shift: the labels are aligned with the decoder outputs already

@@ -21,3 +21,19 @@ def test_cpu_benchmark_runs_and_records_its_figures(tmp_path):
     assert len(result["tokens_per_second"]) == 4 and all(v > 0 for v in result["tokens_per_second"].values())
     assert result["real_tokens_per_step"] < result["padded_tokens_per_step"]
     assert {"torch", "transformers"} <= set(result["versions"]) and result["command"].startswith("python ")
+
+
+def test_seq2seq_benchmark_runs_and_records_its_figures(tmp_path):
+    output = tmp_path / "result.json"
+    tiny = ["--hidden-size", "32", "--encoder-layers", "1", "--decoder-layers", "1", "--heads", "2",
+            "--intermediate-size", "64", "--vocab-size", "64", "--train-batch-size", "4", "--train-steps", "1",
+            "--generate-batch-size", "2", "--generate-batches", "1", "--new-tokens", "3", "--rounds", "1"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_seq2seq_cpu.py"), *tiny, "--output", str(output)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(output.read_text())
+    modes = {"train tokens/s", "generate sentences/s (beams=1)", "generate sentences/s (beams=4)"}
+    assert set(result["median"]) == modes == set(result["speedup_of_ours"])
+    assert all(len(per_model) == 3 and min(per_model.values()) > 0 for per_model in result["median"].values())

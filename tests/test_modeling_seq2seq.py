@@ -193,6 +193,53 @@ def test_loss_equals_hand_computed_cross_entropy():
     torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(logits[keep], labels[keep]))
 
 
+def test_sparse_prediction_loss_equals_dense_loss():
+    dense, sparse = build(), build(sparse_prediction=True)
+    ids, mask = source_batch()
+    labels = torch.randint(4, 40, (3, 6), generator=torch.Generator().manual_seed(2))
+    labels[1, 4:] = labels[2, 2:] = -100
+    with torch.no_grad():
+        dense_out, sparse_out = dense(ids, mask, labels=labels), sparse(ids, mask, labels=labels)
+    torch.testing.assert_close(sparse_out.loss, dense_out.loss)
+    assert sparse_out.logits.shape == (int((labels != -100).sum()), 40)
+    torch.testing.assert_close(sparse_out.logits, dense_out.logits[labels != -100])
+    assert torch.equal(sparse.generate(ids, attention_mask=mask, max_new_tokens=5),
+                       dense.generate(ids, attention_mask=mask, max_new_tokens=5))  # fmt: skip
+
+
+def pack_rows(ids, mask):
+    lengths = mask.sum(1).tolist()
+    flat = torch.cat([row[:n] for row, n in zip(ids, lengths, strict=True)])[None]
+    return flat, torch.cat([torch.arange(n) for n in lengths])[None]
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_padding_free_batch_equals_padded_batch(implementation):
+    model = build(initializer_range=0.02, sparse_prediction=True, attn_implementation=implementation)
+    model.train()
+    ids, mask = source_batch(lengths=(7, 4, 2))
+    target_lengths = (5, 6, 2)
+    labels = torch.randint(4, 40, (3, 6), generator=torch.Generator().manual_seed(2))
+    target_mask = (torch.arange(6) < torch.tensor(target_lengths)[:, None]).long()
+    labels = labels.masked_fill(target_mask == 0, -100)
+    padded = model(ids, mask, labels=labels)
+    padded.loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+
+    source, source_positions = pack_rows(ids, mask)
+    target, target_positions = pack_rows(labels, target_mask)
+    packed = model(source, position_ids=source_positions, labels=target, decoder_position_ids=target_positions)
+    torch.testing.assert_close(packed.logits, padded.logits, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(packed.loss, padded.loss, atol=1e-6, rtol=1e-5)
+    packed.loss.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], atol=1e-6, rtol=1e-4, msg=name)
+
+    with pytest.raises(ValueError, match="Padding-free batches pack sources and targets alike"):
+        model(source, position_ids=source_positions, labels=target)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     model = build(initializer_range=0.02)
     model.train()

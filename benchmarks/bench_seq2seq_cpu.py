@@ -1,0 +1,201 @@
+"""Encoder-decoder speed of Seq2SeqForConditionalGeneration beside transformers' BartForConditionalGeneration and
+MarianMTModel of the same dimensions, in one process, on the same data:
+
+- training steps (forward, backward, AdamW) on padded source/target batches, in real (non-padding) tokens/s;
+- generation throughput in sentences/s, greedy and beam search, every model made to write exactly
+  `--new-tokens` tokens (min = max), so that all do the same amount of decoding.
+
+Ours trains on padding-free batches (sources packed in one row, targets in another) with sparse prediction (the LM
+head only on labelled target positions), and by default with a plain GELU MLP, so that its FLOPs per token equal
+BART's and Marian's; `--activation geglu` measures the gated MLP that the translation configs use (1.5x the MLP
+FLOPs). BART and Marian get the same pairs as padded batches, as their collators give them.
+
+    python benchmarks/bench_seq2seq_cpu.py --output benchmarks/results/seq2seq_cpu.json
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import BartConfig, BartForConditionalGeneration, MarianConfig, MarianMTModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import write_result  # noqa: E402
+from hf_encoders import Seq2SeqConfig, Seq2SeqForConditionalGeneration  # noqa: E402
+
+PAD, BOS, EOS = 0, 1, 2
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hidden-size", type=int, default=256)
+    parser.add_argument("--encoder-layers", type=int, default=3)
+    parser.add_argument("--decoder-layers", type=int, default=3)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--intermediate-size", type=int, default=1024)
+    parser.add_argument("--vocab-size", type=int, default=8000)
+    parser.add_argument("--activation", choices=["gelu", "geglu"], default="gelu", help="our MLP")
+    parser.add_argument("--min-length", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=30)
+    parser.add_argument("--train-batch-size", type=int, default=64)
+    parser.add_argument("--train-steps", type=int, default=6, help="timed training steps per model and round")
+    parser.add_argument("--generate-batch-size", type=int, default=32)
+    parser.add_argument("--generate-batches", type=int, default=2, help="timed generate calls per model, round, mode")
+    parser.add_argument("--new-tokens", type=int, default=40)
+    parser.add_argument("--beams", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--rounds", type=int, default=3, help="models take turns this many times")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, help="write the figures as JSON here")
+    return parser.parse_args()
+
+
+def random_batch(args: argparse.Namespace, batch_size: int, generator: torch.Generator):
+    """Right-padded ids ending in EOS, with lengths drawn from [min_length, max_length]."""
+    lengths = torch.randint(args.min_length, args.max_length + 1, (batch_size,), generator=generator)
+    ids = torch.randint(3, args.vocab_size, (batch_size, int(lengths.max())), generator=generator)
+    positions = torch.arange(ids.shape[1])
+    ids[positions == (lengths - 1)[:, None]] = EOS
+    mask = (positions < lengths[:, None]).long()
+    return ids.masked_fill(mask == 0, PAD), mask
+
+
+def pack(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row of the real tokens, and positions restarting with each sequence."""
+    lengths = mask.sum(1).tolist()
+    flat = torch.cat([row[:n] for row, n in zip(ids, lengths, strict=True)])[None]
+    return flat, torch.cat([torch.arange(n) for n in lengths])[None]
+
+
+def make_data(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+    generator = torch.Generator().manual_seed(args.seed)
+    train = []
+    for _ in range(args.train_steps + 1):
+        src, src_mask = random_batch(args, args.train_batch_size, generator)
+        tgt, tgt_mask = random_batch(args, args.train_batch_size, generator)
+        labels = tgt.masked_fill(tgt_mask == 0, -100)
+        (src_flat, src_positions), (tgt_flat, tgt_positions) = pack(src, src_mask), pack(tgt, tgt_mask)
+        train.append(
+            {
+                "tokens": int(src_mask.sum() + tgt_mask.sum()),
+                "padded": {"input_ids": src, "attention_mask": src_mask, "labels": labels},
+                "packed": {
+                    "input_ids": src_flat,
+                    "position_ids": src_positions,
+                    "labels": tgt_flat,
+                    "decoder_position_ids": tgt_positions,
+                },
+            }
+        )
+    generation = []
+    for _ in range(args.generate_batches):
+        src, src_mask = random_batch(args, args.generate_batch_size, generator)
+        generation.append({"input_ids": src, "attention_mask": src_mask})
+    return train, generation
+
+
+def build_models(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, str]]:
+    dims = dict(vocab_size=args.vocab_size, max_position_embeddings=128, pad_token_id=PAD, eos_token_id=EOS)
+    ours = Seq2SeqConfig(
+        **dims, hidden_size=args.hidden_size, num_hidden_layers=args.encoder_layers,
+        num_decoder_layers=args.decoder_layers, num_attention_heads=args.heads,
+        intermediate_size=args.intermediate_size, hidden_activation=args.activation, bos_token_id=BOS,
+        decoder_start_token_id=BOS, sparse_prediction=True, attn_implementation="sdpa",
+    )  # fmt: skip
+    theirs = dict(
+        **dims, d_model=args.hidden_size, encoder_layers=args.encoder_layers, decoder_layers=args.decoder_layers,
+        encoder_attention_heads=args.heads, decoder_attention_heads=args.heads,
+        encoder_ffn_dim=args.intermediate_size, decoder_ffn_dim=args.intermediate_size, bos_token_id=BOS,
+        decoder_start_token_id=BOS, forced_eos_token_id=None, dropout=0.0, attn_implementation="sdpa",
+    )  # fmt: skip
+    return {  # name -> (model, training batch layout); all share width, depth, heads, FFN size and vocabulary
+        f"hf_encoders Seq2SeqForConditionalGeneration ({args.activation})": (
+            Seq2SeqForConditionalGeneration(ours),
+            "packed",
+        ),
+        "transformers BartForConditionalGeneration": (BartForConditionalGeneration(BartConfig(**theirs)), "padded"),
+        "transformers MarianMTModel": (MarianMTModel(MarianConfig(**theirs)), "padded"),
+    }
+
+
+def train_seconds(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: list[dict], layout: str) -> float:
+    seconds = 0.0
+    for batch in batches:
+        start = time.perf_counter()
+        model(**batch[layout]).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds += time.perf_counter() - start
+    return seconds
+
+
+@torch.no_grad()
+def generate_seconds(model: torch.nn.Module, batches: list[dict], beams: int, new_tokens: int) -> float:
+    seconds = 0.0
+    for batch in batches:
+        start = time.perf_counter()
+        out = model.generate(**batch, num_beams=beams, do_sample=False, max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens)  # fmt: skip
+        seconds += time.perf_counter() - start
+        assert out.shape[1] == new_tokens + 1, out.shape
+    return seconds
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    train, generation = make_data(args)
+    models = build_models(args)
+    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, (model, _) in models.items()}
+    for name, (model, layout) in models.items():  # warm-up
+        model.train()
+        train_seconds(model, optimizers[name], train[:1], layout)
+        model.eval()
+        generate_seconds(model, generation[:1], max(args.beams), 4)
+
+    tokens = sum(batch["tokens"] for batch in train[1:])
+    sentences = sum(batch["input_ids"].shape[0] for batch in generation)
+    modes = ["train tokens/s"] + [f"generate sentences/s (beams={b})" for b in args.beams]
+    figures = {mode: {name: [] for name in models} for mode in modes}
+    for round_index in range(args.rounds):  # take turns, so that drift of the machine hits every model alike
+        for name, (model, layout) in models.items():
+            model.train()
+            figures[modes[0]][name].append(tokens / train_seconds(model, optimizers[name], train[1:], layout))
+            model.eval()
+            for mode, beams in zip(modes[1:], args.beams, strict=True):
+                figures[mode][name].append(sentences / generate_seconds(model, generation, beams, args.new_tokens))
+            summary = "  ".join(f"{mode}: {figures[mode][name][-1]:7.1f}" for mode in modes)
+            print(f"round {round_index + 1}/{args.rounds}  {name:<58} {summary}", flush=True)
+
+    ours = next(iter(models))
+    median = {
+        mode: {name: statistics.median(v) for name, v in per_model.items()} for mode, per_model in figures.items()
+    }
+    print()
+    for mode in modes:
+        print(f"{mode:<40} " + "  ".join(f"{name.split()[-1]}: {value:9.1f}" for name, value in median[mode].items()))
+        print(f"{'  ours is':<40} " + "  ".join(f"{name.split()[-1]}: {median[mode][ours] / value:8.2f}x"
+                                                for name, value in median[mode].items()))  # fmt: skip
+    if args.output:
+        write_result(
+            args.output,
+            "encoder-decoder training step (forward, backward, AdamW) and generation",
+            {k: v for k, v in vars(args).items() if k != "output"},
+            {
+                "parameters": {name: sum(p.numel() for p in m.parameters()) for name, (m, _) in models.items()},
+                "median": median,
+                "per_round": figures,
+                "speedup_of_ours": {
+                    mode: {name: median[mode][ours] / value for name, value in per_model.items()}
+                    for mode, per_model in median.items()
+                },
+            },
+        )
+
+
+if __name__ == "__main__":
+    main()
