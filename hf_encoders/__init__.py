@@ -15,6 +15,15 @@ from transformers import (
 )
 
 from .configuration_hf_encoders import EncoderConfig, Seq2SeqConfig
+from .data import (
+    MLMCollator,
+    Seq2SeqCollator,
+    build_dataloader,
+    load_parallel_dataset,
+    load_text_dataset,
+    pack_for_mlm,
+    prepare_translation,
+)
 from .modeling_encoder import (
     EncoderForMaskedLM,
     EncoderForSequenceClassification,
@@ -24,6 +33,7 @@ from .modeling_encoder import (
 )
 from .modeling_seq2seq import Seq2SeqForConditionalGeneration, Seq2SeqModel, Seq2SeqPreTrainedModel
 from .pipeline_seq2seq import Text2TextGenerationPipeline, TranslationPipeline
+from .tokenization import language_tag, train_tokenizer
 
 __version__ = "0.1.0"
 
@@ -60,4 +70,13 @@ __all__ = [
     "Seq2SeqForConditionalGeneration",
     "Text2TextGenerationPipeline",
     "TranslationPipeline",
+    "train_tokenizer",
+    "language_tag",
+    "load_text_dataset",
+    "load_parallel_dataset",
+    "pack_for_mlm",
+    "prepare_translation",
+    "MLMCollator",
+    "Seq2SeqCollator",
+    "build_dataloader",
 ]

@@ -37,3 +37,18 @@ def test_seq2seq_benchmark_runs_and_records_its_figures(tmp_path):
     modes = {"train tokens/s", "generate sentences/s (beams=1)", "generate sentences/s (beams=4)"}
     assert set(result["median"]) == modes == set(result["speedup_of_ours"])
     assert all(len(per_model) == 3 and min(per_model.values()) > 0 for per_model in result["median"].values())
+
+
+def test_data_benchmark_runs_and_records_its_figures(tmp_path):
+    corpus = tmp_path / "reviews.txt"
+    corpus.write_text("".join(f"review {i}: a film about a dog that runs and a cat that sits.\n" for i in range(300)))
+    output = tmp_path / "result.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_data_cpu.py"), "--data", str(corpus), "--vocab-size", "120",
+         "--tokenizer-sample", "100", "--block-size", "64", "--num-proc", "1", "--output", str(output)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(output.read_text())
+    assert result["documents"] == 300 and result["tokens"] > 300 * 10
+    assert 0 < result["block_fill"] <= 1 and result["load_tokenize_pack_seconds"] > 0

@@ -1,0 +1,547 @@
+"""Everything between raw text and batches, shared by every training script.
+
+- Loading with `datasets`: `load_text_dataset` and `load_parallel_dataset` take a Hub id (with config and split) or
+  local files: a directory, a glob or a file of `.txt[.gz]` (one text per line), `.jsonl[.gz]`, `.tsv[.gz]` or
+  `.parquet`; for parallel data also aligned `{split}.{lang}[.gz]` files (the Multi30k layout) or Hub sets with a
+  `translation` column. Splits come out as a `DatasetDict` with a `validation` split (carved from train, seeded,
+  where the data has none). Files load through `datasets`, so later runs reuse its cache, tokenization included.
+- Preparation: `pack_for_mlm` tokenizes documents and packs them into blocks that remember where each document
+  starts; `prepare_translation` tokenizes pairs and truncates or drops over-long ones, saying how many.
+- Collators: `MLMCollator` (dynamic masking, 80/10/10, optional whole-word masking, padded or padding-free
+  batches) and `Seq2SeqCollator` (labels padded with -100, or padding-free); `build_dataloader` batches, optionally
+  grouping examples of similar length.
+
+Nothing is dropped or cut silently: every such step logs its count.
+"""
+
+import csv
+import glob
+import gzip
+import logging
+import os
+import socket
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset
+from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from .tokenization import language_tag
+
+logger = logging.getLogger(__name__)
+
+SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
+FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".tsv": "csv", ".parquet": "parquet"}
+NOT_DATA = ("readme", "license", "source", "citation")  # documentation files that sit beside data
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Locating data
+
+
+def _file_format(path: Path) -> str | None:
+    if path.name.lower().startswith(NOT_DATA):
+        return None
+    suffixes = path.suffixes[-2:] if path.suffix == ".gz" else path.suffixes[-1:]
+    return FORMATS.get(suffixes[0]) if suffixes else None
+
+
+def _split_name(path: Path) -> str:
+    name = path.name.split(".")[0]
+    return SPLIT_ALIASES.get(name, name)
+
+
+def is_local(spec: str | os.PathLike) -> bool:
+    """A path that exists, or one that can only be meant as a path (absolute, relative with ./, a glob, a file
+    name with an extension); anything else is taken for a Hub id."""
+    text = str(spec)
+    if Path(text).expanduser().exists() or glob.has_magic(text):
+        return True
+    return text.startswith(("/", "./", "../", "~")) or text.count("/") > 1 or Path(text).suffix in (*FORMATS, ".gz")
+
+
+def _local_files(spec: str | os.PathLike) -> list[Path]:
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file())
+    elif path.is_file():
+        files = [path]
+    else:
+        files = sorted(Path(p) for p in glob.glob(str(path)))
+        if not files:
+            raise FileNotFoundError(f"No such file or directory, and no file matches: {str(spec)!r}")
+    return files
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_hub(spec: str, name: str | None, split: str | None) -> DatasetDict:
+    if not _hub_reachable():
+        raise ConnectionError(
+            f"Cannot load the data set {spec!r}: it is no local path, and the Hugging Face Hub cannot be reached "
+            "(offline, or no network). Give a local directory or files instead (e.g. ../shared/data/multi30k); a data "
+            "set already in your datasets cache loads with HF_HUB_OFFLINE=1."
+        )
+    loaded = load_dataset(spec, name, split=split)
+    return DatasetDict({split: loaded}) if split is not None else loaded
+
+
+def _check_utf8(files: list[Path]) -> None:
+    """Name the file and line of the first undecodable bytes."""
+    for path in files:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise ValueError(
+                        f"{path}: line {number} is not valid UTF-8 ({error.reason} at byte {error.start} of the line)."
+                    ) from None
+
+
+def _load_files(files: list[Path], builder: str | None = None) -> Dataset:
+    """One split from files of one format (`builder`, or the files' own), through `datasets` (and its cache)."""
+    formats = {builder} if builder else {_file_format(path) for path in files}
+    if len(formats) != 1 or None in formats:
+        names = ", ".join(path.name for path in files)
+        raise ValueError(
+            f"Cannot read {names}: a split needs files of one format among {', '.join(FORMATS)} (.gz too)."
+        )
+    builder = formats.pop()
+    options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "keep_default_na": False} if builder == "csv" else {}
+    try:
+        return load_dataset(builder, data_files=[str(path) for path in files], split="train", **options)
+    except Exception:
+        _check_utf8([path for path in files if builder in ("text", "csv", "json")])
+        raise
+
+
+def _drop_empty(dataset: DatasetDict, columns: list[str], what: str) -> DatasetDict:
+    for split, data in dataset.items():
+        kept = data.filter(lambda row: all(row[c] is not None and str(row[c]).strip() for c in columns))
+        if len(kept) < len(data):
+            logger.warning("%s %s: dropped %d empty %s of %d", what, split, len(data) - len(kept), "rows", len(data))
+        dataset[split] = kept
+    return dataset
+
+
+def _ensure_validation(dataset: DatasetDict, validation_fraction: float, seed: int) -> DatasetDict:
+    if "validation" in dataset or "train" not in dataset:
+        return dataset
+    parts = dataset["train"].train_test_split(test_size=validation_fraction, seed=seed)
+    logger.info(
+        "No validation split: took %d of %d training rows (seed %d)", len(parts["test"]), len(dataset["train"]), seed
+    )
+    return DatasetDict({**dataset, "train": parts["train"], "validation": parts["test"]})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_text_dataset(
+    spec: str | os.PathLike,
+    name: str | None = None,
+    split: str | None = None,
+    text_column: str = "text",
+    validation_fraction: float = 0.05,
+    seed: int = 0,
+) -> DatasetDict:
+    """Texts (and whatever columns come with them, labels say) as a `DatasetDict` with a validation split.
+
+    Args:
+        spec: a Hub id, or a local file, directory or glob. In a directory each file is a split named by its stem:
+            `train.jsonl.gz` -> train, `unsup.txt.gz` -> unsup, `dev.tsv` -> validation.
+        name, split: the Hub config and split (Hub ids only).
+        text_column: the column that must hold text in every split; empty texts are dropped and counted.
+        validation_fraction, seed: how the validation split is carved from train when there is none.
+    """
+    if is_local(spec):
+        by_split: dict[str, list[Path]] = defaultdict(list)
+        for path in _local_files(spec):
+            if _file_format(path) is not None:
+                by_split[_split_name(path) if Path(spec).is_dir() else "train"].append(path)
+        if not by_split:
+            raise FileNotFoundError(f"{str(spec)!r} holds no {', '.join(FORMATS)} files (.gz too).")
+        dataset = DatasetDict({split_name: _load_files(files) for split_name, files in by_split.items()})
+    else:
+        dataset = _load_hub(str(spec), name, split)
+    for split_name, data in dataset.items():
+        if text_column not in data.column_names:
+            raise ValueError(
+                f"Split {split_name!r} of {str(spec)!r} has no {text_column!r} column; it has {data.column_names}."
+            )
+    return _ensure_validation(_drop_empty(dataset, [text_column], str(spec)), validation_fraction, seed)
+
+
+def load_parallel_dataset(
+    spec: str | os.PathLike,
+    src: str,
+    tgt: str,
+    name: str | None = None,
+    validation_fraction: float = 0.05,
+    seed: int = 0,
+) -> DatasetDict:
+    """Sentence pairs as a `DatasetDict` whose columns are the two language codes (`en`, `de`).
+
+    Args:
+        spec: a directory of aligned `{split}.{lang}[.gz]` files (train.en.gz <-> train.de.gz), or a Hub id of a
+            data set with a `translation` column of `{lang: text}` dicts or one column per language.
+        src, tgt: language codes. Pairs with an empty side are dropped and counted.
+    """
+    if src == tgt:
+        raise ValueError(f"Source and target language are both {src!r}.")
+    if is_local(spec):
+        files: dict[str, dict[str, Path]] = defaultdict(dict)
+        for path in _local_files(spec):
+            parts = path.name.removesuffix(".gz").split(".")
+            if len(parts) == 2 and parts[1].isalpha() and f".{parts[1]}" not in FORMATS and parts[1] != "md":
+                files[SPLIT_ALIASES.get(parts[0], parts[0])][parts[1]] = path
+        tests = [split_name for split_name in files if split_name.startswith("test")]
+        if len(tests) == 1 and tests[0] != "test":  # e.g. Multi30k's test_2016_flickr
+            files["test"] = files.pop(tests[0])
+        languages = sorted({language for by_language in files.values() for language in by_language})
+        for language in (src, tgt):
+            if language not in languages:
+                raise ValueError(
+                    f"{str(spec)!r} has no {language!r} side: its files give languages {', '.join(languages) or 'none'} "
+                    "(aligned files are named {split}.{language}[.gz])."
+                )
+        splits = {}
+        for split_name, by_language in files.items():
+            if src not in by_language or tgt not in by_language:
+                logger.warning("%s: split %r lacks the %s-%s pair, left out", spec, split_name, src, tgt)
+                continue
+            sides = [_load_files([by_language[language]], builder="text") for language in (src, tgt)]
+            if len(sides[0]) != len(sides[1]):
+                raise ValueError(
+                    f"Parallel files differ in length: {by_language[src]} has {len(sides[0])} lines, "
+                    f"{by_language[tgt]} has {len(sides[1])}."
+                )
+            splits[split_name] = concatenate_datasets(
+                [side.rename_column("text", language) for side, language in zip(sides, (src, tgt), strict=True)],
+                axis=1,
+            )
+        dataset = DatasetDict(splits)
+    else:
+        dataset = _load_hub(str(spec), name, None)
+        for split_name, data in dataset.items():
+            if "translation" in data.column_names:
+                pairs = data[0]["translation"]
+                if src not in pairs or tgt not in pairs:
+                    raise ValueError(f"{spec!r} translates between {', '.join(pairs)}, not {src}-{tgt}.")
+                dataset[split_name] = data.map(
+                    lambda batch: {lang: [pair[lang] for pair in batch["translation"]] for lang in (src, tgt)},
+                    batched=True,
+                    remove_columns=data.column_names,
+                )
+            elif src not in data.column_names or tgt not in data.column_names:
+                raise ValueError(f"{spec!r} has no {src}-{tgt} pair: its columns are {data.column_names}.")
+    return _ensure_validation(_drop_empty(dataset, [src, tgt], str(spec)), validation_fraction, seed)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Preparation
+
+
+def _map_splits(dataset: DatasetDict | Dataset, function: Callable, **options) -> DatasetDict | Dataset:
+    """`Dataset.map` on each split, replacing the split's own columns (splits may differ: test sets lack labels)."""
+    if isinstance(dataset, Dataset):
+        return dataset.map(function, batched=True, remove_columns=dataset.column_names, **options)
+    return DatasetDict({name: _map_splits(split, function, **options) for name, split in dataset.items()})
+
+
+def _pack_documents(batch: dict, tokenizer: PreTrainedTokenizerBase, block_size: int, text_column: str) -> dict:
+    documents = tokenizer(batch[text_column], add_special_tokens=False, verbose=False)["input_ids"]
+    cls, sep, room = tokenizer.cls_token_id, tokenizer.sep_token_id, block_size - 2
+    blocks, lengths, split_documents = [], [], 0
+    for ids in documents:
+        split_documents += len(ids) > room
+        for start in range(0, len(ids), room):
+            piece = [cls, *ids[start : start + room], sep]
+            if not blocks or len(blocks[-1]) + len(piece) > block_size:
+                blocks.append([])
+                lengths.append([])
+            blocks[-1].extend(piece)
+            lengths[-1].append(len(piece))
+    return {"input_ids": blocks, "lengths": lengths, "split_documents": [split_documents] + [0] * (len(blocks) - 1)}
+
+
+def pack_for_mlm(
+    dataset: DatasetDict | Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    block_size: int = 512,
+    text_column: str = "text",
+    num_proc: int | None = None,
+) -> DatasetDict | Dataset:
+    """Tokenize documents and pack them, each as `[CLS] ... [SEP]`, into blocks of at most `block_size` tokens.
+
+    Every block keeps its documents' `lengths`, so the collators can hand them to the model as separate sequences
+    (padding-free) or separate rows (padded); nothing is ever attended across a document boundary. A document
+    longer than a block is cut into pieces of `block_size` tokens, each its own sequence (counted and logged).
+    """
+    if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+        raise ValueError("pack_for_mlm needs an encoder tokenizer with [CLS] and [SEP] tokens.")
+    if block_size < 3:
+        raise ValueError(f"block_size={block_size} leaves no room for a token between [CLS] and [SEP].")
+    packed = _map_splits(
+        dataset,
+        _pack_documents,
+        batch_size=1000,
+        num_proc=num_proc,
+        fn_kwargs={"tokenizer": tokenizer, "block_size": block_size, "text_column": text_column},
+        desc="Tokenizing and packing",
+    )
+    for split_name, data in packed.items() if isinstance(packed, DatasetDict) else [("data", packed)]:
+        split_documents = sum(data["split_documents"])
+        if split_documents:
+            logger.info("%s: %d documents longer than %d tokens were cut into pieces", split_name, split_documents,
+                        block_size)  # fmt: skip
+    return packed.remove_columns("split_documents")
+
+
+def prepare_translation(
+    dataset: DatasetDict | Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    src: str,
+    tgt: str,
+    max_source_length: int = 128,
+    max_target_length: int = 128,
+    overlong: str = "truncate",
+    num_proc: int | None = None,
+) -> DatasetDict | Dataset:
+    """Tokenize pairs: `input_ids` = source + `</s>`; `labels` = `<2tgt>` + target + `</s>`.
+
+    Pairs longer than the limits are cut to them (`overlong="truncate"`, keeping the final `</s>`) or left out
+    (`"drop"`); either way their number is logged.
+    """
+    if overlong not in ("truncate", "drop"):
+        raise ValueError(f"overlong={overlong!r} is not supported; choose 'truncate' or 'drop'.")
+    tag = tokenizer.convert_tokens_to_ids(language_tag(tgt))
+    if tag is None or tag == tokenizer.unk_token_id:
+        raise ValueError(f"Unknown target language {tgt!r}: the tokenizer has no {language_tag(tgt)!r} tag.")
+
+    def tokenize(batch: dict) -> dict:
+        sources = tokenizer(batch[src])["input_ids"]
+        targets = [[tag, *ids] for ids in tokenizer(batch[tgt])["input_ids"]]
+        return {"input_ids": sources, "labels": targets}
+
+    tokenized = _map_splits(dataset, tokenize, num_proc=num_proc, desc="Tokenizing pairs")
+
+    def fits(row: dict) -> bool:
+        return len(row["input_ids"]) <= max_source_length and len(row["labels"]) <= max_target_length
+
+    def truncate(row: dict) -> dict:  # keep the final </s>
+        cut = {"input_ids": max_source_length, "labels": max_target_length}
+        return {key: ids if len(ids) <= cut[key] else ids[: cut[key] - 1] + ids[-1:] for key, ids in row.items()}
+
+    splits = tokenized.items() if isinstance(tokenized, DatasetDict) else [(None, tokenized)]
+    result = {}
+    for split_name, data in splits:
+        too_long = len(data) - len(kept := data.filter(fits, num_proc=num_proc))
+        if too_long:
+            logger.warning("%s: %d of %d pairs exceed %d source / %d target tokens and were %s", split_name or "data",
+                           too_long, len(data), max_source_length, max_target_length,
+                           "truncated" if overlong == "truncate" else "dropped")  # fmt: skip
+            kept = data.map(truncate, num_proc=num_proc) if overlong == "truncate" else kept
+        result[split_name] = kept
+    return DatasetDict(result) if isinstance(tokenized, DatasetDict) else result[None]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Collators and batching
+
+
+def _sequences(examples: list[dict], key: str = "input_ids") -> list[list[int]]:
+    """Split packed blocks into their documents (a block without `lengths` is one sequence)."""
+    sequences = []
+    for example in examples:
+        ids, start = list(example[key]), 0
+        for length in example.get("lengths") or [len(ids)]:
+            sequences.append(ids[start : start + length])
+            start += length
+    return sequences
+
+
+def _flatten(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.tensor([token for sequence in sequences for token in sequence])[None]
+    positions = torch.cat([torch.arange(len(sequence)) for sequence in sequences])[None]
+    return ids, positions
+
+
+def _pad(sequences: list[list[int]], value: int, multiple: int | None = None) -> torch.Tensor:
+    longest = max(map(len, sequences))
+    if multiple:
+        longest = -(-longest // multiple) * multiple
+    padded = torch.full((len(sequences), longest), value)
+    for row, sequence in enumerate(sequences):
+        padded[row, : len(sequence)] = torch.tensor(sequence)
+    return padded
+
+
+@dataclass
+class MLMCollator:
+    """Dynamic masking for masked-LM training: each call draws new masks.
+
+    `mlm_probability` of the non-special tokens are chosen (whole words with `whole_word_mask`); of those,
+    `mask_replace_prob` become `[MASK]`, `random_replace_prob` a random non-special token, the rest stay; labels
+    hold the original ids at chosen positions and -100 elsewhere. Special tokens are never chosen.
+
+    With `padding_free` (the default), all documents of the batch go into one row with `position_ids` restarting at
+    each document (what the encoder's padding-free path reads); otherwise each document is a padded row with an
+    `attention_mask`. Either way documents never see each other.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    mlm_probability: float = 0.3
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    whole_word_mask: bool = False
+    padding_free: bool = True
+    pad_to_multiple_of: int | None = None
+    seed: int | None = None
+
+    def __post_init__(self):
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must lie in (0, 1), got {self.mlm_probability}.")
+        if (
+            self.mask_replace_prob < 0
+            or self.random_replace_prob < 0
+            or self.mask_replace_prob + self.random_replace_prob > 1
+        ):
+            raise ValueError("mask_replace_prob and random_replace_prob must be >= 0 and add up to at most 1.")
+        if self.tokenizer.mask_token_id is None:
+            raise ValueError("Masked-LM training needs a tokenizer with a mask token.")
+        vocab_size = len(self.tokenizer)
+        self.special = torch.zeros(vocab_size, dtype=torch.bool)
+        self.special[self.tokenizer.all_special_ids] = True
+        self.replacements = (~self.special).nonzero().flatten()
+        # a token continues the word before it if WordPiece marks it with "##", or if the vocabulary marks word
+        # starts with "▁" (SentencePiece-style BPE/Unigram) and it has none
+        vocab = self.tokenizer.get_vocab()
+        metaspace = any(token.startswith("▁") for token in vocab)
+        self.starts_word = torch.ones(vocab_size, dtype=torch.bool)
+        for token, index in vocab.items():
+            if token.startswith("##") or (metaspace and not token.startswith("▁") and not self.special[index]):
+                self.starts_word[index] = False
+        self.generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        sequences = _sequences(examples)
+        if self.padding_free:
+            input_ids, position_ids = _flatten(sequences)
+            batch = {"position_ids": position_ids}
+            starts = position_ids == 0
+        else:
+            input_ids = _pad(sequences, self.tokenizer.pad_token_id, self.pad_to_multiple_of)
+            lengths = torch.tensor([len(sequence) for sequence in sequences])
+            batch = {"attention_mask": (torch.arange(input_ids.shape[1]) < lengths[:, None]).long()}
+            starts = torch.zeros_like(input_ids, dtype=torch.bool)
+            starts[:, 0] = True
+        special = self.special[input_ids]
+        if "attention_mask" in batch:
+            special |= batch["attention_mask"] == 0
+        chosen = self._choose(input_ids, special, starts)
+        batch["labels"] = input_ids.masked_fill(~chosen, -100)
+        batch["input_ids"] = self._replace(input_ids, chosen)
+        return batch
+
+    def _random(self, shape: torch.Size) -> torch.Tensor:
+        return torch.rand(shape, generator=self.generator)
+
+    def _choose(self, input_ids: torch.Tensor, special: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        if not self.whole_word_mask:
+            return (self._random(input_ids.shape) < self.mlm_probability) & ~special
+        word_starts = self.starts_word[input_ids] | special | starts
+        words = word_starts.flatten().cumsum(0) - 1  # word index of every token
+        chosen_words = self._random((int(words[-1]) + 1,)) < self.mlm_probability
+        return chosen_words[words].view(input_ids.shape) & ~special
+
+    def _replace(self, input_ids: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        draw = self._random(input_ids.shape)
+        masked = chosen & (draw < self.mask_replace_prob)
+        randomised = (
+            chosen & (draw >= self.mask_replace_prob) & (draw < self.mask_replace_prob + self.random_replace_prob)
+        )
+        picks = torch.randint(len(self.replacements), input_ids.shape, generator=self.generator)
+        input_ids = input_ids.masked_fill(masked, self.tokenizer.mask_token_id)
+        return torch.where(randomised, self.replacements[picks], input_ids)
+
+
+@dataclass
+class Seq2SeqCollator:
+    """Batches of `input_ids`/`labels` pairs for `Seq2SeqForConditionalGeneration`, which builds the decoder inputs
+    by shifting the labels. Padded: sources padded with an `attention_mask`, labels padded with -100 (transformers'
+    `DataCollatorForSeq2Seq`). Padding-free: sources in one row and targets in another, with restarting
+    `position_ids` and `decoder_position_ids`."""
+
+    tokenizer: PreTrainedTokenizerBase
+    padding_free: bool = False
+    pad_to_multiple_of: int | None = None
+
+    def __post_init__(self):
+        self.padded = DataCollatorForSeq2Seq(self.tokenizer, label_pad_token_id=-100,
+                                             pad_to_multiple_of=self.pad_to_multiple_of)  # fmt: skip
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        if not self.padding_free:
+            return dict(self.padded([{k: example[k] for k in ("input_ids", "labels")} for example in examples]))
+        input_ids, position_ids = _flatten([list(example["input_ids"]) for example in examples])
+        labels, decoder_position_ids = _flatten([list(example["labels"]) for example in examples])
+        return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels,
+                "decoder_position_ids": decoder_position_ids}  # fmt: skip
+
+
+def build_dataloader(
+    dataset: Dataset,
+    collator: Callable[[list[dict]], dict],
+    batch_size: int,
+    shuffle: bool = True,
+    group_by_length: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+) -> torch.utils.data.DataLoader:
+    """A `DataLoader` over `dataset`. With `group_by_length`, batches hold examples of similar length (transformers'
+    `LengthGroupedSampler`: random mega-batches sorted by length), which keeps padding low."""
+    generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if group_by_length:
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        collate_fn=collator,
+        generator=generator,
+        num_workers=num_workers,
+    )
+
+
+__all__ = [
+    "load_text_dataset",
+    "load_parallel_dataset",
+    "pack_for_mlm",
+    "prepare_translation",
+    "MLMCollator",
+    "Seq2SeqCollator",
+    "build_dataloader",
+]
