@@ -160,7 +160,7 @@ def load_text_dataset(
     spec: str | os.PathLike,
     name: str | None = None,
     split: str | None = None,
-    text_column: str = "text",
+    text_column: str | None = "text",
     validation_fraction: float = 0.05,
     seed: int = 0,
 ) -> DatasetDict:
@@ -170,7 +170,8 @@ def load_text_dataset(
         spec: a Hub id, or a local file, directory or glob. In a directory each file is a split named by its stem:
             `train.jsonl.gz` -> train, `unsup.txt.gz` -> unsup, `dev.tsv` -> validation.
         name, split: the Hub config and split (Hub ids only).
-        text_column: the column that must hold text in every split; empty texts are dropped and counted.
+        text_column: the column that must hold text in every split; empty texts are dropped and counted (None:
+            no check, no validation split; for callers that check columns themselves).
         validation_fraction, seed: how the validation split is carved from train when there is none.
     """
     if is_local(spec):
@@ -183,12 +184,68 @@ def load_text_dataset(
         dataset = DatasetDict({split_name: _load_files(files) for split_name, files in by_split.items()})
     else:
         dataset = _load_hub(str(spec), name, split)
+    if text_column is None:  # the caller checks the columns (parallel data)
+        return dataset
     for split_name, data in dataset.items():
         if text_column not in data.column_names:
             raise ValueError(
                 f"Split {split_name!r} of {str(spec)!r} has no {text_column!r} column; it has {data.column_names}."
             )
     return _ensure_validation(_drop_empty(dataset, [text_column], str(spec)), validation_fraction, seed)
+
+
+def _aligned_files(spec: str | os.PathLike) -> dict[str, dict[str, Path]]:
+    """{split: {language: file}} for files named {split}.{language}[.gz]."""
+    files: dict[str, dict[str, Path]] = defaultdict(dict)
+    for path in _local_files(spec):
+        parts = path.name.removesuffix(".gz").split(".")
+        if len(parts) == 2 and parts[1].isalpha() and f".{parts[1]}" not in FORMATS and parts[1] != "md":
+            files[SPLIT_ALIASES.get(parts[0], parts[0])][parts[1]] = path
+    tests = [split_name for split_name in files if split_name.startswith("test")]
+    if len(tests) == 1 and tests[0] != "test":  # e.g. Multi30k's test_2016_flickr
+        files["test"] = files.pop(tests[0])
+    return files
+
+
+def _load_aligned(spec: str | os.PathLike, files: dict[str, dict[str, Path]], src: str, tgt: str) -> DatasetDict:
+    languages = sorted({language for by_language in files.values() for language in by_language})
+    for language in (src, tgt):
+        if language not in languages:
+            raise ValueError(
+                f"{str(spec)!r} has no {language!r} side: its files give languages {', '.join(languages)} "
+                "(aligned files are named {split}.{language}[.gz])."
+            )
+    splits = {}
+    for split_name, by_language in files.items():
+        if src not in by_language or tgt not in by_language:
+            logger.warning("%s: split %r lacks the %s-%s pair, left out", spec, split_name, src, tgt)
+            continue
+        sides = [_load_files([by_language[language]], builder="text") for language in (src, tgt)]
+        if len(sides[0]) != len(sides[1]):
+            raise ValueError(
+                f"Parallel files differ in length: {by_language[src]} has {len(sides[0])} lines, "
+                f"{by_language[tgt]} has {len(sides[1])}."
+            )
+        splits[split_name] = concatenate_datasets(
+            [side.rename_column("text", language) for side, language in zip(sides, (src, tgt), strict=True)], axis=1
+        )
+    return DatasetDict(splits)
+
+
+def _pair_columns(data: Dataset, src: str, tgt: str, spec: str | os.PathLike) -> Dataset:
+    """Columns `src` and `tgt` from a `translation` column of {language: text} dicts, or from language columns."""
+    if "translation" in data.column_names:
+        languages = sorted(data[0]["translation"])
+        if src not in languages or tgt not in languages:
+            raise ValueError(f"{str(spec)!r} translates between {', '.join(languages)}; it has no {src}-{tgt} pair.")
+        return data.map(
+            lambda batch: {language: [pair[language] for pair in batch["translation"]] for language in (src, tgt)},
+            batched=True,
+            remove_columns=data.column_names,
+        )
+    if src not in data.column_names or tgt not in data.column_names:
+        raise ValueError(f"{str(spec)!r} has no {src}-{tgt} pair: its columns are {data.column_names}.")
+    return data.select_columns([src, tgt])
 
 
 def load_parallel_dataset(
@@ -202,58 +259,22 @@ def load_parallel_dataset(
     """Sentence pairs as a `DatasetDict` whose columns are the two language codes (`en`, `de`).
 
     Args:
-        spec: a directory of aligned `{split}.{lang}[.gz]` files (train.en.gz <-> train.de.gz), or a Hub id of a
-            data set with a `translation` column of `{lang: text}` dicts or one column per language.
+        spec: a directory of aligned `{split}.{lang}[.gz]` files (train.en.gz <-> train.de.gz); or a Hub id, or local
+            jsonl/parquet/tsv files, with a `translation` column of `{lang: text}` dicts or one column per language.
         src, tgt: language codes. Pairs with an empty side are dropped and counted.
     """
     if src == tgt:
         raise ValueError(f"Source and target language are both {src!r}.")
-    if is_local(spec):
-        files: dict[str, dict[str, Path]] = defaultdict(dict)
-        for path in _local_files(spec):
-            parts = path.name.removesuffix(".gz").split(".")
-            if len(parts) == 2 and parts[1].isalpha() and f".{parts[1]}" not in FORMATS and parts[1] != "md":
-                files[SPLIT_ALIASES.get(parts[0], parts[0])][parts[1]] = path
-        tests = [split_name for split_name in files if split_name.startswith("test")]
-        if len(tests) == 1 and tests[0] != "test":  # e.g. Multi30k's test_2016_flickr
-            files["test"] = files.pop(tests[0])
-        languages = sorted({language for by_language in files.values() for language in by_language})
-        for language in (src, tgt):
-            if language not in languages:
-                raise ValueError(
-                    f"{str(spec)!r} has no {language!r} side: its files give languages {', '.join(languages) or 'none'} "
-                    "(aligned files are named {split}.{language}[.gz])."
-                )
-        splits = {}
-        for split_name, by_language in files.items():
-            if src not in by_language or tgt not in by_language:
-                logger.warning("%s: split %r lacks the %s-%s pair, left out", spec, split_name, src, tgt)
-                continue
-            sides = [_load_files([by_language[language]], builder="text") for language in (src, tgt)]
-            if len(sides[0]) != len(sides[1]):
-                raise ValueError(
-                    f"Parallel files differ in length: {by_language[src]} has {len(sides[0])} lines, "
-                    f"{by_language[tgt]} has {len(sides[1])}."
-                )
-            splits[split_name] = concatenate_datasets(
-                [side.rename_column("text", language) for side, language in zip(sides, (src, tgt), strict=True)],
-                axis=1,
-            )
-        dataset = DatasetDict(splits)
-    else:
-        dataset = _load_hub(str(spec), name, None)
-        for split_name, data in dataset.items():
-            if "translation" in data.column_names:
-                pairs = data[0]["translation"]
-                if src not in pairs or tgt not in pairs:
-                    raise ValueError(f"{spec!r} translates between {', '.join(pairs)}, not {src}-{tgt}.")
-                dataset[split_name] = data.map(
-                    lambda batch: {lang: [pair[lang] for pair in batch["translation"]] for lang in (src, tgt)},
-                    batched=True,
-                    remove_columns=data.column_names,
-                )
-            elif src not in data.column_names or tgt not in data.column_names:
-                raise ValueError(f"{spec!r} has no {src}-{tgt} pair: its columns are {data.column_names}.")
+    aligned = _aligned_files(spec) if is_local(spec) else {}
+    if aligned:
+        dataset = _load_aligned(spec, aligned, src, tgt)
+    else:  # a Hub id, or local jsonl/parquet/tsv files with a `translation` column or one column per language
+        dataset = (
+            load_text_dataset(spec, name=name, text_column=None)
+            if is_local(spec)
+            else _load_hub(str(spec), name, None)
+        )
+        dataset = DatasetDict({split: _pair_columns(data, src, tgt, spec) for split, data in dataset.items()})
     return _ensure_validation(_drop_empty(dataset, [src, tgt], str(spec)), validation_fraction, seed)
 
 

@@ -344,3 +344,26 @@ def test_missing_paths_and_unreachable_hub_say_so(tmp_path, monkeypatch):
     with pytest.raises(ConnectionError, match="Hub cannot be reached"):
         load_text_dataset("someone/no-such-dataset")
     assert time.perf_counter() - start < 10  # says so, instead of hanging
+
+
+def test_parallel_data_from_a_translation_column_or_language_columns(tmp_path):
+    rows = [{"translation": {"en": f"a dog {i}", "de": f"ein hund {i}", "fr": f"un chien {i}"}} for i in range(20)]
+    (tmp_path / "nested").mkdir()
+    with gzip.open(tmp_path / "nested" / "train.jsonl.gz", "wt") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in rows)
+    pairs = load_parallel_dataset(tmp_path / "nested", "de", "fr", validation_fraction=0.25)
+    assert pairs["train"].column_names == ["de", "fr"] and len(pairs["train"]) + len(pairs["validation"]) == 20
+    assert {(row["de"], row["fr"]) for row in pairs["validation"]} <= {
+        (f"ein hund {i}", f"un chien {i}") for i in range(20)
+    }
+    with pytest.raises(ValueError, match="translates between de, en, fr; it has no en-cs pair"):
+        load_parallel_dataset(tmp_path / "nested", "en", "cs")
+
+    (tmp_path / "flat").mkdir()
+    Dataset.from_list([{"en": f"a cat {i}", "de": f"eine katze {i}", "id": i} for i in range(8)]).to_parquet(
+        tmp_path / "flat" / "test.parquet"
+    )
+    flat = load_parallel_dataset(tmp_path / "flat", "en", "de")
+    assert flat["test"].column_names == ["en", "de"] and flat["test"][3] == {"en": "a cat 3", "de": "eine katze 3"}
+    with pytest.raises(ValueError, match=r"has no en-fr pair: its columns are \['en', 'de', 'id'\]"):
+        load_parallel_dataset(tmp_path / "flat", "en", "fr")
