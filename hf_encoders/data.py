@@ -428,6 +428,9 @@ class MLMCollator:
     With `padding_free` (the default), all documents of the batch go into one row with `position_ids` restarting at
     each document (what the encoder's padding-free path reads); otherwise each document is a padded row with an
     `attention_mask`. Either way documents never see each other.
+
+    With a `seed`, the k-th call draws its masks from a generator seeded by (seed, k), so a run is reproducible, and a
+    resumed run draws the same masks as an uninterrupted one once `calls` is set to the batches already used.
     """
 
     tokenizer: PreTrainedTokenizerBase
@@ -438,6 +441,7 @@ class MLMCollator:
     padding_free: bool = True
     pad_to_multiple_of: int | None = None
     seed: int | None = None
+    calls: int = 0
 
     def __post_init__(self):
         if not 0.0 < self.mlm_probability < 1.0:
@@ -462,9 +466,12 @@ class MLMCollator:
         for token, index in vocab.items():
             if token.startswith("##") or (metaspace and not token.startswith("▁") and not self.special[index]):
                 self.starts_word[index] = False
-        self.generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        self.generator = (
+            None if self.seed is None else torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
+        )
+        self.calls += 1
         sequences = _sequences(examples)
         if self.padding_free:
             input_ids, position_ids = _flatten(sequences)

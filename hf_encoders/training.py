@@ -1,0 +1,374 @@
+"""The one Accelerate training loop that every script uses (masked-LM pretraining, translation, fine-tuning).
+
+`accelerate launch script.py ...` runs it on one CPU, one GPU, several GPUs (DDP, FSDP) or several machines; the code
+is the same. What it does:
+
+- mixed precision (`no`, `bf16`, `fp16`; fp16 on a CPU, which Accelerate would quietly ignore, is switched to bf16
+  with a warning), gradient accumulation, AdamW without weight decay on norms and biases, warmup then linear,
+  cosine or warmup-stable-decay schedules, gradient clipping;
+- token-level losses averaged over the whole global batch (every labelled token of the accumulation window on every
+  process counts once), so 4 x 2 accumulation equals a batch of 8 and two processes equal one;
+- a budget in steps, epochs and/or wall-clock minutes; evaluation every N steps; a non-finite loss stops the run
+  with the step named, before any checkpoint is written from the broken weights;
+- checkpoints every N steps with `save_state`, written to a temporary folder and renamed when complete (a crash
+  mid-save leaves the previous one), the K newest kept; `resume` continues from the newest, skipping the batches
+  already seen;
+- the final and the best model (by the chosen validation metric) exported with `save_pretrained` and the tokenizer;
+- a progress bar on the main process, metrics to tensorboard and to `metrics.jsonl`, the resolved config beside it.
+"""
+
+import argparse
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+
+from .data import MLMCollator, build_dataloader
+
+logger = logging.getLogger(__name__)
+
+SCHEDULES = {"linear": "linear", "cosine": "cosine", "wsd": "warmup_stable_decay", "constant": "constant_with_warmup"}
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+@dataclass
+class TrainingConfig:
+    """How to train; every field can be set in the YAML config or on the command line (`--learning_rate 1e-3`)."""
+
+    output_dir: str = field(default="runs/run", metadata={"help": "Checkpoints, exported models, logs, config."})
+    seed: int = field(default=0, metadata={"help": "Seed for weights, data order and masking."})
+    mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16."})
+    per_device_batch_size: int = field(default=16, metadata={"help": "Examples per device and micro-step."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-steps per optimizer step."})
+    learning_rate: float = 5e-4
+    weight_decay: float = field(default=0.01, metadata={"help": "Decoupled; none on norms and biases."})
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    adam_epsilon: float = 1e-6
+    lr_schedule: str = field(default="linear", metadata={"help": "linear, cosine, wsd or constant (after warmup)."})
+    warmup_steps: int = 0
+    decay_fraction: float = field(default=0.2, metadata={"help": "wsd: fraction of the steps spent decaying."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the gradient norm to this (0: no clipping)."})
+    max_steps: int = field(default=0, metadata={"help": "Optimizer steps; 0: as many as num_epochs give."})
+    num_epochs: float = 1.0
+    max_minutes: float = field(default=0.0, metadata={"help": "Stop (and save) after this wall-clock time; 0: none."})
+    eval_every: int = field(default=0, metadata={"help": "Evaluate every N steps (and at the end); 0: at the end."})
+    save_every: int = field(default=0, metadata={"help": "Checkpoint every N steps; 0: only at the end."})
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    best_metric: str = field(
+        default="", metadata={"help": "Validation metric choosing the best model, e.g. imdb/loss."}
+    )
+    greater_is_better: bool = False
+    token_level_loss: bool = field(
+        default=True, metadata={"help": "Average the loss over all labelled tokens of the global batch."}
+    )
+    group_by_length: bool = field(default=False, metadata={"help": "Batch examples of similar length together."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the newest checkpoint in output_dir."})
+
+    def __post_init__(self):
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"mixed_precision={self.mixed_precision!r}: choose one of {', '.join(PRECISIONS)}.")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule={self.lr_schedule!r}: choose one of {', '.join(SCHEDULES)}.")
+        if self.max_steps <= 0 and self.num_epochs <= 0:
+            raise ValueError("Give a budget: max_steps > 0 or num_epochs > 0.")
+
+
+def parse_config(dataclass_types: tuple[type, ...], argv: list[str] | None = None) -> tuple:
+    """Fill the dataclasses from `--config file.yaml` (flat `name: value` settings) and command-line flags, which
+    override the file. An unknown setting in the file is an error, as it is on the command line."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    config_file = pre.parse_known_args(argv)[0].config
+    parser = HfArgumentParser(dataclass_types)
+    parser.add_argument("--config", help="YAML file of settings; command-line flags override it.")
+    if config_file:
+        if not Path(config_file).is_file():
+            raise FileNotFoundError(f"No config file {config_file!r}.")
+        settings = yaml.safe_load(Path(config_file).read_text()) or {}
+        known = {f.name for dataclass_type in dataclass_types for f in fields(dataclass_type)}
+        if unknown := sorted(set(settings) - known):
+            raise ValueError(f"{config_file}: unknown settings {unknown}; known ones are {sorted(known)}.")
+        parser.set_defaults(**settings)
+    return tuple(parser.parse_args_into_dataclasses(args=argv)[: len(dataclass_types)])
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a training loss is NaN or infinite."""
+
+
+def resolve_mixed_precision(requested: str, device_type: str) -> str:
+    """fp16 autocast does not exist on CPUs (Accelerate ignores it there): run bf16 instead, and say so."""
+    if requested == "fp16" and device_type == "cpu":
+        logger.warning("fp16 mixed precision was asked for on a CPU, which cannot run it: training in bf16 instead.")
+        return "bf16"
+    return requested
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay the weight matrices; leave biases, norms and other 1-D parameters alone."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim < 2 or "norm" in name else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (folders still being written end in .tmp and are not listed)."""
+    found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+@torch.no_grad()
+def evaluate_masked_lm(
+    model: PreTrainedModel,
+    dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    accelerator: Accelerator,
+    batch_size: int = 16,
+    mlm_probability: float = 0.15,
+    seed: int = 1234,
+) -> dict[str, float]:
+    """Masked-LM loss (per masked token), perplexity and masked-token accuracy, with the same masks every time."""
+    collator = MLMCollator(tokenizer, mlm_probability=mlm_probability, seed=seed + accelerator.process_index)
+    # each process takes its own shard (not `accelerator.prepare`, which would keep the loader for checkpoints)
+    shard = dataset.shard(accelerator.num_processes, accelerator.process_index, contiguous=True)
+    model.eval()
+    totals = torch.zeros(3, device=accelerator.device)  # summed loss, correct predictions, masked tokens
+    for batch in build_dataloader(shard, collator, batch_size, shuffle=False):
+        batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+        labels = batch["labels"]
+        masked = labels != -100
+        count = masked.sum()
+        logits = model(**batch).logits.float()
+        if logits.shape[:-1] == labels.shape:  # dense logits: keep the masked positions
+            logits = logits[masked]
+        targets = labels[masked]
+        loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+        totals += torch.stack([loss, (logits.argmax(-1) == targets).sum().float(), count.float()])
+    loss_sum, correct, count = accelerator.reduce(totals, reduction="sum").tolist()
+    model.train()
+    loss = loss_sum / max(count, 1.0)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / max(count, 1.0)}
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    train_loss: float
+    metrics: dict[str, float]
+    seconds: float
+    tokens_per_second: float
+    stopped_by: str
+
+
+def train(
+    model: PreTrainedModel,
+    train_dataset,
+    collator: Callable[[list[dict]], dict],
+    config: TrainingConfig,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    evaluate: Callable[[PreTrainedModel, Accelerator], dict[str, float]] | None = None,
+    run_config: dict | None = None,
+) -> TrainResult:
+    """Train `model` on `train_dataset` batched by `collator`, as `config` says.
+
+    Args:
+        evaluate: called every `config.eval_every` steps and at the end with the (prepared) model and the
+            accelerator; returns flat metrics such as `{"imdb/loss": ..., "imdb/accuracy": ...}`.
+        run_config: everything that describes the run (model, data, training), written to `config.json`.
+    """
+    output_dir = Path(config.output_dir)
+    cpu_only = not torch.cuda.is_available()
+    precision = resolve_mixed_precision(config.mixed_precision, "cpu" if cpu_only else "cuda")
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(config.seed)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        resolved = {**(run_config or {}), "training": {**asdict(config), "mixed_precision": precision},
+                    "num_processes": accelerator.num_processes}  # fmt: skip
+        (output_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
+
+    dataloader = build_dataloader(train_dataset, collator, config.per_device_batch_size,
+                                  group_by_length=config.group_by_length, seed=config.seed)  # fmt: skip
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, config.weight_decay),
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_epsilon,
+    )
+    batches_per_epoch = math.ceil(len(dataloader) / accelerator.num_processes)
+    steps_per_epoch = max(batches_per_epoch // config.gradient_accumulation_steps, 1)
+    total_steps = config.max_steps or math.ceil(config.num_epochs * steps_per_epoch)
+    processes = accelerator.num_processes  # a prepared scheduler steps once per process at each optimizer step
+    scheduler = get_scheduler(
+        SCHEDULES[config.lr_schedule],
+        optimizer,
+        num_warmup_steps=config.warmup_steps * processes,
+        num_training_steps=total_steps * processes,
+        scheduler_specific_kwargs=(
+            {"num_decay_steps": int(config.decay_fraction * total_steps) * processes}
+            if config.lr_schedule == "wsd"
+            else None
+        ),
+    )
+    model, optimizer, dataloader, scheduler = accelerator.prepare(model, optimizer, dataloader, scheduler)
+    accelerator.init_trackers("tb")
+
+    step, best = 0, None
+    if config.resume and (found := checkpoints(output_dir)):
+        accelerator.load_state(str(found[-1]))
+        progress_state = json.loads((found[-1] / "progress.json").read_text())
+        step, best = progress_state["step"], progress_state["best"]
+        logger.info("Resumed from %s (step %d)", found[-1], step)
+    elif config.resume:
+        logger.warning("resume was asked for, but %s holds no checkpoint: starting afresh", output_dir)
+
+    def save_checkpoint():
+        final, temporary = output_dir / f"checkpoint-{step}", output_dir / f"checkpoint-{step}.tmp"
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(temporary))
+        if accelerator.is_main_process:
+            (temporary / "progress.json").write_text(json.dumps({"step": step, "best": best}))
+            shutil.rmtree(final, ignore_errors=True)
+            temporary.rename(final)  # complete, or absent: resume never sees half a checkpoint
+            for old in checkpoints(output_dir)[: -config.keep_checkpoints]:
+                shutil.rmtree(old)
+        accelerator.wait_for_everyone()
+
+    def export(name: str):
+        accelerator.wait_for_everyone()
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(output_dir / name, is_main_process=accelerator.is_main_process,
+                                  save_function=accelerator.save)  # fmt: skip
+        if tokenizer is not None and accelerator.is_main_process:
+            tokenizer.save_pretrained(output_dir / name)
+
+    def run_evaluation() -> dict[str, float]:
+        nonlocal best
+        metrics = evaluate(model, accelerator) if evaluate else {}
+        accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+        if config.best_metric and config.best_metric not in metrics:
+            raise ValueError(
+                f"best_metric={config.best_metric!r} is not among the evaluation metrics {sorted(metrics)}."
+            )
+        if config.best_metric:
+            value = metrics[config.best_metric]
+            if best is None or (value > best if config.greater_is_better else value < best):
+                best = value
+                export("best")
+                logger.info("step %d: new best %s = %.4f, exported to %s", step, config.best_metric, value,
+                            output_dir / "best")  # fmt: skip
+        return metrics
+
+    metrics_file = output_dir / "metrics.jsonl"
+
+    def record(values: dict):
+        if accelerator.is_main_process:
+            with metrics_file.open("a") as handle:
+                handle.write(json.dumps({"step": step, **values}) + "\n")
+
+    model.train()
+    bar = tqdm(total=total_steps, initial=step, disable=not accelerator.is_local_main_process, desc="training")
+    start, stopped_by = time.perf_counter(), "max_steps"
+    tokens_seen = torch.zeros((), dtype=torch.long, device=accelerator.device)
+    window_loss = torch.zeros((), device=accelerator.device)
+    window_steps, last_loss, metrics = 0, float("nan"), {}
+    epoch = step // steps_per_epoch
+    while step < total_steps:
+        dataloader.set_epoch(epoch)
+        skip = (step % steps_per_epoch) * config.gradient_accumulation_steps
+        if isinstance(collator, MLMCollator):  # the same masks as an uninterrupted run
+            collator.calls = epoch * batches_per_epoch + skip
+        iterator = iter(accelerator.skip_first_batches(dataloader, skip) if skip else dataloader)
+        while step < total_steps:
+            window = [batch for _, batch in zip(range(config.gradient_accumulation_steps), iterator, strict=False)]
+            if len(window) < config.gradient_accumulation_steps:
+                break  # the rest of the epoch does not fill a window
+            extra = {}
+            if config.token_level_loss:  # every labelled token of the global batch counts once
+                labelled = sum((batch["labels"] != -100).sum() for batch in window)
+                extra["num_items_in_batch"] = accelerator.reduce(labelled, reduction="sum")
+            step_loss = torch.zeros((), device=accelerator.device)
+            for batch in window:
+                with accelerator.accumulate(model):
+                    loss = model(**batch, **extra).loss
+                    step_loss += loss.detach()
+                    if config.token_level_loss:  # undo the averaging of accumulate() and of DDP
+                        loss = loss * config.gradient_accumulation_steps * accelerator.num_processes
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and config.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                tokens_seen += (
+                    batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
+                )
+            if not config.token_level_loss:
+                step_loss /= len(window)
+            step += 1
+            bar.update(1)
+            window_loss += accelerator.reduce(step_loss, reduction="sum" if config.token_level_loss else "mean")
+            window_steps += 1
+            at_end = step >= total_steps
+            out_of_time = config.max_minutes > 0 and time.perf_counter() - start > 60 * config.max_minutes
+            if (
+                step % config.log_every == 0
+                or at_end
+                or out_of_time
+                or (config.save_every and step % config.save_every == 0)
+            ):
+                last_loss = (window_loss / window_steps).item()
+                if not math.isfinite(last_loss):  # checked before any checkpoint or export of these weights
+                    kept = checkpoints(output_dir)
+                    raise NonFiniteLossError(
+                        f"The training loss became {last_loss} by step {step}; stopping. "
+                        + (f"The last good checkpoint is {kept[-1]}." if kept else "No checkpoint was written.")
+                    )
+                values = {"train/loss": last_loss, "train/lr": scheduler.get_last_lr()[0]}
+                accelerator.log(values, step=step)
+                record(values)
+                bar.set_postfix(loss=f"{last_loss:.4f}")
+                window_loss.zero_()
+                window_steps = 0
+            if config.eval_every and step % config.eval_every == 0 and not at_end:
+                record(run_evaluation())
+            if config.save_every and step % config.save_every == 0 and not at_end:
+                save_checkpoint()
+            if out_of_time:
+                stopped_by = "max_minutes"
+                total_steps = step
+        epoch += 1
+    bar.close()
+    seconds = time.perf_counter() - start
+    metrics = run_evaluation()
+    record(metrics)
+    save_checkpoint()
+    export("final")
+    tokens_total = accelerator.reduce(tokens_seen, reduction="sum").item()
+    for tracker in accelerator.trackers:  # not `end_training()`: it ends the process group that DDP still needs
+        tracker.finish()
+    return TrainResult(step, last_loss, metrics, seconds, tokens_total / max(seconds, 1e-9), stopped_by)
+
+
+__all__ = ["TrainingConfig", "TrainResult", "NonFiniteLossError", "parse_config", "train", "evaluate_masked_lm"]

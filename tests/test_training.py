@@ -1,0 +1,143 @@
+"""The shared training loop: distribution, accumulation, resume, crash safety, precision, the non-finite guard."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM
+
+from hf_encoders.training import TrainingConfig, checkpoints, parameter_groups, parse_config, resolve_mixed_precision
+
+ROOT = Path(__file__).resolve().parents[1]
+JOB = ROOT / "tests" / "tiny_training_job.py"
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+
+
+def run_job(output_dir: Path, *flags: str, launcher: list[str] | None = None, env: dict | None = None, check=True):
+    command = [*(launcher or [sys.executable]), str(JOB), "--output_dir", str(output_dir), "--log_every", "1", *flags]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=ROOT,
+                          env={**os.environ, **(env or {})})  # fmt: skip
+    if check:
+        assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def losses(output_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row["train/loss"] for row in rows if "train/loss" in row}
+
+
+def test_two_processes_follow_one_process_with_the_same_global_batch(tmp_path):
+    run_job(tmp_path / "one", "--per_device_batch_size", "8", "--max_steps", "6")
+    # two CPU processes over gloo: this accelerate's `--cpu` flag starts a single process, so the multi-process
+    # launcher (torchrun) is used with ACCELERATE_USE_CPU
+    launcher = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]  # fmt: skip
+    run_job(tmp_path / "two", "--per_device_batch_size", "4", "--max_steps", "6", launcher=launcher,
+            env={"ACCELERATE_USE_CPU": "1"})  # fmt: skip
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == 6 and one.keys() == two.keys()
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-4), (step, one, two)
+    assert one[6] < one[1]
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert config["num_processes"] == 2
+
+
+def test_gradient_accumulation_4x2_equals_a_batch_of_8(tmp_path):
+    run_job(tmp_path / "big", "--per_device_batch_size", "8", "--max_steps", "5")
+    run_job(tmp_path / "accumulated", "--per_device_batch_size", "2", "--gradient_accumulation_steps", "4",
+            "--max_steps", "5")  # fmt: skip
+    big, accumulated = losses(tmp_path / "big"), losses(tmp_path / "accumulated")
+    for step in big:
+        assert accumulated[step] == pytest.approx(big[step], rel=1e-4), (step, big, accumulated)
+    a = AutoModelForMaskedLM.from_pretrained(tmp_path / "big" / "final")
+    b = AutoModelForMaskedLM.from_pretrained(tmp_path / "accumulated" / "final")
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_resume_after_a_kill_and_after_a_crash_mid_checkpoint(tmp_path):
+    flags = ["--per_device_batch_size", "4", "--max_steps", "8", "--save_every", "3", "--lr_schedule", "cosine",
+             "--warmup_steps", "2"]  # fmt: skip
+    dynamic = {"HF_ENCODERS_TEST_MASKING": "dynamic"}
+    run_job(tmp_path / "straight", *flags, env=dynamic)
+    straight = losses(tmp_path / "straight")
+    assert len(straight) == 8
+
+    # killed while fetching the 5th batch: checkpoint-3 is the last one
+    killed = run_job(tmp_path / "killed", *flags, env={**dynamic, "HF_ENCODERS_TEST_CRASH_AT_BATCH": "5"}, check=False)
+    assert killed.returncode != 0 and [p.name for p in checkpoints(tmp_path / "killed")] == ["checkpoint-3"]
+    run_job(tmp_path / "killed", *flags, "--resume", env=dynamic)
+    resumed = losses(tmp_path / "killed")
+    for step in range(4, 9):
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-5), (step, straight, resumed)
+
+    # crashed while writing checkpoint-6: its folder stays .tmp and resume starts from checkpoint-3
+    crashed = run_job(tmp_path / "crashed", *flags, env={**dynamic, "HF_ENCODERS_TEST_FAIL_SAVE_AT_STEP": "6"},
+                      check=False)  # fmt: skip
+    assert crashed.returncode != 0 and (tmp_path / "crashed" / "checkpoint-6.tmp").is_dir()
+    assert [p.name for p in checkpoints(tmp_path / "crashed")] == ["checkpoint-3"]
+    run_job(tmp_path / "crashed", *flags, "--resume", env=dynamic)
+    resumed = losses(tmp_path / "crashed")
+    for step in range(4, 9):
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-5), (step, straight, resumed)
+    assert [p.name for p in checkpoints(tmp_path / "crashed")] == ["checkpoint-6", "checkpoint-8"]  # keeps 2
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    done = run_job(tmp_path, "--per_device_batch_size", "4", "--max_steps", "8", "--save_every", "2",
+                   env={"HF_ENCODERS_TEST_NAN_AT_STEP": "5"}, check=False)  # fmt: skip
+    assert done.returncode != 0
+    assert "NonFiniteLossError: The training loss became nan by step 5" in done.stderr
+    assert f"The last good checkpoint is {tmp_path / 'checkpoint-4'}" in done.stderr
+    assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
+    assert not (tmp_path / "final").exists()  # nothing exported from the broken weights
+
+
+def test_bf16_on_cpu_trains_and_the_export_loads(tmp_path):
+    run_job(tmp_path, "--per_device_batch_size", "8", "--max_steps", "4", "--mixed_precision", "bf16")
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["training"]["mixed_precision"] == "bf16"
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses(tmp_path).values())
+    model = AutoModelForMaskedLM.from_pretrained(tmp_path / "final")
+    assert type(model).__name__ == "EncoderForMaskedLM"
+    tokenizer_files = {p.name for p in (tmp_path / "final").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "modeling_encoder.py"} <= tokenizer_files
+    assert (tmp_path / "logs").is_dir() and any((tmp_path / "logs").rglob("events.out.tfevents.*"))
+
+
+def test_an_unknown_best_metric_is_an_error(tmp_path):
+    done = run_job(tmp_path, "--max_steps", "2", "--best_metric", "imdb/loss", check=False)
+    assert done.returncode != 0 and "best_metric='imdb/loss' is not among the evaluation metrics []" in done.stderr
+
+
+def test_fp16_on_cpu_is_switched_to_bf16_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="hf_encoders.training"):
+        assert resolve_mixed_precision("fp16", "cpu") == "bf16"
+    assert "fp16 mixed precision was asked for on a CPU" in caplog.text
+    assert resolve_mixed_precision("fp16", "cuda") == "fp16"
+
+
+def test_weight_decay_spares_norms_and_biases():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    decay, no_decay = parameter_groups(model, 0.1)
+    assert [p.shape for p in decay["params"]] == [(4, 4)] and decay["weight_decay"] == 0.1
+    assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
+
+
+def test_config_file_and_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("learning_rate: 0.01\nmax_steps: 7\nlr_schedule: wsd\n")
+    (config,) = parse_config((TrainingConfig,), ["--config", str(path), "--max_steps", "9"])
+    assert config.learning_rate == 0.01 and config.max_steps == 9 and config.lr_schedule == "wsd"
+    path.write_text("learning_rat: 0.01\n")
+    with pytest.raises(ValueError, match=r"unknown settings \['learning_rat'\]"):
+        parse_config((TrainingConfig,), ["--config", str(path)])
+    with pytest.raises(ValueError, match="mixed_precision='fp8'"):
+        TrainingConfig(mixed_precision="fp8")

@@ -1,0 +1,95 @@
+"""A tiny masked-LM training job for the training-loop tests. Runs alone or under `accelerate launch`:
+
+    python tests/tiny_training_job.py --output_dir DIR --max_steps 6 [any TrainingConfig flag]
+
+Environment switches: HF_ENCODERS_TEST_MASKING=dynamic (MLMCollator; default: a fixed masking that does not depend
+on how the batch is split), HF_ENCODERS_TEST_CRASH_AT_BATCH=k (the k-th batch fails: a killed run),
+HF_ENCODERS_TEST_FAIL_SAVE_AT_STEP=n (writing checkpoint n fails halfway), HF_ENCODERS_TEST_NAN_AT_STEP=n (the
+loss becomes NaN from that optimizer step on).
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from datasets import Dataset
+from tokenizers import Tokenizer, models
+from transformers import PreTrainedTokenizerFast
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hf_encoders import EncoderConfig, EncoderForMaskedLM, MLMCollator  # noqa: E402
+from hf_encoders.training import TrainingConfig, parse_config, train  # noqa: E402
+
+VOCAB = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"] + [f"t{i}" for i in range(59)]
+
+
+def examples(count: int = 96, seed: int = 0) -> Dataset:
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(6, 20, (count,), generator=generator).tolist()
+    return Dataset.from_dict(
+        {"input_ids": [torch.randint(5, 64, (n,), generator=generator).tolist() for n in lengths]}
+    )
+
+
+def fixed_masking(batch: list[dict]) -> dict:
+    """Padding-free rows; every token whose id is divisible by 3 is masked."""
+    ids = torch.tensor([token for example in batch for token in example["input_ids"]])[None]
+    positions = torch.cat([torch.arange(len(example["input_ids"])) for example in batch])[None]
+    chosen = ids % 3 == 0
+    return {
+        "input_ids": ids.masked_fill(chosen, 3),
+        "position_ids": positions,
+        "labels": ids.masked_fill(~chosen, -100),
+    }
+
+
+def main() -> None:
+    (config,) = parse_config((TrainingConfig,), sys.argv[1:])
+    torch.manual_seed(0)
+    model = EncoderForMaskedLM(EncoderConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                             intermediate_size=64, max_position_embeddings=32, sparse_prediction=True))  # fmt: skip
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({t: i for i, t in enumerate(VOCAB)}, unk_token="[UNK]")),
+        pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", unk_token="[UNK]",
+    )  # fmt: skip
+    collator = (
+        MLMCollator(tokenizer, 0.3, seed=0)
+        if os.environ.get("HF_ENCODERS_TEST_MASKING") == "dynamic"
+        else fixed_masking
+    )
+
+    if crash_at := int(os.environ.get("HF_ENCODERS_TEST_CRASH_AT_BATCH", 0)):
+        inner, calls = collator, [0]
+
+        def collator(batch):
+            calls[0] += 1
+            if calls[0] == crash_at:
+                raise SystemExit("killed (test)")
+            return inner(batch)
+
+    if fail_at := int(os.environ.get("HF_ENCODERS_TEST_FAIL_SAVE_AT_STEP", 0)):
+        save_state = Accelerator.save_state
+
+        def failing_save_state(self, output_dir=None, **kwargs):
+            save_state(self, output_dir, **kwargs)  # the files are written ...
+            if output_dir.endswith(f"checkpoint-{fail_at}.tmp"):
+                raise SystemExit("crashed while writing a checkpoint (test)")  # ... but the save never completes
+
+        Accelerator.save_state = failing_save_state
+
+    if nan_at := int(os.environ.get("HF_ENCODERS_TEST_NAN_AT_STEP", 0)):
+        calls = [0]
+
+        def poison(module, args, output):
+            calls[0] += 1
+            return output * float("nan") if calls[0] >= nan_at * config.gradient_accumulation_steps else output
+
+        model.head.register_forward_hook(poison)
+
+    train(model, examples(), collator, config, tokenizer=tokenizer)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Masked-LM pretraining of an hf_encoders encoder on the shared training loop.
+
+    accelerate launch training/pretrain_mlm.py --config training/configs/mlm_small.yaml [--max_steps 2000 ...]
+    python training/pretrain_mlm.py --config training/configs/mlm_tiny.yaml          # one CPU, minutes
+
+Reads the corpus with `datasets` (local files or a Hub id), trains a WordPiece tokenizer unless one is given, packs
+documents into blocks, and trains `EncoderForMaskedLM` with dynamic masking on padding-free batches. Evaluates masked-LM
+loss, perplexity and masked-token accuracy on each `eval_data` set (`name=path-or-hub-id:split`), exports the final
+and best models with their tokenizer, and writes `results.json` beside them.
+"""
+
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from accelerate import PartialState
+from transformers import AutoTokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # running from a checkout without installing
+from hf_encoders import (  # noqa: E402
+    EncoderConfig,
+    EncoderForMaskedLM,
+    MLMCollator,
+    load_text_dataset,
+    pack_for_mlm,
+    train_tokenizer,
+)
+from hf_encoders.training import TrainingConfig, evaluate_masked_lm, parse_config, train  # noqa: E402
+
+logger = logging.getLogger("pretrain_mlm")
+
+
+@dataclass
+class ModelArguments:
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    intermediate_size: int = 512
+    hidden_activation: str = "geglu"
+    norm_type: str = "layernorm"
+    position_embedding_type: str = "rope"
+    max_position_embeddings: int = 512
+    local_attention: int | None = None
+    global_attn_every_n_layers: int | None = None
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    attn_implementation: str = "sdpa"
+    init_from: str | None = field(default=None, metadata={"help": "Start from this EncoderForMaskedLM checkpoint."})
+
+
+@dataclass
+class DataArguments:
+    train_data: str = field(default="../shared/data/imdb", metadata={"help": "Local path or Hub id."})
+    train_split: str = "unsup"
+    text_column: str = "text"
+    eval_data: list[str] = field(
+        default_factory=lambda: [
+            "imdb=../shared/data/imdb:validation",
+            "wikitext2=../shared/data/wikitext2:validation",
+        ],
+        metadata={"help": "Held-out sets as name=path-or-hub-id:split."},
+    )
+    max_eval_documents: int = 1000
+    tokenizer: str | None = field(default=None, metadata={"help": "A saved tokenizer; else one is trained."})
+    vocab_size: int = 32768
+    tokenizer_training_documents: int = 50000
+    block_size: int = 512
+    mlm_probability: float = 0.3
+    whole_word_mask: bool = False
+    num_proc: int = 2
+
+
+def load_eval_sets(data: DataArguments, tokenizer) -> dict:
+    sets = {}
+    for entry in data.eval_data:
+        name, _, spec = entry.partition("=")
+        spec, _, split = spec.rpartition(":")
+        if not name or not spec or not split:
+            raise ValueError(f"eval_data entry {entry!r} is not of the form name=path-or-hub-id:split.")
+        documents = load_text_dataset(spec)[split]
+        documents = documents.select(range(min(len(documents), data.max_eval_documents)))
+        sets[name] = pack_for_mlm(documents, tokenizer, data.block_size, num_proc=data.num_proc)
+    return sets
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, training = parse_config((ModelArguments, DataArguments, TrainingConfig), argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    state = PartialState()
+    output_dir = Path(training.output_dir)
+    with state.main_process_first():  # one process tokenizes and fills the datasets cache, the others read it
+        corpus = load_text_dataset(data_args.train_data, text_column=data_args.text_column)
+        if data_args.train_split not in corpus:
+            raise ValueError(f"{data_args.train_data!r} has no split {data_args.train_split!r}: {list(corpus)}.")
+        train_documents = corpus[data_args.train_split]
+        if data_args.tokenizer:
+            tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer)
+        elif model_args.init_from:
+            tokenizer = AutoTokenizer.from_pretrained(model_args.init_from)
+        else:
+            sample = train_documents.select(range(min(len(train_documents), data_args.tokenizer_training_documents)))
+            tokenizer = train_tokenizer(sample[data_args.text_column], data_args.vocab_size,
+                                        model_max_length=data_args.block_size, show_progress=state.is_main_process)  # fmt: skip
+        blocks = pack_for_mlm(
+            train_documents, tokenizer, data_args.block_size, data_args.text_column, data_args.num_proc
+        )
+        eval_sets = load_eval_sets(data_args, tokenizer)
+
+    if model_args.init_from:
+        model = EncoderForMaskedLM.from_pretrained(
+            model_args.init_from, attn_implementation=model_args.attn_implementation
+        )
+    else:
+        settings = {k: v for k, v in asdict(model_args).items() if k not in ("init_from", "attn_implementation")}
+        config = EncoderConfig(
+            **settings, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+            cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
+            mask_token_id=tokenizer.mask_token_id, bos_token_id=tokenizer.cls_token_id,
+            eos_token_id=tokenizer.sep_token_id, sparse_prediction=True,
+            attn_implementation=model_args.attn_implementation,
+        )  # fmt: skip
+        model = EncoderForMaskedLM(config)
+    collator = MLMCollator(tokenizer, data_args.mlm_probability, whole_word_mask=data_args.whole_word_mask,
+                           seed=training.seed)  # fmt: skip
+
+    def evaluate(model, accelerator) -> dict[str, float]:
+        return {
+            f"{name}/{key}": value
+            for name, dataset in eval_sets.items()
+            for key, value in evaluate_masked_lm(
+                model, dataset, tokenizer, accelerator, training.per_device_batch_size, data_args.mlm_probability
+            ).items()  # fmt: skip
+        }
+
+    run_config = {"script": "pretrain_mlm", "model": asdict(model_args), "data": asdict(data_args),
+                  "parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip
+    result = train(model, blocks, collator, training, tokenizer, evaluate, run_config)
+    summary = {**asdict(result), "parameters": run_config["parameters"],
+               "train_tokens_per_epoch": sum(map(len, blocks["input_ids"]))}  # fmt: skip
+    if state.is_main_process:
+        (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+        logger.info("done: %s", json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
