@@ -139,6 +139,11 @@ class PackedBatch:
     def num_sequences(self) -> int:
         return self.padding_mask.shape[0]
 
+    def mask_arguments(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stand-ins for `inputs_embeds` (only its shape, dtype and device are read) and the 2D `attention_mask`
+        that make `transformers.masking_utils` build masks for the re-padded layout."""
+        return like.new_empty(*self.padding_mask.shape, 0), self.padding_mask
+
     def pad(self, packed: torch.Tensor) -> torch.Tensor:
         """(1, total, *rest) -> (num_sequences, max_length, *rest), zeros on padding."""
         rest = packed.shape[2:]
@@ -526,7 +531,7 @@ class EncoderModel(EncoderPreTrainedModel):
         # attention masks, in the padded layout that the attention kernels see
         mask_embeds, mask_2d = hidden_states, attention_mask
         if packed is not None and not flash:
-            mask_embeds, mask_2d = hidden_states.new_empty(*packed.padding_mask.shape, 0), packed.padding_mask
+            mask_embeds, mask_2d = packed.mask_arguments(hidden_states)
         mask_creators = {
             "full_attention": create_bidirectional_mask,
             "sliding_attention": create_bidirectional_sliding_window_mask,

@@ -314,9 +314,8 @@ class Seq2SeqDecoder(Seq2SeqPreTrainedModel):
             encoder_attention_mask,
         )
         if packed is not None:
-            mask_embeds, target_mask = hidden_states.new_empty(*packed.padding_mask.shape, 0), packed.padding_mask
-            source_embeds = hidden_states.new_empty(*source_packed.padding_mask.shape, 0)
-            source_mask = source_packed.padding_mask
+            mask_embeds, target_mask = packed.mask_arguments(hidden_states)
+            source_embeds, source_mask = source_packed.mask_arguments(hidden_states)
         self_attention_mask = create_causal_mask(
             config=self.config,
             inputs_embeds=mask_embeds,

@@ -12,6 +12,20 @@ WORDS = "the a cat dog sat on mat ran in park big small red blue and with".split
 SPECIALS = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"]
 
 
+# Put first in a script run with `python -c`: it makes `hf_encoders` unimportable (the source tree is on sys.path),
+# so that whatever such a script loads must come from a saved folder's own code (trust_remote_code).
+REFUSE_HF_ENCODERS = """
+import importlib.abc, json, sys
+
+class RefuseHfEncoders(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "hf_encoders":
+            raise ModuleNotFoundError(f"No module named {name!r} (refused by the test)")
+
+sys.meta_path.insert(0, RefuseHfEncoders())
+"""
+
+
 def tiny_config(**overrides) -> EncoderConfig:
     values = dict(
         vocab_size=99,

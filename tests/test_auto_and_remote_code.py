@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import random_batch, tiny_config
+from conftest import REFUSE_HF_ENCODERS, random_batch, tiny_config
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -75,16 +75,8 @@ def test_saved_folder_is_self_contained(tmp_path):
 
 # Runs in a fresh interpreter where `hf_encoders` cannot be imported (the source tree is on sys.path, so imports of
 # it are refused explicitly): everything must come from the folder's own code through trust_remote_code.
-REMOTE_SCRIPT = textwrap.dedent(
+REMOTE_SCRIPT = REFUSE_HF_ENCODERS + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class RefuseHfEncoders(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "hf_encoders":
-                raise ModuleNotFoundError(f"No module named {name!r} (refused by the test)")
-
-    sys.meta_path.insert(0, RefuseHfEncoders())
     try:
         import hf_encoders  # noqa: F401
         raise SystemExit("hf_encoders should not be importable here")

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import REFUSE_HF_ENCODERS, tiny_config
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, PreTrainedTokenizerFast, pipeline
 
@@ -323,16 +323,8 @@ def test_save_load_and_auto_classes(tmp_path):
                        model.generate(ids, attention_mask=mask, num_beams=2, max_new_tokens=8))  # fmt: skip
 
 
-REMOTE_SCRIPT = textwrap.dedent(
+REMOTE_SCRIPT = REFUSE_HF_ENCODERS + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class RefuseHfEncoders(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "hf_encoders":
-                raise ModuleNotFoundError(f"No module named {name!r} (refused by the test)")
-
-    sys.meta_path.insert(0, RefuseHfEncoders())
     import torch
     from transformers import AutoModel, AutoModelForSeq2SeqLM, pipeline
 
