@@ -302,24 +302,63 @@ def run_attention(
 
 
 class EncoderAttention(nn.Module):
-    """Bidirectional multi-head self-attention with a fused QKV projection, dispatched through
-    `ALL_ATTENTION_FUNCTIONS` by `config._attn_implementation`."""
+    """Multi-head self-attention with a fused QKV projection, dispatched through `ALL_ATTENTION_FUNCTIONS` by
+    `config._attn_implementation`: bidirectional here (local on sliding-window layers); the decoder's causal
+    self-attention is this class with a cache."""
 
-    def __init__(self, config: EncoderConfig, layer_idx: int):
+    # flash attention reads padding-free rows as they are (cu_seq_lens); the other kernels see them re-padded
+    packed_rows_for_flash = True
+
+    def __init__(self, config: EncoderConfig, layer_idx: int, is_causal: bool = False):
         super().__init__()
         self.config = config
         self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.head_dim = config.head_dim
-        self.is_causal = False
+        self.is_causal = is_causal
         self.attention_dropout = config.attention_dropout
         # flash attention's window is inclusive on both sides: `sliding_window + 1` there equals `sliding_window` in
         # the masks of `masking_utils` (|i - j| <= config.sliding_window)
-        self.sliding_window = (
-            config.sliding_window + 1 if config.layer_types[layer_idx] == "sliding_attention" else None
-        )
+        local = not is_causal and config.layer_types[layer_idx] == "sliding_attention"
+        self.sliding_window = config.sliding_window + 1 if local else None
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attention_bias)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
+
+    def repads(self, packed: PackedBatch | None) -> bool:
+        return packed is not None and not (self.packed_rows_for_flash and is_flash_attention_requested(self.config))
+
+    def project(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
+        packed: PackedBatch | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rotated queries, keys and values as (batch, heads, seq, head_dim); padding-free rows re-padded to
+        (num_sequences, max_length) where the kernel needs it."""
+        qkv = self.qkv_proj(hidden_states).view(*hidden_states.shape[:-1], 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.unbind(dim=-3)  # each (batch, seq, heads, head_dim)
+        if position_embeddings is not None:
+            query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        if self.repads(packed):
+            query, key, value = packed.pad(query), packed.pad(key), packed.pad(value)
+        return query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        input_shape: torch.Size,
+        packed: PackedBatch | None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_output, attn_weights = run_attention(
+            self, query, key, value, attention_mask, sliding_window=self.sliding_window, **kwargs
+        )
+        if self.repads(packed):
+            attn_output = packed.unpad(attn_output)
+        return self.o_proj(attn_output.reshape(*input_shape, -1)), attn_weights
 
     def forward(
         self,
@@ -329,28 +368,8 @@ class EncoderAttention(nn.Module):
         packed: PackedBatch | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        input_shape = hidden_states.shape[:-1]
-        qkv = self.qkv_proj(hidden_states).view(*input_shape, 3, self.num_heads, self.head_dim)
-        query, key, value = qkv.unbind(dim=-3)  # each (batch, seq, heads, head_dim)
-        if position_embeddings is not None:
-            query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
-
-        repad = packed is not None and not is_flash_attention_requested(self.config)
-        if repad:
-            query, key, value = packed.pad(query), packed.pad(key), packed.pad(value)
-
-        attn_output, attn_weights = run_attention(
-            self,
-            query.transpose(1, 2),
-            key.transpose(1, 2),
-            value.transpose(1, 2),
-            attention_mask,
-            sliding_window=self.sliding_window,
-            **kwargs,
-        )
-        if repad:
-            attn_output = packed.unpad(attn_output)
-        return self.o_proj(attn_output.reshape(*input_shape, -1)), attn_weights
+        query, key, value = self.project(hidden_states, position_embeddings, packed)
+        return self.attend(query, key, value, attention_mask, hidden_states.shape[:-1], packed, **kwargs)
 
 
 class EncoderMLP(nn.Module):

@@ -33,13 +33,13 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_hf_encoders import Seq2SeqConfig
 from .modeling_encoder import (
+    EncoderAttention,
     EncoderEmbeddings,
     EncoderMLP,
     EncoderModel,
     EncoderPreTrainedModel,
     EncoderRotaryEmbedding,
     PackedBatch,
-    apply_rotary_pos_emb,
     check_attention_mask,
     check_sequence_length,
     check_token_ids,
@@ -81,18 +81,14 @@ def shift_tokens_right(
     return shifted.masked_fill(shifted == -100, pad_token_id)
 
 
-class DecoderSelfAttention(nn.Module):
-    """Causal self-attention over the target; with a cache, each step appends its keys and values."""
+class DecoderSelfAttention(EncoderAttention):
+    """The encoder's self-attention made causal over the target; with a cache, each step appends its keys and
+    values. Padding-free targets are always re-padded: the decoder's masks are built for that layout."""
+
+    packed_rows_for_flash = False
 
     def __init__(self, config: Seq2SeqConfig, layer_idx: int):
-        super().__init__()
-        self.config = config
-        self.layer_idx = layer_idx
-        self.num_heads, self.head_dim = config.num_attention_heads, config.head_dim
-        self.attention_dropout = config.attention_dropout
-        self.is_causal = True
-        self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attention_bias)
-        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
+        super().__init__(config, layer_idx, is_causal=True)
 
     def forward(
         self,
@@ -103,20 +99,10 @@ class DecoderSelfAttention(nn.Module):
         packed: PackedBatch | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        input_shape = hidden_states.shape[:-1]
-        qkv = self.qkv_proj(hidden_states).view(*input_shape, 3, self.num_heads, self.head_dim)
-        query, key, value = qkv.unbind(dim=-3)
-        if position_embeddings is not None:
-            query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
-        if packed is not None:  # padding-free targets: attention sees them re-padded, (num_targets, max_length)
-            query, key, value = packed.pad(query), packed.pad(key), packed.pad(value)
-        query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+        query, key, value = self.project(hidden_states, position_embeddings, packed)
         if past_key_values is not None:
             key, value = past_key_values.self_attention_cache.update(key, value, self.layer_idx)
-        attn_output, attn_weights = run_attention(self, query, key, value, attention_mask, **kwargs)
-        if packed is not None:
-            attn_output = packed.unpad(attn_output)
-        return self.o_proj(attn_output.reshape(*input_shape, -1)), attn_weights
+        return self.attend(query, key, value, attention_mask, hidden_states.shape[:-1], packed, **kwargs)
 
 
 class DecoderCrossAttention(nn.Module):
