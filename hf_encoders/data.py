@@ -169,7 +169,7 @@ def load_text_dataset(
     Args:
         spec: a Hub id, or a local file, directory or glob. In a directory each file is a split named by its stem:
             `train.jsonl.gz` -> train, `unsup.txt.gz` -> unsup, `dev.tsv` -> validation.
-        name, split: the Hub config and split (Hub ids only).
+        name: the Hub config (Hub ids only). split: load only this split (for local data too).
         text_column: the column that must hold text in every split; empty texts are dropped and counted (None:
             no check, no validation split; for callers that check columns themselves).
         validation_fraction, seed: how the validation split is carved from train when there is none.
@@ -181,6 +181,10 @@ def load_text_dataset(
                 by_split[_split_name(path) if Path(spec).is_dir() else "train"].append(path)
         if not by_split:
             raise FileNotFoundError(f"{str(spec)!r} holds no {', '.join(FORMATS)} files (.gz too).")
+        if split is not None:  # one split, as for a Hub id
+            if split not in by_split:
+                raise ValueError(f"{str(spec)!r} has no split {split!r}; its files give {sorted(by_split)}.")
+            by_split = {split: by_split[split]}
         dataset = DatasetDict({split_name: _load_files(files) for split_name, files in by_split.items()})
     else:
         dataset = _load_hub(str(spec), name, split)

@@ -328,6 +328,10 @@ def test_jsonl_parquet_and_globs(tmp_path):
     assert again["validation"]["text"] == loaded["validation"]["text"]  # the carve is seeded
     by_glob = load_text_dataset(str(tmp_path / "*.jsonl.gz"), validation_fraction=0.25)
     assert len(by_glob["train"]) == 30
+    only_test = load_text_dataset(tmp_path, split="test")
+    assert list(only_test) == ["test"] and len(only_test["test"]) == 10
+    with pytest.raises(ValueError, match=r"has no split 'dev'; its files give \['test', 'train'\]"):
+        load_text_dataset(tmp_path, split="dev")
 
 
 def test_missing_paths_and_unreachable_hub_say_so(tmp_path, monkeypatch):
