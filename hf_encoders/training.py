@@ -14,7 +14,8 @@ is the same. What it does:
   mid-save leaves the previous one), the K newest kept; `resume` continues from the newest, skipping the batches
   already seen;
 - the final and the best model (by the chosen validation metric) exported with `save_pretrained` and the tokenizer;
-- a progress bar on the main process, metrics to tensorboard and to `metrics.jsonl`, the resolved config beside it.
+- a progress bar on the main process, metrics to tensorboard and to `metrics.jsonl`, their curves in `curves.png`,
+  the resolved config beside them.
 """
 
 import argparse
@@ -35,6 +36,7 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from .data import MLMCollator, build_dataloader
+from .plots import plot_training_curves
 
 logger = logging.getLogger(__name__)
 
@@ -365,6 +367,8 @@ def train(
     record(metrics)
     save_checkpoint()
     export("final")
+    if accelerator.is_main_process:
+        plot_training_curves(metrics_file, output_dir / "curves.png", title=output_dir.name)
     tokens_total = accelerator.reduce(tokens_seen, reduction="sum").item()
     for tracker in accelerator.trackers:  # not `end_training()`: it ends the process group that DDP still needs
         tracker.finish()

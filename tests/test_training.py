@@ -110,11 +110,28 @@ def test_bf16_on_cpu_trains_and_the_export_loads(tmp_path):
     tokenizer_files = {p.name for p in (tmp_path / "final").iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "modeling_encoder.py"} <= tokenizer_files
     assert (tmp_path / "logs").is_dir() and any((tmp_path / "logs").rglob("events.out.tfevents.*"))
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_an_unknown_best_metric_is_an_error(tmp_path):
     done = run_job(tmp_path, "--max_steps", "2", "--best_metric", "imdb/loss", check=False)
     assert done.returncode != 0 and "best_metric='imdb/loss' is not among the evaluation metrics []" in done.stderr
+
+
+def test_training_curves_plot(tmp_path):
+    from hf_encoders.plots import plot_training_curves
+
+    metrics = tmp_path / "metrics.jsonl"
+    rows = [{"step": s, "train/loss": 5 - s / 10, "train/lr": 1e-3} for s in range(1, 11)]
+    rows += [{"step": 5, "imdb/loss": 4.5, "imdb/accuracy": 0.2, "wiki/loss": 5.5, "wiki/accuracy": 0.1},
+             {"step": 10, "imdb/loss": 4.1, "imdb/accuracy": 0.3, "wiki/loss": 5.2, "wiki/accuracy": 0.15}]  # fmt: skip
+    metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    png = plot_training_curves(metrics, tmp_path / "curves.png", title="run")
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"step": 1}) + "\n")
+    with pytest.raises(ValueError, match="holds no metrics to plot"):
+        plot_training_curves(empty, tmp_path / "none.png")
 
 
 def test_fp16_on_cpu_is_switched_to_bf16_with_a_warning(caplog):
