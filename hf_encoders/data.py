@@ -137,7 +137,7 @@ def _drop_empty(dataset: DatasetDict, columns: list[str], what: str) -> DatasetD
     for split, data in dataset.items():
         kept = data.filter(lambda row: all(row[c] is not None and str(row[c]).strip() for c in columns))
         if len(kept) < len(data):
-            logger.warning("%s %s: dropped %d empty %s of %d", what, split, len(data) - len(kept), "rows", len(data))
+            logger.warning("%s %s: dropped %d empty rows of %d", what, split, len(data) - len(kept), len(data))
         dataset[split] = kept
     return dataset
 
@@ -472,9 +472,7 @@ class MLMCollator:
                 self.starts_word[index] = False
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        self.generator = (
-            None if self.seed is None else torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
-        )
+        generator = None if self.seed is None else torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
         self.calls += 1
         sequences = _sequences(examples)
         if self.padding_free:
@@ -490,29 +488,30 @@ class MLMCollator:
         special = self.special[input_ids]
         if "attention_mask" in batch:
             special |= batch["attention_mask"] == 0
-        chosen = self._choose(input_ids, special, starts)
+        chosen = self._choose(input_ids, special, starts, generator)
         batch["labels"] = input_ids.masked_fill(~chosen, -100)
-        batch["input_ids"] = self._replace(input_ids, chosen)
+        batch["input_ids"] = self._replace(input_ids, chosen, generator)
         return batch
 
-    def _random(self, shape: torch.Size) -> torch.Tensor:
-        return torch.rand(shape, generator=self.generator)
-
-    def _choose(self, input_ids: torch.Tensor, special: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    def _choose(
+        self, input_ids: torch.Tensor, special: torch.Tensor, starts: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
         if not self.whole_word_mask:
-            return (self._random(input_ids.shape) < self.mlm_probability) & ~special
+            return (torch.rand(input_ids.shape, generator=generator) < self.mlm_probability) & ~special
         word_starts = self.starts_word[input_ids] | special | starts
         words = word_starts.flatten().cumsum(0) - 1  # word index of every token
-        chosen_words = self._random((int(words[-1]) + 1,)) < self.mlm_probability
+        chosen_words = torch.rand(int(words[-1]) + 1, generator=generator) < self.mlm_probability
         return chosen_words[words].view(input_ids.shape) & ~special
 
-    def _replace(self, input_ids: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-        draw = self._random(input_ids.shape)
+    def _replace(
+        self, input_ids: torch.Tensor, chosen: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        draw = torch.rand(input_ids.shape, generator=generator)
         masked = chosen & (draw < self.mask_replace_prob)
         randomised = (
             chosen & (draw >= self.mask_replace_prob) & (draw < self.mask_replace_prob + self.random_replace_prob)
         )
-        picks = torch.randint(len(self.replacements), input_ids.shape, generator=self.generator)
+        picks = torch.randint(len(self.replacements), input_ids.shape, generator=generator)
         input_ids = input_ids.masked_fill(masked, self.tokenizer.mask_token_id)
         return torch.where(randomised, self.replacements[picks], input_ids)
 

@@ -294,7 +294,7 @@ def train(
     start, stopped_by = time.perf_counter(), "max_steps"
     tokens_seen = torch.zeros((), dtype=torch.long, device=accelerator.device)
     window_loss = torch.zeros((), device=accelerator.device)
-    window_steps, last_loss, metrics = 0, float("nan"), {}
+    window_steps, last_loss = 0, float("nan")
     epoch = step // steps_per_epoch
     while step < total_steps:
         dataloader.set_epoch(epoch)
