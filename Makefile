@@ -19,8 +19,8 @@ test: setup
 	$(PY) -m pytest
 
 lint: setup
-	$(PY) -m ruff check hf_encoders tests benchmarks
-	$(PY) -m ruff format --check hf_encoders tests benchmarks
+	$(PY) -m ruff check hf_encoders tests benchmarks training
+	$(PY) -m ruff format --check hf_encoders tests benchmarks training
 
 bench: setup
 	$(PY) benchmarks/bench_encoder_cpu.py

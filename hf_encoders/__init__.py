@@ -33,7 +33,8 @@ from .modeling_encoder import (
 )
 from .modeling_seq2seq import Seq2SeqForConditionalGeneration, Seq2SeqModel, Seq2SeqPreTrainedModel
 from .pipeline_seq2seq import Text2TextGenerationPipeline, TranslationPipeline
-from .tokenization import language_tag, train_tokenizer
+from .tokenization import language_tag, target_language_token, train_tokenizer
+from .translation import score_translations, translate, write_translations
 
 __version__ = "0.1.0"
 
@@ -72,6 +73,10 @@ __all__ = [
     "TranslationPipeline",
     "train_tokenizer",
     "language_tag",
+    "target_language_token",
+    "translate",
+    "score_translations",
+    "write_translations",
     "load_text_dataset",
     "load_parallel_dataset",
     "pack_for_mlm",

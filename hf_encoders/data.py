@@ -31,7 +31,7 @@ from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from .tokenization import language_tag
+from .tokenization import language_tag, target_language_token
 
 logger = logging.getLogger(__name__)
 
@@ -359,8 +359,8 @@ def prepare_translation(
     """
     if overlong not in ("truncate", "drop"):
         raise ValueError(f"overlong={overlong!r} is not supported; choose 'truncate' or 'drop'.")
-    tag = tokenizer.convert_tokens_to_ids(language_tag(tgt))
-    if tag is None or tag == tokenizer.unk_token_id:
+    tag = target_language_token(tokenizer, tgt)
+    if tag is None:
         raise ValueError(f"Unknown target language {tgt!r}: the tokenizer has no {language_tag(tgt)!r} tag.")
 
     def tokenize(batch: dict) -> dict:

@@ -16,7 +16,7 @@ markers, which decode back to the original spacing (what BLEU on raw references 
 from collections.abc import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 ENCODER_SPECIAL_TOKENS = {"pad_token": "[PAD]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]",
                           "unk_token": "[UNK]"}  # fmt: skip
@@ -28,6 +28,12 @@ NORMALIZATIONS = ("NFC", "NFKC", "NFD", "NFKD", None)
 def language_tag(language: str) -> str:
     """The token that asks for output in `language`: `<2de>` for German."""
     return f"<2{language}>"
+
+
+def target_language_token(tokenizer: PreTrainedTokenizerBase, language: str) -> int | None:
+    """The id of the tokenizer's `<2xx>` tag for `language`, or None if it has none (e.g. a Marian tokenizer)."""
+    tag = tokenizer.convert_tokens_to_ids(language_tag(language))
+    return None if tag is None or tag == tokenizer.unk_token_id else tag
 
 
 def _backend(
@@ -134,4 +140,10 @@ def _strings(texts: Iterable[str] | Iterable[list[str]]) -> Iterator[str]:
             yield from item
 
 
-__all__ = ["train_tokenizer", "language_tag", "ENCODER_SPECIAL_TOKENS", "SEQ2SEQ_SPECIAL_TOKENS"]
+__all__ = [
+    "train_tokenizer",
+    "language_tag",
+    "target_language_token",
+    "ENCODER_SPECIAL_TOKENS",
+    "SEQ2SEQ_SPECIAL_TOKENS",
+]

@@ -76,6 +76,9 @@ class TrainingConfig:
     token_level_loss: bool = field(
         default=True, metadata={"help": "Average the loss over all labelled tokens of the global batch."}
     )
+    label_smoothing: float = field(
+        default=0.0, metadata={"help": "Label-smoothed cross-entropy on the model's logits (0: the model's own loss)."}
+    )
     group_by_length: bool = field(default=False, metadata={"help": "Batch examples of similar length together."})
     resume: bool = field(default=False, metadata={"help": "Continue from the newest checkpoint in output_dir."})
 
@@ -86,6 +89,8 @@ class TrainingConfig:
             raise ValueError(f"lr_schedule={self.lr_schedule!r}: choose one of {', '.join(SCHEDULES)}.")
         if self.max_steps <= 0 and self.num_epochs <= 0:
             raise ValueError("Give a budget: max_steps > 0 or num_epochs > 0.")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}.")
 
 
 def parse_config(dataclass_types: tuple[type, ...], argv: list[str] | None = None) -> tuple:
@@ -134,7 +139,51 @@ def checkpoints(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
+def logits_for_labels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The predictions and targets of the labelled positions, whether the model returned logits for every position
+    (`(..., vocab)` aligned with `labels`) or, with sparse prediction, one row per labelled position."""
+    labelled = labels != -100
+    if logits.shape[:-1] == labels.shape:
+        logits = logits[labelled]
+    return logits, labels[labelled]
+
+
+def smoothed_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float, num_items_in_batch: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Label-smoothed cross-entropy over the labelled tokens, divided by `num_items_in_batch` (the labelled tokens
+    of the global batch) when given, else averaged over this batch's labelled tokens."""
+    logits, targets = logits_for_labels(logits, labels)
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing, reduction="sum")
+    return loss / (num_items_in_batch if num_items_in_batch is not None else max(targets.numel(), 1))
+
+
 @torch.no_grad()
+def evaluate_loss(
+    model: PreTrainedModel,
+    dataset,
+    collator: Callable[[list[dict]], dict],
+    accelerator: Accelerator,
+    batch_size: int = 16,
+) -> dict[str, float]:
+    """Cross-entropy per labelled token, perplexity and token accuracy of `model` on `dataset` batched by `collator`
+    (masked-LM, translation, any model whose batches carry `labels`), each process taking its own shard."""
+    # each process takes its own shard (not `accelerator.prepare`, which would keep the loader for checkpoints)
+    shard = dataset.shard(accelerator.num_processes, accelerator.process_index, contiguous=True)
+    model.eval()
+    totals = torch.zeros(3, device=accelerator.device)  # summed loss, correct predictions, labelled tokens
+    for batch in build_dataloader(shard, collator, batch_size, shuffle=False):
+        batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+        logits, targets = logits_for_labels(model(**batch).logits.float(), batch["labels"])
+        loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+        correct = (logits.argmax(-1) == targets).sum()
+        totals += torch.stack([loss, correct.float(), totals.new_tensor(targets.numel())])
+    loss_sum, correct, count = accelerator.reduce(totals, reduction="sum").tolist()
+    model.train()
+    loss = loss_sum / max(count, 1.0)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / max(count, 1.0)}
+
+
 def evaluate_masked_lm(
     model: PreTrainedModel,
     dataset,
@@ -146,25 +195,7 @@ def evaluate_masked_lm(
 ) -> dict[str, float]:
     """Masked-LM loss (per masked token), perplexity and masked-token accuracy, with the same masks every time."""
     collator = MLMCollator(tokenizer, mlm_probability=mlm_probability, seed=seed + accelerator.process_index)
-    # each process takes its own shard (not `accelerator.prepare`, which would keep the loader for checkpoints)
-    shard = dataset.shard(accelerator.num_processes, accelerator.process_index, contiguous=True)
-    model.eval()
-    totals = torch.zeros(3, device=accelerator.device)  # summed loss, correct predictions, masked tokens
-    for batch in build_dataloader(shard, collator, batch_size, shuffle=False):
-        batch = {key: value.to(accelerator.device) for key, value in batch.items()}
-        labels = batch["labels"]
-        masked = labels != -100
-        count = masked.sum()
-        logits = model(**batch).logits.float()
-        if logits.shape[:-1] == labels.shape:  # dense logits: keep the masked positions
-            logits = logits[masked]
-        targets = labels[masked]
-        loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
-        totals += torch.stack([loss, (logits.argmax(-1) == targets).sum().float(), count.float()])
-    loss_sum, correct, count = accelerator.reduce(totals, reduction="sum").tolist()
-    model.train()
-    loss = loss_sum / max(count, 1.0)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / max(count, 1.0)}
+    return evaluate_loss(model, dataset, collator, accelerator, batch_size)
 
 
 @dataclass
@@ -313,7 +344,11 @@ def train(
             step_loss = torch.zeros((), device=accelerator.device)
             for batch in window:
                 with accelerator.accumulate(model):
-                    loss = model(**batch, **extra).loss
+                    if config.label_smoothing:
+                        loss = smoothed_cross_entropy(model(**batch).logits, batch["labels"], config.label_smoothing,
+                                                      extra.get("num_items_in_batch"))  # fmt: skip
+                    else:
+                        loss = model(**batch, **extra).loss
                     step_loss += loss.detach()
                     if config.token_level_loss:  # undo the averaging of accumulate() and of DDP
                         loss = loss * config.gradient_accumulation_steps * accelerator.num_processes
@@ -375,4 +410,13 @@ def train(
     return TrainResult(step, last_loss, metrics, seconds, tokens_total / max(seconds, 1e-9), stopped_by)
 
 
-__all__ = ["TrainingConfig", "TrainResult", "NonFiniteLossError", "parse_config", "train", "evaluate_masked_lm"]
+__all__ = [
+    "TrainingConfig",
+    "TrainResult",
+    "NonFiniteLossError",
+    "parse_config",
+    "train",
+    "evaluate_loss",
+    "evaluate_masked_lm",
+    "smoothed_cross_entropy",
+]

@@ -11,7 +11,14 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from hf_encoders.training import TrainingConfig, checkpoints, parameter_groups, parse_config, resolve_mixed_precision
+from hf_encoders.training import (
+    TrainingConfig,
+    checkpoints,
+    parameter_groups,
+    parse_config,
+    resolve_mixed_precision,
+    smoothed_cross_entropy,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "tests" / "tiny_training_job.py"
@@ -49,10 +56,12 @@ def test_two_processes_follow_one_process_with_the_same_global_batch(tmp_path):
     assert config["num_processes"] == 2
 
 
-def test_gradient_accumulation_4x2_equals_a_batch_of_8(tmp_path):
-    run_job(tmp_path / "big", "--per_device_batch_size", "8", "--max_steps", "5")
+@pytest.mark.parametrize("label_smoothing", ["0", "0.1"])
+def test_gradient_accumulation_4x2_equals_a_batch_of_8(label_smoothing, tmp_path):
+    smoothing = ["--label_smoothing", label_smoothing]
+    run_job(tmp_path / "big", "--per_device_batch_size", "8", "--max_steps", "5", *smoothing)
     run_job(tmp_path / "accumulated", "--per_device_batch_size", "2", "--gradient_accumulation_steps", "4",
-            "--max_steps", "5")  # fmt: skip
+            "--max_steps", "5", *smoothing)  # fmt: skip
     big, accumulated = losses(tmp_path / "big"), losses(tmp_path / "accumulated")
     for step in big:
         assert accumulated[step] == pytest.approx(big[step], rel=1e-4), (step, big, accumulated)
@@ -158,3 +167,20 @@ def test_config_file_and_overrides(tmp_path):
         parse_config((TrainingConfig,), ["--config", str(path)])
     with pytest.raises(ValueError, match="mixed_precision='fp8'"):
         TrainingConfig(mixed_precision="fp8")
+
+
+def test_label_smoothed_loss_on_dense_and_sparse_logits():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 5, 11), torch.randint(0, 11, (2, 5))
+    labels[0, 3:] = -100
+    labelled = labels != -100
+    expected = torch.nn.functional.cross_entropy(logits[labelled], labels[labelled], label_smoothing=0.1)
+    log_probs = logits[labelled].log_softmax(-1)  # (1 - eps) * NLL + eps * the mean over the vocabulary
+    by_hand = -(0.9 * log_probs.gather(1, labels[labelled][:, None]).mean() + 0.1 * log_probs.mean())
+    torch.testing.assert_close(expected, by_hand)
+    torch.testing.assert_close(smoothed_cross_entropy(logits, labels, 0.1), expected)  # logits at every position
+    torch.testing.assert_close(smoothed_cross_entropy(logits[labelled], labels, 0.1), expected)  # sparse prediction
+    global_tokens = torch.tensor(4 * int(labelled.sum()))  # the batch is a quarter of the global batch
+    torch.testing.assert_close(smoothed_cross_entropy(logits, labels, 0.1, global_tokens), expected / 4)
+    with pytest.raises(ValueError, match="label_smoothing must lie in"):
+        TrainingConfig(label_smoothing=1.0)

@@ -9,18 +9,16 @@ written as JSON beside the hypotheses. When the tokenizer has the target-languag
 with it.
 """
 
-import json
 import logging
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # running from a checkout without installing
-from hf_encoders import language_tag, load_parallel_dataset, metrics  # noqa: E402
+from hf_encoders import load_parallel_dataset, score_translations, translate, write_translations  # noqa: E402
 from hf_encoders.training import parse_config  # noqa: E402
 
 logger = logging.getLogger("evaluate_translation")
@@ -43,22 +41,6 @@ class EvaluationArguments:
     output_dir: str = field(default="", metadata={"help": "Where hypotheses and scores go (default: the model's)."})
 
 
-@torch.no_grad()
-def translate(model, tokenizer, sources: list[str], target_language: str, args: EvaluationArguments) -> list[str]:
-    tag = tokenizer.convert_tokens_to_ids(language_tag(target_language))
-    forced = {} if tag is None or tag == tokenizer.unk_token_id else {"forced_bos_token_id": tag}
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))  # similar lengths together: less padding
-    hypotheses = [""] * len(sources)
-    for start in tqdm(range(0, len(order), args.batch_size), desc="translating"):
-        chunk = order[start : start + args.batch_size]
-        inputs = tokenizer([sources[i] for i in chunk], return_tensors="pt", padding=True).to(model.device)
-        output = model.generate(**inputs, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
-                                length_penalty=args.length_penalty, **forced)  # fmt: skip
-        for i, text in zip(chunk, tokenizer.batch_decode(output, skip_special_tokens=True), strict=True):
-            hypotheses[i] = text.strip()
-    return hypotheses
-
-
 def main(argv: list[str] | None = None) -> dict:
     (args,) = parse_config((EvaluationArguments,), argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -73,22 +55,12 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForSeq2SeqLM.from_pretrained(args.model).eval()
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    hypotheses = translate(model, tokenizer, list(data[args.src]), args.tgt, args)
-    references = list(data[args.tgt])
-
-    bleu, chrf = metrics.load("sacrebleu_bleu"), metrics.load("sacrebleu_chrf")
-    scores = {
-        "bleu": bleu.compute(predictions=hypotheses, references=references),
-        "bleu_lowercased": bleu.compute(predictions=hypotheses, references=references, lowercase=True),
-        "chrf": chrf.compute(predictions=hypotheses, references=references),
-    }
-    output_dir = Path(args.output_dir or (args.model if Path(args.model).is_dir() else "."))
-    output_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{args.split}.{args.src}-{args.tgt}"
-    (output_dir / f"hypotheses.{stem}.{args.tgt}").write_text("".join(h + "\n" for h in hypotheses))
-    summary = {"settings": asdict(args), "examples": len(hypotheses),
-               **{name: {"score": s["score"], "signature": s["signature"]} for name, s in scores.items()}}  # fmt: skip
-    (output_dir / f"scores.{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    hypotheses = translate(model, tokenizer, list(data[args.src]), args.tgt, args.batch_size, args.num_beams,
+                           args.max_new_tokens, args.length_penalty)  # fmt: skip
+    scores = score_translations(hypotheses, list(data[args.tgt]))
+    summary = {"settings": asdict(args), "examples": len(hypotheses), **scores}
+    output_dir = args.output_dir or (args.model if Path(args.model).is_dir() else ".")
+    write_translations(output_dir, args.split, args.src, args.tgt, hypotheses, summary)
     for name in scores:
         print(f"{name:<16} {scores[name]['score']:6.2f}   {scores[name]['signature']}")
     return summary

@@ -1,0 +1,212 @@
+"""Train a translation model on the shared training loop, pick it on validation BLEU, score it on the test set.
+
+    accelerate launch training/train_translation.py --config training/configs/translation_de_en.yaml
+    python training/train_translation.py --config training/configs/translation_de_en.yaml --architecture marian \
+        --output_dir runs/marian_de_en                        # transformers' MarianMTModel, same data and budget
+
+Reads sentence pairs with `datasets` (aligned local files such as Multi30k's, or a Hub id like `bentrevett/multi30k`),
+trains a joint tokenizer with language tags unless one is given, and trains `Seq2SeqForConditionalGeneration` (or a
+`MarianMTModel` of the same size) with label-smoothed cross-entropy on length-bucketed batches. Every `eval_every`
+steps it reports validation loss and greedy BLEU/chrF; the best model by validation BLEU is exported to `best/`,
+then translated with beam search on the test split: hypotheses, scores with sacreBLEU signatures and `results.json`
+are written beside it.
+"""
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, MarianConfig, MarianMTModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # running from a checkout without installing
+from hf_encoders import (  # noqa: E402
+    Seq2SeqCollator,
+    Seq2SeqConfig,
+    Seq2SeqForConditionalGeneration,
+    load_parallel_dataset,
+    prepare_translation,
+    score_translations,
+    train_tokenizer,
+    translate,
+    write_translations,
+)
+from hf_encoders.training import TrainingConfig, evaluate_loss, parse_config, train  # noqa: E402
+
+logger = logging.getLogger("train_translation")
+ARCHITECTURES = ("hf_seq2seq", "marian")
+
+
+@dataclass
+class ModelArguments:
+    architecture: str = field(default="hf_seq2seq", metadata={"help": "hf_seq2seq (ours) or marian (MarianMTModel)."})
+    hidden_size: int = 256
+    num_hidden_layers: int = field(default=3, metadata={"help": "Encoder layers."})
+    num_decoder_layers: int = 3
+    num_attention_heads: int = 4
+    intermediate_size: int = 1024
+    hidden_activation: str = field(default="gelu", metadata={"help": "gelu, geglu, swiglu (Marian: gelu only)."})
+    norm_type: str = "layernorm"
+    position_embedding_type: str = "rope"
+    max_position_embeddings: int = 256
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.0
+    attn_implementation: str = "sdpa"
+    init_from: str | None = field(default=None, metadata={"help": "Start from this seq2seq checkpoint."})
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture={self.architecture!r}: choose one of {', '.join(ARCHITECTURES)}.")
+
+
+@dataclass
+class DataArguments:
+    data: str = field(default="../shared/data/multi30k", metadata={"help": "Parallel data: path or Hub id."})
+    src: str = "de"
+    tgt: str = "en"
+    tokenizer: str | None = field(default=None, metadata={"help": "A saved tokenizer; else a joint one is trained."})
+    tokenizer_model: str = field(default="unigram", metadata={"help": "unigram, bpe or wordpiece."})
+    vocab_size: int = 8000
+    max_source_length: int = 128
+    max_target_length: int = 128
+    overlong: str = field(default="truncate", metadata={"help": "Over-long pairs: truncate or drop (both logged)."})
+    max_train_examples: int = field(default=0, metadata={"help": "Only the first N training pairs (0: all)."})
+    num_proc: int | None = None
+
+
+@dataclass
+class EvaluationArguments:
+    eval_max_examples: int = field(default=0, metadata={"help": "Validation pairs for greedy BLEU (0: all)."})
+    eval_batch_size: int = 64
+    test_split: str = "test"
+    test_num_beams: int = 5
+    length_penalty: float = 1.0
+    max_new_tokens: int = 128
+
+
+def build_model(args: ModelArguments, tokenizer) -> torch.nn.Module:
+    if args.init_from:
+        return AutoModelForSeq2SeqLM.from_pretrained(args.init_from, attn_implementation=args.attn_implementation)
+    special = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+               "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+               "decoder_start_token_id": tokenizer.bos_token_id}  # fmt: skip
+    if args.architecture == "hf_seq2seq":
+        settings = {k: v for k, v in asdict(args).items() if k not in ("architecture", "init_from")}
+        return Seq2SeqForConditionalGeneration(Seq2SeqConfig(**settings, **special, sparse_prediction=True))
+    if args.hidden_activation != "gelu" or args.norm_type != "layernorm" or args.position_embedding_type == "rope":
+        logger.warning("MarianMTModel is post-norm LayerNorm with sinusoidal positions and one activation (gelu here); "
+                       "hidden_activation, norm_type and position_embedding_type do not apply to it")  # fmt: skip
+    config = MarianConfig(
+        d_model=args.hidden_size, encoder_layers=args.num_hidden_layers, decoder_layers=args.num_decoder_layers,
+        encoder_attention_heads=args.num_attention_heads, decoder_attention_heads=args.num_attention_heads,
+        encoder_ffn_dim=args.intermediate_size, decoder_ffn_dim=args.intermediate_size, activation_function="gelu",
+        dropout=args.hidden_dropout, attention_dropout=args.attention_dropout, activation_dropout=0.0,
+        max_position_embeddings=args.max_position_embeddings, scale_embedding=True,
+        share_encoder_decoder_embeddings=True, tie_word_embeddings=True, forced_eos_token_id=None,
+        **special, decoder_vocab_size=len(tokenizer),
+    )  # fmt: skip
+    model = MarianMTModel._from_config(config, attn_implementation=args.attn_implementation)
+    for key in ("decoder_start_token_id", "bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(model.generation_config, key, special[key])
+    return model
+
+
+def translate_everywhere(model, state: PartialState, tokenizer, sources: list[str], tgt: str, **options) -> list[str]:
+    """Each process translates its contiguous slice of `sources`; every process gets all translations, in order."""
+    per_process = math.ceil(len(sources) / state.num_processes)
+    mine = sources[state.process_index * per_process : (state.process_index + 1) * per_process]
+    hypotheses = translate(model, tokenizer, mine, tgt, show_progress=state.is_local_main_process, **options)
+    return gather_object(hypotheses) if state.num_processes > 1 else hypotheses
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, eval_args, training = parse_config(
+        (ModelArguments, DataArguments, EvaluationArguments, TrainingConfig), argv
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    state = PartialState()
+    src, tgt = data_args.src, data_args.tgt
+    with state.main_process_first():  # one process reads and tokenizes, filling the datasets cache for the others
+        pairs = load_parallel_dataset(data_args.data, src, tgt)
+        for split in ("train", "validation", eval_args.test_split):
+            if split not in pairs:
+                raise ValueError(f"{data_args.data!r} has no {split!r} split of {src}-{tgt} pairs: {sorted(pairs)}.")
+        if data_args.max_train_examples:
+            pairs["train"] = pairs["train"].select(range(min(data_args.max_train_examples, len(pairs["train"]))))
+        if data_args.tokenizer or model_args.init_from:
+            tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer or model_args.init_from)
+        else:
+            train_pairs = pairs["train"]
+            tokenizer = train_tokenizer(
+                (batch[language] for language in (src, tgt) for batch in train_pairs.iter(batch_size=1000)),
+                data_args.vocab_size, kind="seq2seq", model=data_args.tokenizer_model, languages=sorted((src, tgt)),
+                model_max_length=data_args.max_source_length, show_progress=state.is_main_process,
+            )  # fmt: skip
+        tokenized = prepare_translation(
+            pairs, tokenizer, src, tgt, data_args.max_source_length, data_args.max_target_length,
+            data_args.overlong, data_args.num_proc,
+        )  # fmt: skip
+
+    model = build_model(model_args, tokenizer)
+    padding_free = isinstance(model, Seq2SeqForConditionalGeneration)  # Marian reads padded batches only
+    collator = Seq2SeqCollator(tokenizer, padding_free=padding_free)
+    validation = pairs["validation"]
+    if eval_args.eval_max_examples:
+        validation = validation.select(range(min(eval_args.eval_max_examples, len(validation))))
+    generation = {"batch_size": eval_args.eval_batch_size, "max_new_tokens": eval_args.max_new_tokens,
+                  "length_penalty": eval_args.length_penalty}  # fmt: skip
+
+    def evaluate(model, accelerator) -> dict[str, float]:
+        losses = evaluate_loss(model, tokenized["validation"], collator, accelerator, eval_args.eval_batch_size)
+        # the unwrapped model keeps the mixed-precision forward of the prepared one
+        hypotheses = translate_everywhere(accelerator.unwrap_model(model), accelerator, tokenizer,
+                                          list(validation[src]), tgt, num_beams=1, **generation)  # fmt: skip
+        scores = score_translations(hypotheses, list(validation[tgt]))
+        return {**{f"validation/{k}": v for k, v in losses.items()},
+                **{f"validation/{name}": score["score"] for name, score in scores.items()}}  # fmt: skip
+
+    parameters = sum(p.numel() for p in model.parameters())
+    run_config = {"script": "train_translation", "model": asdict(model_args), "data": asdict(data_args),
+                  "evaluation": asdict(eval_args), "parameters": parameters}  # fmt: skip
+    result = train(model, tokenized["train"], collator, training, tokenizer, evaluate, run_config)
+
+    # the test set, once, with the model chosen on validation
+    output_dir = Path(training.output_dir)
+    chosen = output_dir / ("best" if training.best_metric else "final")
+    best = AutoModelForSeq2SeqLM.from_pretrained(chosen).to(state.device)
+    started = time.perf_counter()
+    test = pairs[eval_args.test_split]
+    hypotheses = translate_everywhere(best, state, tokenizer, list(test[src]), tgt,
+                                      num_beams=eval_args.test_num_beams, **generation)  # fmt: skip
+    scores = score_translations(hypotheses, list(test[tgt]))
+    summary = {
+        "model": str(chosen),
+        "architecture": model_args.architecture,
+        "parameters": parameters,
+        "train": asdict(result),
+        "train_pairs": len(tokenized["train"]),
+        "test": {
+            "split": eval_args.test_split,
+            "examples": len(hypotheses),
+            "num_beams": eval_args.test_num_beams,
+            "seconds": time.perf_counter() - started,
+            **scores,
+        },  # fmt: skip
+    }
+    if state.is_main_process:
+        write_translations(chosen, eval_args.test_split, src, tgt, hypotheses, summary["test"])
+        (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+        for name, score in scores.items():
+            print(f"test {name:<16} {score['score']:6.2f}   {score['signature']}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
