@@ -22,13 +22,16 @@ import argparse
 import json
 import logging
 import math
+import platform
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import accelerate
 import torch
+import transformers
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
@@ -124,6 +127,13 @@ def resolve_mixed_precision(requested: str, device_type: str) -> str:
     return requested
 
 
+def device_description() -> str:
+    """What this process trains on, for the run's record and its model card."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}"
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Decay the weight matrices; leave biases, norms and other 1-D parameters alone."""
     decay, no_decay = [], []
@@ -204,6 +214,7 @@ class TrainResult:
     train_loss: float
     metrics: dict[str, float]
     seconds: float
+    tokens_seen: int  # input tokens (without padding) of all processes
     tokens_per_second: float
     stopped_by: str
 
@@ -238,7 +249,9 @@ def train(
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         resolved = {**(run_config or {}), "training": {**asdict(config), "mixed_precision": precision},
-                    "num_processes": accelerator.num_processes}  # fmt: skip
+                    "num_processes": accelerator.num_processes, "device": device_description(),
+                    "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                                 "accelerate": accelerate.__version__}}  # fmt: skip
         (output_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
 
     dataloader = build_dataloader(train_dataset, collator, config.per_device_batch_size,
@@ -407,7 +420,7 @@ def train(
     tokens_total = accelerator.reduce(tokens_seen, reduction="sum").item()
     for tracker in accelerator.trackers:  # not `end_training()`: it ends the process group that DDP still needs
         tracker.finish()
-    return TrainResult(step, last_loss, metrics, seconds, tokens_total / max(seconds, 1e-9), stopped_by)
+    return TrainResult(step, last_loss, metrics, seconds, tokens_total, tokens_total / max(seconds, 1e-9), stopped_by)
 
 
 __all__ = [

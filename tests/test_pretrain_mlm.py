@@ -32,10 +32,11 @@ def test_pretrain_mlm_script_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
 
     results = json.loads((output / "results.json").read_text())
-    assert results["steps"] == 12 and results["stopped_by"] == "max_steps"
+    assert results["steps"] == 12 and results["stopped_by"] == "max_steps" and results["tokens_seen"] > 12 * 8
     assert {"corpus/loss", "corpus/perplexity", "corpus/accuracy"} <= set(results["metrics"])
     resolved = json.loads((output / "config.json").read_text())
     assert resolved["data"]["vocab_size"] == 200 and resolved["training"]["max_steps"] == 12
+    assert resolved["device"].startswith("CPU (") and resolved["versions"]["torch"] == torch.__version__
     rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert any("corpus/loss" in row for row in rows) and any("train/loss" in row for row in rows)
     for name in ("final", "best"):
