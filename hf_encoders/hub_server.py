@@ -133,7 +133,7 @@ class LocalHub:
             raise HubError(404, f"Revision {revision} not found", "RevisionNotFound")
         return commit
 
-    def handle(self, method: str, name: str, match: dict, query: dict, body: bytes) -> tuple[int, dict, bytes | dict]:
+    def handle(self, name: str, match: dict, query: dict, body: bytes) -> tuple[int, dict, bytes | dict]:
         with self._lock:
             if failures := self._failures.get(name):
                 status = failures.pop(0)
@@ -289,7 +289,7 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
             for route_method, name, pattern in ROUTES:
                 if route_method == lookup and (match := pattern.match(url.path)):
                     try:
-                        status, headers, payload = hub.handle(method, name, match.groupdict(), parse_qs(url.query),
+                        status, headers, payload = hub.handle(name, match.groupdict(), parse_qs(url.query),
                                                               body)  # fmt: skip
                     except HubError as error:
                         code = {"X-Error-Code": error.code} if error.code else {}

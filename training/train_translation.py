@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     validation = pairs["validation"]
     if eval_args.eval_max_examples:
         validation = validation.select(range(min(eval_args.eval_max_examples, len(validation))))
+    validation_sources, validation_references = list(validation[src]), list(validation[tgt])  # read once
     generation = {"batch_size": eval_args.eval_batch_size, "max_new_tokens": eval_args.max_new_tokens,
                   "length_penalty": eval_args.length_penalty}  # fmt: skip
 
@@ -167,8 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
         losses = evaluate_loss(model, tokenized["validation"], collator, accelerator, eval_args.eval_batch_size)
         # the unwrapped model keeps the mixed-precision forward of the prepared one
         hypotheses = translate_everywhere(accelerator.unwrap_model(model), accelerator, tokenizer,
-                                          list(validation[src]), tgt, num_beams=1, **generation)  # fmt: skip
-        scores = score_translations(hypotheses, list(validation[tgt]))
+                                          validation_sources, tgt, num_beams=1, **generation)  # fmt: skip
+        scores = score_translations(hypotheses, validation_references)
         return {**{f"validation/{k}": v for k, v in losses.items()},
                 **{f"validation/{name}": score["score"] for name, score in scores.items()}}  # fmt: skip
 
