@@ -26,8 +26,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import yaml
-from huggingface_hub.repocard_data import model_index_to_eval_results
+from .hub import card_metadata_errors
 
 REPO = r"(?P<repo>[\w.-]+/[\w.-]+)"
 ROUTES = [  # (method, name, pattern)
@@ -246,33 +245,6 @@ class LocalHub:
         return 200, headers, data
 
 
-def card_metadata_errors(content: str) -> list[str]:
-    """What the Hub's card validation would object to in a README's YAML metadata: YAML that does not parse or is
-    not a mapping, and a `model-index` that does not describe results (task, dataset, metrics with values)."""
-    match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", content, flags=re.DOTALL)
-    if not match:
-        return []  # no metadata: allowed (the Hub warns)
-    try:
-        metadata = yaml.safe_load(match.group(1))
-    except yaml.YAMLError as error:
-        return [f"The metadata is not valid YAML: {error}"]
-    if metadata is None:
-        return []
-    if not isinstance(metadata, dict):
-        return ["The metadata must be a YAML mapping"]
-    if "model-index" not in metadata:
-        return []
-    try:
-        name, results = model_index_to_eval_results(metadata["model-index"])
-    except (KeyError, TypeError, AttributeError, IndexError) as error:
-        return [f"model-index is malformed: missing or wrong entry {error}"]
-    errors = [] if name else ["model-index needs a model name"]
-    for result in results:
-        if not isinstance(result.metric_value, int | float) or isinstance(result.metric_value, bool):
-            errors.append(f"model-index: {result.metric_type} has a non-numeric value {result.metric_value!r}")
-    return errors
-
-
 def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -340,4 +312,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["LocalHub", "card_metadata_errors"]
+__all__ = ["LocalHub"]

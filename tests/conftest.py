@@ -1,3 +1,8 @@
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -7,6 +12,9 @@ import hf_encoders  # noqa: F401  (registers the Auto classes)
 from hf_encoders import EncoderConfig
 
 torch.set_num_threads(2)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
 
 WORDS = "the a cat dog sat on mat ran in park big small red blue and with".split()
 SPECIALS = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"]
@@ -83,3 +91,67 @@ def tokenizer() -> PreTrainedTokenizerFast:
         unk_token="[UNK]",
         model_input_names=["input_ids", "attention_mask"],
     )
+
+
+def run_script(script: str, *flags: str) -> subprocess.CompletedProcess:
+    """Run `training/<script>` in a fresh process from the repository root; it must succeed."""
+    done = subprocess.run([sys.executable, str(ROOT / "training" / script), *flags], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+@pytest.fixture(scope="session")
+def handful(tmp_path_factory) -> Path:
+    """Eight short Multi30k pairs as the train, val and test split alike, with a SOURCE.md like the shared data's."""
+    folder = tmp_path_factory.mktemp("handful")
+    lines = {}
+    for language in ("de", "en"):
+        with gzip.open(SHARED / "multi30k" / f"train.{language}.gz", "rt", encoding="utf-8") as handle:
+            lines[language] = [next(handle).strip() for _ in range(40)]
+    shortest = sorted(range(40), key=lambda i: len(lines["de"][i]) + len(lines["en"][i]))[:8]
+    for split in ("train", "val", "test"):
+        for language in ("de", "en"):
+            (folder / f"{split}.{language}").write_text("".join(lines[language][i] + "\n" for i in shortest))
+    (folder / "SOURCE.md").write_text(
+        "# Handful (eight Multi30k pairs) — for tests\n\n**Source:** the first Multi30k training pairs. Picked "
+        "by length.\n\n**License / terms:** as Multi30k's.\n"
+    )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def translation_run(handful, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A tiny model trained by training/train_translation.py until it knows the handful by heart."""
+    output = tmp_path_factory.mktemp("translation") / "run"
+    done = run_script(
+        "train_translation.py", "--config", str(ROOT / "training" / "configs" / "translation_tiny.yaml"),
+        "--data", str(handful), "--output_dir", str(output), "--vocab_size", "120", "--max_steps", "150",
+        "--num_epochs", "0", "--per_device_batch_size", "8", "--eval_every", "50", "--warmup_steps", "10",
+        "--learning_rate", "3e-3",
+    )  # fmt: skip
+    return output, done
+
+
+@pytest.fixture(scope="session")
+def mlm_corpus(tmp_path_factory) -> Path:
+    corpus = tmp_path_factory.mktemp("corpus")
+    sentences = ["the film was a great joy to watch", "a dull and tedious movie", "the actors were wonderful",
+                 "i would not watch this again", "a story about a dog and his boy", "the ending made me cry"]  # fmt: skip
+    (corpus / "train.txt").write_text(
+        "".join(f"{sentences[i % 6]} . {sentences[(i * 5) % 6]} .\n" for i in range(400))
+    )
+    return corpus
+
+
+@pytest.fixture(scope="session")
+def mlm_run(mlm_corpus, tmp_path_factory) -> Path:
+    """A tiny encoder pretrained by training/pretrain_mlm.py for 12 steps on `mlm_corpus`."""
+    output = tmp_path_factory.mktemp("mlm") / "run"
+    run_script(
+        "pretrain_mlm.py", "--config", str(ROOT / "training" / "configs" / "mlm_tiny.yaml"),
+        "--train_data", str(mlm_corpus), "--train_split", "train", "--eval_data", f"corpus={mlm_corpus}:validation",
+        "--output_dir", str(output), "--vocab_size", "200", "--block_size", "64", "--max_steps", "12",
+        "--eval_every", "6", "--save_every", "6", "--num_proc", "1", "--best_metric", "corpus/loss",
+    )  # fmt: skip
+    return output

@@ -13,7 +13,8 @@ import torch
 from conftest import REFUSE_HF_ENCODERS, tiny_config
 
 from hf_encoders import EncoderForMaskedLM
-from hf_encoders.hub_server import LocalHub, card_metadata_errors
+from hf_encoders.hub import card_metadata_errors
+from hf_encoders.hub_server import LocalHub
 
 CLIENT = textwrap.dedent(
     """

@@ -1,55 +1,24 @@
 """training/train_translation.py end to end: a tiny model learns a handful of Multi30k pairs by heart, MarianMTModel
 trains through the same script, and bad input is refused with a clear message."""
 
-import gzip
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, SHARED, run_script
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, MarianMTModel
 
 from hf_encoders import Seq2SeqForConditionalGeneration, translate
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-SCRIPT = ROOT / "training" / "train_translation.py"
 TINY = ["--config", str(ROOT / "training" / "configs" / "translation_tiny.yaml")]
 
 sys.path.insert(0, str(ROOT / "training"))
 import train_translation  # noqa: E402
 
 
-def multi30k_lines(language: str, count: int) -> list[str]:
-    with gzip.open(SHARED / "multi30k" / f"train.{language}.gz", "rt", encoding="utf-8") as handle:
-        return [next(handle).strip() for _ in range(count)]
-
-
-@pytest.fixture(scope="module")
-def handful(tmp_path_factory) -> Path:
-    """Eight short Multi30k pairs as the train, val and test split alike."""
-    folder = tmp_path_factory.mktemp("handful")
-    german, english = multi30k_lines("de", 40), multi30k_lines("en", 40)
-    shortest = sorted(range(40), key=lambda i: len(german[i]) + len(english[i]))[:8]
-    for split in ("train", "val", "test"):
-        for language, lines in (("de", german), ("en", english)):
-            (folder / f"{split}.{language}").write_text("".join(lines[i] + "\n" for i in shortest))
-    return folder
-
-
-def run(*flags: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, str(SCRIPT), *TINY, *flags], capture_output=True, text=True, timeout=600,
-                          cwd=ROOT)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done
-
-
-def test_a_tiny_model_learns_a_handful_of_pairs_until_greedy_reproduces_them(handful, tmp_path):
-    output = tmp_path / "run"
-    done = run("--data", str(handful), "--output_dir", str(output), "--vocab_size", "120", "--max_steps", "150",
-               "--num_epochs", "0", "--per_device_batch_size", "8", "--eval_every", "50", "--warmup_steps", "10",
-               "--learning_rate", "3e-3")  # fmt: skip
+def test_a_tiny_model_learns_a_handful_of_pairs_until_greedy_reproduces_them(handful, translation_run):
+    output, done = translation_run
     references = (handful / "test.en").read_text().splitlines()
 
     results = json.loads((output / "results.json").read_text())
@@ -73,8 +42,9 @@ def test_a_tiny_model_learns_a_handful_of_pairs_until_greedy_reproduces_them(han
 
 def test_marian_trains_through_the_same_script(handful, tmp_path):
     output = tmp_path / "marian"
-    run("--data", str(handful), "--output_dir", str(output), "--vocab_size", "120", "--architecture", "marian",
-        "--max_steps", "4", "--num_epochs", "0", "--eval_every", "2", "--max_new_tokens", "8")  # fmt: skip
+    run_script("train_translation.py", *TINY, "--data", str(handful), "--output_dir", str(output), "--vocab_size",
+               "120", "--architecture", "marian", "--max_steps", "4", "--num_epochs", "0", "--eval_every", "2",
+               "--max_new_tokens", "8")  # fmt: skip
     results = json.loads((output / "results.json").read_text())
     assert results["architecture"] == "marian" and results["train"]["steps"] == 4
     model = AutoModelForSeq2SeqLM.from_pretrained(output / "best")
