@@ -1,21 +1,126 @@
-"""The `hf-encoders` command: the library's steps from a shell.
+"""The `hf-encoders` command: the library and the training scripts from a shell.
 
-    hf-encoders card RUN_DIR [--repo-id ORG/NAME]        # write RUN_DIR/README.md from the run's outputs
+    hf-encoders demo                                    # the whole mission on Multi30k En->De, in minutes on a CPU
+    hf-encoders train-tokenizer DATA OUT [--kind seq2seq --languages en de]
+    hf-encoders pretrain --config mlm_tiny [--max_steps 100 ...]            # training/pretrain_mlm.py
+    hf-encoders train-translation --config translation_en_de [...]         # training/train_translation.py
+    hf-encoders evaluate-translation --model RUN/best --src en --tgt de    # training/evaluate_translation.py
+    hf-encoders translate MODEL "A dog runs." --tgt-lang de                # or --file F, or stdin
+    hf-encoders card RUN_DIR [--repo-id ORG/NAME]                          # RUN_DIR/README.md from the run
     hf-encoders push RUN_DIR ORG/NAME [--private] [--create-pr] [--revision BRANCH] [--dry-run]
 
-An error is one line on stderr and a non-zero exit status; `--debug` shows the traceback instead.
+`--config NAME` finds the configs that ship with the package (training/configs/NAME.yaml) as well as files. An error
+is one line on stderr and a non-zero exit status; `--debug` (before the command) shows the traceback instead.
 """
 
 import argparse
+import contextlib
+import importlib.util
+import json
 import logging
+import os
+import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
+# the training scripts and their configs: a link to training/ in a checkout, the scripts themselves in a wheel
+RECIPES = Path(__file__).resolve().parent / "recipes"
+SCRIPTS = {"pretrain": "pretrain_mlm", "train-translation": "train_translation",
+           "evaluate-translation": "evaluate_translation"}  # fmt: skip
+DEMO_SENTENCES = ["Two dogs are running through the snow.", "A man in a red jacket is riding a bicycle.",
+                  "A little girl is climbing into a wooden playhouse."]  # fmt: skip
+logger = logging.getLogger("hf_encoders.cli")
 
-def card(args: argparse.Namespace) -> None:
+
+class CommandError(Exception):
+    """A bad command line: reported in one line with exit status 2."""
+
+
+def resolve_config(argv: list[str]) -> list[str]:
+    """`--config NAME` -> the packaged training/configs/NAME.yaml when NAME is not a file."""
+    argv = list(argv)
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--config" and not Path(argv[i + 1]).is_file():
+            packaged = RECIPES / "configs" / f"{Path(argv[i + 1]).stem}.yaml"
+            if not packaged.is_file():
+                known = sorted(path.stem for path in (RECIPES / "configs").glob("*.yaml"))
+                raise CommandError(f"--config {argv[i + 1]}: no such file, nor a packaged config {known}.")
+            argv[i + 1] = str(packaged)
+    return argv
+
+
+def run_script(name: str, argv: list[str]):
+    """Run a training script's `main(argv)` in this process, as `python training/<name>.py argv` would."""
+    path = RECIPES / f"{name}.py"
+    if not path.is_file():
+        raise CommandError(f"The training script {path} is missing from this installation.")
+    spec = importlib.util.spec_from_file_location(f"hf_encoders_recipes.{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(resolve_config(argv))
+
+
+def script_command(args: argparse.Namespace) -> None:
+    run_script(SCRIPTS[args.command], args.script_args)
+
+
+def train_tokenizer_command(args: argparse.Namespace) -> None:
+    from .data import load_parallel_dataset, load_text_dataset
+    from .tokenization import train_tokenizer
+
+    if args.kind == "seq2seq":
+        if len(args.languages) != 2:
+            raise CommandError("--kind seq2seq needs --languages SRC TGT (the two sides of the parallel data).")
+        rows = load_parallel_dataset(args.data, *args.languages)
+        texts = lambda split: (batch[lang] for lang in args.languages for batch in split.iter(batch_size=1000))  # noqa: E731
+    else:
+        rows = load_text_dataset(args.data, text_column=args.text_column)
+        texts = lambda split: (batch[args.text_column] for batch in split.iter(batch_size=1000))  # noqa: E731
+    if args.split not in rows:
+        raise CommandError(f"{args.data} has no split {args.split!r}; it has {sorted(rows)}.")
+    tokenizer = train_tokenizer(texts(rows[args.split]), args.vocab_size, kind=args.kind, model=args.model,
+                                languages=sorted(args.languages), lowercase=args.lowercase,
+                                model_max_length=args.model_max_length)  # fmt: skip
+    tokenizer.save_pretrained(args.output_dir)
+    print(f"trained a {len(tokenizer):,}-token tokenizer on {args.data} ({args.split}); saved to {args.output_dir}")
+
+
+def read_sentences(sentences: list[str], file: str | None) -> list[str]:
+    if sentences and file:
+        raise CommandError("Give sentences as arguments or --file, not both.")
+    if file:
+        if not Path(file).is_file():
+            raise CommandError(f"--file {file}: no such file.")
+        lines = Path(file).read_text(encoding="utf-8").splitlines()
+    else:
+        lines = sentences or sys.stdin.read().splitlines()
+    if not any(line.strip() for line in lines):
+        raise CommandError("Nothing to translate: give sentences as arguments, with --file, or on stdin.")
+    return lines
+
+
+def translate_command(args: argparse.Namespace) -> None:
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from .translation import translate
+
+    sentences = read_sentences(args.sentences, args.file)
+    model = AutoModelForSeq2SeqLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    for line in translate(model, tokenizer, sentences, args.tgt_lang, batch_size=args.batch_size,
+                          num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
+                          show_progress=len(sentences) > args.batch_size):  # fmt: skip
+        print(line)
+
+
+def card_command(args: argparse.Namespace) -> None:
     from .hub import build_model_card, card_metadata_errors
 
-    content = str(build_model_card(args.run_dir, repo_id=args.repo_id, license=args.license))
+    content = str(build_model_card(args.run_dir, repo_id=args.repo_id, license=args.license, language=args.language))
     if errors := card_metadata_errors(content):
         raise ValueError(f"The card fails the Hub's checks: {'; '.join(errors)}.")
     output = Path(args.output or Path(args.run_dir) / "README.md")
@@ -23,12 +128,13 @@ def card(args: argparse.Namespace) -> None:
     print(f"wrote {output}")
 
 
-def push(args: argparse.Namespace) -> None:
+def push_command(args: argparse.Namespace) -> None:
     from .hub import push_to_hub
 
     result = push_to_hub(
         args.run_dir, args.repo_id, private=args.private, token=args.token, revision=args.revision,
-        create_pr=args.create_pr, commit_message=args.commit_message, license=args.license, dry_run=args.dry_run,
+        create_pr=args.create_pr, commit_message=args.commit_message, license=args.license, language=args.language,
+        dry_run=args.dry_run,
     )  # fmt: skip
     width = max(map(len, result.files))
     for path, size in result.files.items():
@@ -39,11 +145,168 @@ def push(args: argparse.Namespace) -> None:
         print(f"committed {len(result.files)} files: {result.pull_request_url or result.commit_url}")
 
 
+RELOAD = textwrap.dedent(
+    """
+    import json, sys
+    from transformers import pipeline
+    model_id, target, sentences = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    translator = pipeline("translation", model=model_id, trust_remote_code=True)
+    outputs = [translator(sentence, tgt_lang=target, num_beams=4)[0]["translation_text"] for sentence in sentences]
+    model = translator.model
+    print(json.dumps({"class": type(model).__module__ + "." + type(model).__name__, "translations": outputs}))
+    """
+)
+DEMO_OWN = ("--config", "--data", "--src", "--tgt", "--output_dir", "--output-dir")
+
+
+def demo_command(args: argparse.Namespace) -> dict:
+    """Tokenizer, training, test BLEU/chrF, card, push, reload in a fresh process, translations; then a summary."""
+    from .hub import build_model_card, push_to_hub, upload_plan
+    from .hub_server import LocalHub
+
+    if clash := [arg for arg in args.training_args if arg.split("=")[0] in DEMO_OWN]:
+        raise CommandError(f"{clash[0]}: give the demo's own --config/--data/--src/--tgt/--output-dir instead.")
+    output_dir = Path(args.output_dir)
+    times: dict[str, float] = {}
+    started = time.perf_counter()
+    print(f"[1/4] training the joint tokenizer and a {args.src}->{args.tgt} model on {args.data} ({args.config})")
+    results = run_script("train_translation", ["--config", args.config, "--data", args.data, "--src", args.src,
+                                               "--tgt", args.tgt, "--output_dir", str(output_dir),
+                                               *args.training_args])  # fmt: skip
+    times["train + evaluate"] = time.perf_counter() - started
+
+    print("[2/4] writing the model card")
+    card_path = output_dir / "README.md"
+    card_path.write_text(str(build_model_card(output_dir, repo_id=args.repo_id)), encoding="utf-8")
+
+    print(f"[3/4] pushing to {args.push_to}")
+    mark = time.perf_counter()
+    env = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1"}
+    with contextlib.ExitStack() as stack:
+        if args.push_to == "local":
+            hub = stack.enter_context(LocalHub())
+            env.update(HF_ENDPOINT=hub.endpoint, HF_TOKEN="local", HF_HUB_CACHE=str(output_dir / "hub_cache"))
+            env.pop("HF_HUB_OFFLINE", None)
+            files = push_to_hub(output_dir, args.repo_id, endpoint=hub.endpoint, token="local").files
+            model_id, where = args.repo_id, f"{args.repo_id} on the local Hub {hub.endpoint} (stopped with the demo)"
+        elif args.push_to == "hub":
+            pushed = push_to_hub(output_dir, args.repo_id, private=True)
+            files, model_id, where = pushed.files, args.repo_id, pushed.commit_url
+        else:  # a folder: the files the commit would hold
+            folder = Path(args.push_to).resolve()
+            folder.mkdir(parents=True, exist_ok=True)
+            files = upload_plan(output_dir, args.repo_id)
+            for path, content in files.items():
+                (folder / path).write_bytes(content)
+            model_id = where = str(folder)
+        times["card + push"] = time.perf_counter() - mark
+
+        print("[4/4] loading the pushed model in a fresh process and translating")
+        mark = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", RELOAD, model_id, args.tgt, json.dumps(DEMO_SENTENCES)],
+                              capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"Reloading {model_id} in a fresh process failed: {done.stderr.strip().splitlines()[-1]}")
+    reloaded = json.loads(done.stdout.strip().splitlines()[-1])
+    times["reload + translate"] = time.perf_counter() - mark
+
+    test = results["test"]
+    summary = {
+        "test": {"split": test["split"], "examples": test["examples"], "num_beams": test["num_beams"],
+                 "bleu": test["bleu"]["score"], "chrf": test["chrf"]["score"],
+                 "bleu_signature": test["bleu"]["signature"]},
+        "train_steps": results["train"]["steps"], "seconds": {**times, "total": time.perf_counter() - started},
+        "run_dir": str(output_dir), "model": str(output_dir / Path(results["model"]).name), "card": str(card_path),
+        "pushed_to": where, "pushed_files": sorted(files), "reloaded_class": reloaded["class"],
+        "translations": dict(zip(DEMO_SENTENCES, reloaded["translations"], strict=True)),
+    }  # fmt: skip
+    (output_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    rows = [("test BLEU", f"{summary['test']['bleu']:.2f} ({test['split']}, {test['examples']:,} sentences, "
+                          f"beam {test['num_beams']}; {test['bleu']['signature']})"),
+            ("test chrF", f"{summary['test']['chrf']:.2f}"),
+            ("training", f"{summary['train_steps']:,} steps"),
+            *((f"time: {name}", f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s")
+              for name, seconds in summary["seconds"].items()),
+            ("run folder", summary["run_dir"]), ("model", summary["model"]), ("card", summary["card"]),
+            ("pushed to", where), ("reloaded as", reloaded["class"].rpartition(".")[2] + (
+                " (the repository's own code, trust_remote_code)" if reloaded["class"].startswith(
+                    "transformers_modules") else "")),
+            *((f"'{source}'", target) for source, target in summary["translations"].items()),
+            ("summary", str(output_dir / "demo_summary.json"))]  # fmt: skip
+    width = max(len(name) for name, _ in rows)
+    print("\n" + "\n".join(f"{name:<{width}}  {value}" for name, value in rows))
+    return summary
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's errors in the command's one-line form (sub-commands' parsers are of the same class)."""
+
+    def error(self, message: str):
+        raise CommandError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-encoders", description=__doc__.split("\n")[0],
+    parser = Parser(prog="hf-encoders", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--debug", action="store_true", help="Show the full traceback of an error.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub = commands.add_parser("demo", help="Train, evaluate, card, push, reload and translate: the whole mission.",
+                              description="The main job: train the joint tokenizer and a small translation model "
+                              "on Multi30k, evaluate BLEU/chrF on the test set with beam search, write the model "
+                              "card, push to a local Hub (started and stopped here), the Hub or a folder, reload the "
+                              "pushed model in a fresh process and translate a few sentences. Other arguments go to "
+                              "training/train_translation.py (e.g. --max_steps 50, --test_max_examples 100).")  # fmt: skip
+    sub.add_argument("--config", default="translation_demo",
+                     help="Training config (default: translation_demo, minutes on a CPU; translation_en_de is the "
+                          "full-size run for a GPU).")  # fmt: skip
+    sub.add_argument("--data", default="../shared/data/multi30k", help="Parallel data: a folder or a Hub id.")
+    sub.add_argument("--src", default="en", help="Source language (default: en).")
+    sub.add_argument("--tgt", default="de", help="Target language (default: de).")
+    sub.add_argument("--output-dir", default="runs/demo", help="The run folder (default: runs/demo).")
+    sub.add_argument("--repo-id", default="demo/hf-seq2seq-multi30k-en-de", help="The repository to push to.")
+    sub.add_argument("--push-to", default="local",
+                     help="local (a local Hub for the demo's length; default), hub (the Hub at HF_ENDPOINT, as a "
+                          "private repository) or a folder path.")  # fmt: skip
+    sub.set_defaults(handler=demo_command, passthrough=True)
+
+    sub = commands.add_parser("train-tokenizer", help="Train a tokenizer on a text corpus or parallel data.",
+                              description="Train a tokenizer with `tokenizers` and save it as a transformers "
+                                          "tokenizer (AutoTokenizer.from_pretrained loads it).")  # fmt: skip
+    sub.add_argument("data", help="A corpus or parallel data: a local file or folder, or a Hub id.")
+    sub.add_argument("output_dir", help="Where to save the tokenizer.")
+    sub.add_argument("--kind", choices=("encoder", "seq2seq"), default="encoder",
+                     help="encoder ([CLS] ... [SEP], [MASK]) or seq2seq (... </s>, language tags).")  # fmt: skip
+    sub.add_argument("--languages", nargs="*", default=[], help="seq2seq: the two languages of the parallel data.")
+    sub.add_argument("--model", choices=("wordpiece", "bpe", "unigram"), default=None,
+                     help="Default: wordpiece for encoders, unigram for seq2seq.")  # fmt: skip
+    sub.add_argument("--vocab-size", type=int, default=8000)
+    sub.add_argument("--split", default="train", help="The split to learn from (default: train).")
+    sub.add_argument("--text-column", default="text", help="encoder: the text column (default: text).")
+    sub.add_argument("--lowercase", action="store_true")
+    sub.add_argument("--model-max-length", type=int, default=512)
+    sub.set_defaults(handler=train_tokenizer_command)
+
+    for command, help in (("pretrain", "Masked-LM pretraining (training/pretrain_mlm.py)."),
+                          ("train-translation", "Train a translation model (training/train_translation.py)."),
+                          ("evaluate-translation", "BLEU/chrF of any seq2seq checkpoint "
+                                                   "(training/evaluate_translation.py).")):  # fmt: skip
+        sub = commands.add_parser(command, help=help, add_help=False,
+                                  description=f"{help} Every argument goes to the script; --help lists them.")  # fmt: skip
+        sub.set_defaults(handler=script_command, passthrough=True)
+
+    sub = commands.add_parser("translate", help="Translate sentences with a seq2seq model.",
+                              description="Translate sentences given as arguments, in a file (one per line) or on "
+                                          "stdin; prints one translation per line.")  # fmt: skip
+    sub.add_argument("model", help="A model folder or Hub id.")
+    sub.add_argument("sentences", nargs="*", help="Sentences to translate (default: --file, else stdin).")
+    sub.add_argument("--tgt-lang", required=True, help="Target language; its tag <2xx> starts generation.")
+    sub.add_argument("--file", help="A file of sentences, one per line.")
+    sub.add_argument("--num-beams", type=int, default=4)
+    sub.add_argument("--batch-size", type=int, default=32)
+    sub.add_argument("--max-new-tokens", type=int, default=128)
+    sub.add_argument("--trust-remote-code", action="store_true", help="Run the model folder's own code.")
+    sub.set_defaults(handler=translate_command)
 
     sub = commands.add_parser("card", help="Write a run's model card (README.md) from its outputs.",
                               description="Write the model card of a training run from its config.json, "
@@ -51,8 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("run_dir", help="The output_dir of a training run.")
     sub.add_argument("--repo-id", help="Where the model will live on the Hub (used in the usage examples).")
     sub.add_argument("--license", default="apache-2.0", help="The model's license (default: apache-2.0).")
+    sub.add_argument("--language", nargs="*", help="An encoder's languages, e.g. en (translation: from the run).")
     sub.add_argument("--output", help="Where to write the card (default: RUN_DIR/README.md).")
-    sub.set_defaults(handler=card)
+    sub.set_defaults(handler=card_command)
 
     sub = commands.add_parser(
         "push", help="Push a run's model, tokenizer, code, card and results to the Hub in one commit.",
@@ -68,21 +332,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--create-pr", action="store_true", help="Open a pull request instead of committing.")
     sub.add_argument("--commit-message", help="The commit message.")
     sub.add_argument("--license", default="apache-2.0", help="The model's license, for a generated card.")
+    sub.add_argument("--language", nargs="*", help="An encoder's languages, for a generated card.")
     sub.add_argument("--dry-run", action="store_true", help="List what would be uploaded; upload nothing.")
-    sub.set_defaults(handler=push)
+    sub.set_defaults(handler=push_command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    name = "hf-encoders"
     try:
+        args, rest = build_parser().parse_known_args(argv)
+        name = f"hf-encoders {args.command}"
+        if rest and not getattr(args, "passthrough", False):
+            raise CommandError(f"unrecognized arguments: {' '.join(rest)}")
+        args.script_args = args.training_args = rest  # the scripts' own arguments
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
         args.handler(args)
-    except Exception as error:
-        if args.debug:
+    except Exception as error:  # every failure is one line, unless --debug
+        if "--debug" in argv:
             raise
-        print(f"hf-encoders {args.command}: error: {error}", file=sys.stderr)
-        return 1
+        print(f"{name}: error: {error}", file=sys.stderr)
+        return 2 if isinstance(error, CommandError) else 1
     return 0
 
 

@@ -217,10 +217,14 @@ def evaluation_results(run: Run) -> tuple[list[dict], dict]:
 
 
 def build_model_card(
-    run_dir: "str | Path | Run", repo_id: str | None = None, license: str = "apache-2.0"
+    run_dir: "str | Path | Run",
+    repo_id: str | None = None,
+    license: str = "apache-2.0",
+    language: list[str] | None = None,
 ) -> ModelCard:
     """The model card of a run, from its settings, results, logs and data's SOURCE.md. `repo_id` is where the model
-    will live (the usage examples load it from there; without one they load the local model folder)."""
+    will live (the usage examples load it from there; without one they load the local model folder); `language`
+    the languages of an encoder's text (a translation model's are its source and target)."""
     run = read_run(run_dir)
     rows, data = evaluation_results(run)
     model_id = repo_id or str(run.model_dir)
@@ -261,7 +265,8 @@ def build_model_card(
         )  # fmt: skip
     mlm = run.settings["data"]
     card_data = ModelCardData(
-        model_name=model_name, license=license, library_name="transformers", pipeline_tag="fill-mask",
+        model_name=model_name, language=language, license=license, library_name="transformers",
+        pipeline_tag="fill-mask",
         tags=tags + ["fill-mask"], eval_results=eval_results, datasets=[data["hub_id"]] if data["hub_id"] else None,
     )  # fmt: skip
     others = [describe_data(entry.partition("=")[2].rpartition(":")[0]) for entry in mlm.get("eval_data", [])]
@@ -333,7 +338,9 @@ def card_metadata_errors(content: str) -> list[str]:
     return errors
 
 
-def upload_plan(run_dir: str | Path, repo_id: str | None = None, license: str = "apache-2.0") -> dict[str, bytes]:
+def upload_plan(
+    run_dir: str | Path, repo_id: str | None = None, license: str = "apache-2.0", language: list[str] | None = None
+) -> dict[str, bytes]:
     """Every file of the repository-to-be, path in the repository -> content. The card is the run's README.md when
     there is one (written by `hf-encoders card`, perhaps edited), else it is built; either way it must pass the
     metadata checks the Hub applies."""
@@ -355,7 +362,11 @@ def upload_plan(run_dir: str | Path, repo_id: str | None = None, license: str = 
                                           title=run.directory.resolve().name)  # fmt: skip
             files["curves.png"] = curves.read_bytes()
     readme = run.directory / "README.md"
-    card = readme.read_text(encoding="utf-8") if readme.is_file() else str(build_model_card(run, repo_id, license))
+    card = (
+        readme.read_text(encoding="utf-8")
+        if readme.is_file()
+        else str(build_model_card(run, repo_id, license, language))
+    )
     if errors := card_metadata_errors(card):
         raise ValueError(f"The model card {'(' + str(readme) + ') ' if readme.is_file() else ''}fails the Hub's "
                          f"checks: {'; '.join(errors)}.")  # fmt: skip
@@ -381,6 +392,8 @@ def push_to_hub(
     create_pr: bool = False,
     commit_message: str | None = None,
     license: str = "apache-2.0",
+    language: list[str] | None = None,
+    endpoint: str | None = None,
     dry_run: bool = False,
     retries: int = 3,
     retry_wait: float = 2.0,
@@ -389,13 +402,14 @@ def push_to_hub(
 
     The commit is atomic: it lands whole or not at all. A transient failure (network error, 429 or 5xx answer) is
     retried up to `retries` times, waiting `retry_wait` seconds and twice as long each time; each attempt names the
-    commit it builds on, so a retry can never land a second copy on top of one that did land.
+    commit it builds on, so a retry can never land a second copy on top of one that did land. `endpoint` is the Hub
+    to talk to (default: `HF_ENDPOINT`, else https://huggingface.co).
     """
-    files = upload_plan(run_dir, repo_id, license)
+    files = upload_plan(run_dir, repo_id, license, language)
     result = PushResult(repo_id, {path: len(content) for path, content in sorted(files.items())})
     if dry_run:
         return result
-    api = HfApi(token=token)
+    api = HfApi(endpoint=endpoint, token=token)
     branch = revision or "main"
     api.create_repo(repo_id, private=private, exist_ok=True)
     if revision and revision != "main":

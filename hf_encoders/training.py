@@ -98,12 +98,19 @@ class TrainingConfig:
 
 def parse_config(dataclass_types: tuple[type, ...], argv: list[str] | None = None) -> tuple:
     """Fill the dataclasses from `--config file.yaml` (flat `name: value` settings) and command-line flags, which
-    override the file. An unknown setting in the file is an error, as it is on the command line."""
+    override the file. An unknown setting in the file is an error, as it is on the command line; a bad argument
+    raises a ValueError that names it (`--help` still prints every setting and exits)."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     config_file = pre.parse_known_args(argv)[0].config
     parser = HfArgumentParser(dataclass_types)
     parser.add_argument("--config", help="YAML file of settings; command-line flags override it.")
+
+    def refuse(message: str):
+        raise ValueError(f"{message} (--help lists every setting)")
+
+    parser.error = refuse
+    parser.allow_abbrev = False  # `--max_step` is a typo, not `--max_steps`
     if config_file:
         if not Path(config_file).is_file():
             raise FileNotFoundError(f"No config file {config_file!r}.")
@@ -112,6 +119,9 @@ def parse_config(dataclass_types: tuple[type, ...], argv: list[str] | None = Non
         if unknown := sorted(set(settings) - known):
             raise ValueError(f"{config_file}: unknown settings {unknown}; known ones are {sorted(known)}.")
         parser.set_defaults(**settings)
+    _, unknown = parser.parse_known_args(args=argv)
+    if unknown:
+        refuse(f"unknown arguments {unknown}")
     return tuple(parser.parse_args_into_dataclasses(args=argv)[: len(dataclass_types)])
 
 

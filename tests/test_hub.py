@@ -85,13 +85,14 @@ def test_the_translation_card_is_written_from_the_run(translation_run, tmp_path)
 
 
 def test_the_encoder_card_reports_perplexity_and_accuracy(mlm_run):
-    card = build_model_card(mlm_run)
+    card = build_model_card(mlm_run, language=["en"])
     metrics = json.loads((mlm_run / "results.json").read_text())["metrics"]
     values = {result.metric_type: result.metric_value for result in card.data.eval_results}
     assert values == pytest.approx({"perplexity": metrics["corpus/perplexity"], "accuracy": metrics["corpus/accuracy"]},
                                    abs=1e-4)  # fmt: skip
     assert {result.task_type for result in card.data.eval_results} == {"fill-mask"}
     assert card.data.pipeline_tag == "fill-mask" and "AutoModelForMaskedLM.from_pretrained" in card.text
+    assert card.data.language == ["en"] and card.data.license == "apache-2.0"
     assert f'from_pretrained("{mlm_run / "best"}")' in card.text  # no repository given: the local model
 
 

@@ -167,6 +167,12 @@ def test_config_file_and_overrides(tmp_path):
         parse_config((TrainingConfig,), ["--config", str(path)])
     with pytest.raises(ValueError, match="mixed_precision='fp8'"):
         TrainingConfig(mixed_precision="fp8")
+    with pytest.raises(
+        ValueError, match=r"argument --max_steps/--max-steps: invalid int value: 'many' \(--help lists"
+    ):
+        parse_config((TrainingConfig,), ["--max_steps", "many"])
+    with pytest.raises(ValueError, match=r"unknown arguments \['--max_step', '9'\]"):
+        parse_config((TrainingConfig,), ["--max_step", "9"])
 
 
 def test_label_smoothed_loss_on_dense_and_sparse_logits():

@@ -85,6 +85,7 @@ class EvaluationArguments:
     eval_max_examples: int = field(default=0, metadata={"help": "Validation pairs for greedy BLEU (0: all)."})
     eval_batch_size: int = 64
     test_split: str = "test"
+    test_max_examples: int = field(default=0, metadata={"help": "Only the first N test pairs (0: all)."})
     test_num_beams: int = 5
     length_penalty: float = 1.0
     max_new_tokens: int = 128
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
     best = AutoModelForSeq2SeqLM.from_pretrained(chosen).to(state.device)
     started = time.perf_counter()
     test = pairs[eval_args.test_split]
+    if eval_args.test_max_examples:
+        test = test.select(range(min(eval_args.test_max_examples, len(test))))
     hypotheses = translate_everywhere(best, state, tokenizer, list(test[src]), tgt,
                                       num_beams=eval_args.test_num_beams, **generation)  # fmt: skip
     scores = score_translations(hypotheses, list(test[tgt]))
