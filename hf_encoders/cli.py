@@ -4,6 +4,7 @@
     hf-encoders train-tokenizer DATA OUT [--kind seq2seq --languages en de]
     hf-encoders pretrain --config mlm_tiny [--max_steps 100 ...]            # training/pretrain_mlm.py
     hf-encoders train-translation --config translation_en_de [...]         # training/train_translation.py
+    hf-encoders finetune --config finetune_sst2 --model RUN/best          # training/finetune_classification.py
     hf-encoders evaluate-translation --model RUN/best --src en --tgt de    # training/evaluate_translation.py
     hf-encoders translate MODEL "A dog runs." --tgt-lang de                # or --file F, or stdin
     hf-encoders card RUN_DIR [--repo-id ORG/NAME]                          # RUN_DIR/README.md from the run
@@ -28,7 +29,7 @@ from pathlib import Path
 # the training scripts and their configs: a link to training/ in a checkout, the scripts themselves in a wheel
 RECIPES = Path(__file__).resolve().parent / "recipes"
 SCRIPTS = {"pretrain": "pretrain_mlm", "train-translation": "train_translation",
-           "evaluate-translation": "evaluate_translation"}  # fmt: skip
+           "finetune": "finetune_classification", "evaluate-translation": "evaluate_translation"}  # fmt: skip
 DEMO_SENTENCES = ["Two dogs are running through the snow.", "A man in a red jacket is riding a bicycle.",
                   "A little girl is climbing into a wooden playhouse."]  # fmt: skip
 logger = logging.getLogger("hf_encoders.cli")
@@ -289,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for command, help in (("pretrain", "Masked-LM pretraining (training/pretrain_mlm.py)."),
                           ("train-translation", "Train a translation model (training/train_translation.py)."),
+                          ("finetune", "Fine-tune a classifier, regressor or tagger "
+                                       "(training/finetune_classification.py)."),
                           ("evaluate-translation", "BLEU/chrF of any seq2seq checkpoint "
                                                    "(training/evaluate_translation.py).")):  # fmt: skip
         sub = commands.add_parser(command, help=help, add_help=False,

@@ -125,6 +125,10 @@ def _load_files(files: list[Path], builder: str | None = None) -> Dataset:
             f"Cannot read {names}: a split needs files of one format among {', '.join(FORMATS)} (.gz too)."
         )
     builder = formats.pop()
+    for path in files:  # `datasets` fails on an empty file with a bare StopIteration
+        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as handle:
+            if not handle.read(1):
+                raise ValueError(f"{path} is empty: its split would hold no examples.")
     options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "keep_default_na": False} if builder == "csv" else {}
     try:
         return load_dataset(builder, data_files=[str(path) for path in files], split="train", **options)

@@ -26,16 +26,17 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
+from .data import is_local
 from .plots import plot_training_curves
 
 logger = logging.getLogger(__name__)
 
 CARD_TEMPLATES = Path(__file__).resolve().parent / "card_templates"
 # what goes up from the model folder: weights as safetensors only, config, tokenizer, generation config, the
-# self-contained code named by `auto_map`, and the test hypotheses and scores written beside the best model
+# self-contained code named by `auto_map`, and the test hypotheses, scores and predictions written beside it
 MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "*.py",
-               "hypotheses.*", "scores.*.json")  # fmt: skip
+               "hypotheses.*", "scores.*.json", "predictions.*.jsonl")  # fmt: skip
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 # what goes up from the run folder, under which name (config.json is the model's in a repository)
 RUN_FILES = {"results.json": "eval_results.json", "config.json": "training_config.json",
@@ -98,12 +99,16 @@ def describe_data(spec: str) -> dict:
     """What a card says about a data set: its title, where it came from and its license, from the SOURCE.md of a
     local data folder, or a link for a Hub id."""
     path = Path(spec)
-    if not path.exists():
+    if not is_local(spec):
         return {"title": spec, "name": spec, "location": f"Hub dataset `{spec}`", "url": f"https://huggingface.co/datasets/{spec}",
                 "source": None, "license": None, "hub_id": spec}  # fmt: skip
     info = {"title": path.name, "name": path.name, "location": f"local folder `{path.name}`", "url": None,
             "source": None, "license": None, "hub_id": None}  # fmt: skip
     source_file = path / "SOURCE.md"
+    if not path.exists():
+        logger.warning(
+            "the data folder %s is not here (relative to %s): the card cannot describe it", spec, Path.cwd()
+        )
     if source_file.is_file():
         text = source_file.read_text(encoding="utf-8")
         if heading := re.search(r"^# (.+)$", text, flags=re.MULTILINE):
@@ -167,6 +172,22 @@ def _training_rows(run: Run) -> list[tuple[str, str]]:
     return rows
 
 
+def chosen_metrics(run: Run) -> dict[str, float]:
+    """The validation metrics of the model the card is about: those of the evaluation that made it `best/` (from the
+    run's metrics.jsonl), else the final evaluation's."""
+    training = run.settings.get("training", {})
+    final = run.results.get("train", run.results).get("metrics", {})
+    best_metric, log = training.get("best_metric"), run.directory / "metrics.jsonl"
+    if run.model_dir.name != "best" or not best_metric or not log.is_file():
+        return final
+    evaluated = [
+        row for line in log.read_text().splitlines() if line.strip() and best_metric in (row := json.loads(line))
+    ]
+    if not evaluated:
+        return final
+    return (max if training.get("greater_is_better") else min)(evaluated, key=lambda row: row[best_metric])
+
+
 def _translation_results(run: Run) -> tuple[list[dict], dict]:
     data, test = run.settings["data"], run.results["test"]
     src, tgt = data["src"], data["tgt"]
@@ -179,7 +200,7 @@ def _translation_results(run: Run) -> tuple[list[dict], dict]:
              "value": test[key]["score"], "signature": test[key]["signature"],
              "metric_args": {"signature": test[key]["signature"], "num_beams": test["num_beams"]}}
             for key in names if key in test]  # fmt: skip
-    validation = run.results["train"]["metrics"]
+    validation = chosen_metrics(run)
     rows += [{**task, "dataset_split": "validation", "metric_type": names[key][0],
               "metric_name": f"{names[key][1]} (greedy)", "value": validation[f"validation/{key}"], "signature": None,
               "model_index": False}
@@ -188,7 +209,7 @@ def _translation_results(run: Run) -> tuple[list[dict], dict]:
 
 
 def _masked_lm_results(run: Run) -> tuple[list[dict], dict]:
-    data, metrics = run.settings["data"], run.results["metrics"]
+    data, metrics = run.settings["data"], chosen_metrics(run)
     rows = []
     for entry in data.get("eval_data", []):
         name, _, spec = entry.partition("=")
@@ -204,10 +225,30 @@ def _masked_lm_results(run: Run) -> tuple[list[dict], dict]:
     return rows, describe_data(data["train_data"])
 
 
+def _classification_results(run: Run) -> tuple[list[dict], dict]:
+    data, results = run.settings["data"], run.results
+    dataset = describe_data(data["data"])
+    task = {"task_type": "token-classification" if results["task"] == "token" else "text-classification",
+            "task_name": f"{results['task'].replace('_', '-')} classification" if results["task"] != "regression"
+            else "regression", "dataset_type": dataset["hub_id"] or dataset["name"],
+            "dataset_name": dataset["title"], "dataset_config": None}  # fmt: skip
+    test = {key: value for key, value in results.get("test", {}).items() if key not in ("split", "examples")}
+    validation = {key.partition("/")[2]: value for key, value in chosen_metrics(run).items()
+                  if key.startswith("validation/")}  # fmt: skip
+    rows = []
+    for split, metrics, in_index in ((results.get("test", {}).get("split"), test, True),
+                                     (data["validation_split"], validation, not test)):  # fmt: skip
+        rows += [{**task, "dataset_split": split, "metric_type": key, "metric_name": key.replace("_", " "),
+                  "value": value, "signature": None, "model_index": in_index}
+                 for key, value in metrics.items() if isinstance(value, int | float)]  # fmt: skip
+    return rows, dataset
+
+
 def evaluation_results(run: Run) -> tuple[list[dict], dict]:
     """The run's results as rows (task, dataset, split, metric, value, signature; `model_index: False` for those
     that stay out of the card's metadata) and its training data."""
-    readers = {"train_translation": _translation_results, "pretrain_mlm": _masked_lm_results}
+    readers = {"train_translation": _translation_results, "pretrain_mlm": _masked_lm_results,
+               "finetune_classification": _classification_results}  # fmt: skip
     if run.script not in readers:
         raise ValueError(f"No model card for runs of {run.script!r}; cards exist for {sorted(readers)}.")
     rows, data = readers[run.script](run)
@@ -261,7 +302,36 @@ def build_model_card(
             example=_first_test_source(run),
             evaluation_note=(f"sacreBLEU on the detokenized `{test['split']}` references ({test['examples']:,} "
                              f"sentences), beam search {test['num_beams']}, with the signatures that make the numbers "
-                             "comparable; the validation rows are the greedy scores the checkpoint was chosen on."),
+                             "comparable; the validation rows are the greedy scores the checkpoint was chosen on"
+                             + (f" (the first {examples:,} validation sentences)." if (examples := run.settings.get(
+                                 "evaluation", {}).get("eval_max_examples")) else ".")),
+        )  # fmt: skip
+    if run.script == "finetune_classification":
+        data_settings, labels = run.settings["data"], run.results["labels"]
+        token = run.results["task"] == "token"
+        pipeline_tag = "token-classification" if token else "text-classification"
+        base = run.settings["model"]["model"]
+        card_data = ModelCardData(
+            model_name=model_name, language=language, license=license, library_name="transformers",
+            pipeline_tag=pipeline_tag, tags=tags + [pipeline_tag], eval_results=eval_results,
+            datasets=[data["hub_id"]] if data["hub_id"] else None,
+            base_model=base if not Path(base).exists() else None,
+        )  # fmt: skip
+        return ModelCard.from_template(
+            card_data, template_path=str(CARD_TEMPLATES / "encoder.md"), **common,
+            objective=f"fine-tuned from `{base if not Path(base).exists() else '/'.join(Path(base).parts[-2:])}` for {run.results['task'].replace('_', '-')} "
+                      f"{'regression' if run.results['task'] == 'regression' else 'classification'} "
+                      f"(labels: {', '.join(labels)})",
+            intended_use=f"Labelling {'words' if token else 'texts'} like those of {data['title']} with "
+                         f"{', '.join(labels)}.",
+            auto_class="AutoModelForTokenClassification" if token else "AutoModelForSequenceClassification",
+            pipeline_tag=pipeline_tag, example="A sentence to label.",
+            train_description=f"{run.results['train_examples']:,} examples of split `{data_settings['train_split']}`",
+            eval_data=[], best_metric=run.settings["training"].get("best_metric") or "final step",
+            evaluation_note=(f"Scores of the `{data_settings['validation_split']}` split (the checkpoint was chosen "
+                             "on it)" + (f" and of the `{run.results['test']['split']}` split" if
+                                        any(row["dataset_split"] != data_settings["validation_split"] for row in rows)
+                                        else "") + "."),
         )  # fmt: skip
     mlm = run.settings["data"]
     card_data = ModelCardData(

@@ -8,10 +8,11 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 import pytest
 import torch
-from conftest import REFUSE_HF_ENCODERS
+from conftest import REFUSE_HF_ENCODERS, ROOT
 from huggingface_hub import ModelCard, constants
 from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM
 
@@ -86,7 +87,8 @@ def test_the_translation_card_is_written_from_the_run(translation_run, tmp_path)
 
 def test_the_encoder_card_reports_perplexity_and_accuracy(mlm_run):
     card = build_model_card(mlm_run, language=["en"])
-    metrics = json.loads((mlm_run / "results.json").read_text())["metrics"]
+    rows = [json.loads(line) for line in (mlm_run / "metrics.jsonl").read_text().splitlines()]
+    metrics = min((row for row in rows if "corpus/loss" in row), key=lambda row: row["corpus/loss"])  # best/'s
     values = {result.metric_type: result.metric_value for result in card.data.eval_results}
     assert values == pytest.approx({"perplexity": metrics["corpus/perplexity"], "accuracy": metrics["corpus/accuracy"]},
                                    abs=1e-4)  # fmt: skip
@@ -200,3 +202,20 @@ def test_an_interrupted_push_leaves_no_commit_and_is_retried_to_a_clean_result(m
     assert len(hub.repositories["org/encoder"].history()) == 1  # main is untouched by the pull request
     branch = push_to_hub(mlm_run, "org/encoder", token="local", revision="v1")
     assert hub.repositories["org/encoder"].resolve("v1").oid in branch.commit_url
+
+
+def test_the_wheel_carries_the_card_templates_and_the_training_scripts(tmp_path):
+    """Installed from a wheel, the package still writes cards and runs the scripts: both are links in the source
+    tree (model_cards/templates, training/) whose files the wheel must hold."""
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                           str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (wheel,) = tmp_path.glob("hf_encoders-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"hf_encoders/card_templates/translation.md", "hf_encoders/card_templates/encoder.md"} <= names
+    assert {"hf_encoders/recipes/train_translation.py", "hf_encoders/recipes/configs/translation_demo.yaml",
+            "hf_encoders/metrics/classification/classification.py"} <= names  # fmt: skip
+    assert (
+        "hf-encoders = hf_encoders.cli:main"
+        in zipfile.ZipFile(wheel).read(next(name for name in names if name.endswith("entry_points.txt"))).decode()
+    )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import evaluate
 
-METRICS = ("sacrebleu_bleu", "sacrebleu_chrf")
+METRICS = ("sacrebleu_bleu", "sacrebleu_chrf", "classification")
 
 
 def path(name: str) -> str:

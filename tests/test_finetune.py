@@ -1,0 +1,178 @@
+"""training/finetune_classification.py: a tiny encoder learns a separable task to 100%, label names survive saving,
+multi-label and regression train through the same script, token labels sit on each word's first sub-token, and bad
+data is refused with a message naming the problem."""
+
+import json
+import random
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, SPECIALS, WORDS, run_script, tiny_config
+from datasets import Dataset
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, PreTrainedTokenizerFast
+
+from hf_encoders import EncoderForMaskedLM
+from hf_encoders.hub import build_model_card
+
+sys.path.insert(0, str(ROOT / "training"))
+import finetune_classification  # noqa: E402
+
+ANIMALS = {"cat", "dog"}
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    """WordPiece over the conftest words plus the piece `##s`, so that "cats" is two sub-tokens."""
+    vocab = {token: i for i, token in enumerate(SPECIALS + WORDS + ["##s"])}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 1), ("[SEP]", 2)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+                                   mask_token="[MASK]", unk_token="[UNK]")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    """A tiny (untrained) EncoderForMaskedLM and its tokenizer: what fine-tuning starts from."""
+    folder = tmp_path_factory.mktemp("encoder")
+    torch.manual_seed(0)
+    EncoderForMaskedLM(tiny_config(local_attention=None, global_attn_every_n_layers=None)).save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+def sentences(count: int, seed: int) -> list[list[str]]:
+    """Word lists with exactly one of cat/dog among other words."""
+    generator = random.Random(seed)
+    others = [word for word in WORDS if word not in ANIMALS]
+    return [generator.sample(others, 4) + [generator.choice(sorted(ANIMALS))] for _ in range(count)]
+
+
+def write_splits(folder, rows_by_split: dict[str, list[dict]]):
+    folder.mkdir()
+    for split, rows in rows_by_split.items():
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def finetune(checkpoint, data, output, *flags):
+    return run_script("finetune_classification.py", "--model", checkpoint, "--data", str(data), "--output_dir",
+                      str(output), "--text_column", "text", "--per_device_batch_size", "8", "--eval_batch_size", "16",
+                      "--num_proc", "1", *flags)  # fmt: skip
+
+
+def test_a_tiny_model_learns_a_separable_task_and_keeps_its_label_names(checkpoint, tmp_path):
+    def rows(count, seed):
+        return [
+            {"text": " ".join(words), "label": "cat" if "cat" in words else "dog"} for words in sentences(count, seed)
+        ]
+
+    data = write_splits(tmp_path / "data", {"train": rows(64, 0), "validation": rows(24, 1), "test": rows(24, 2)})
+    output = tmp_path / "run"
+    finetune(checkpoint, data, output, "--max_steps", "60", "--num_epochs", "0", "--learning_rate", "3e-3",
+             "--eval_every", "20", "--best_metric", "validation/accuracy", "--greater_is_better", "true")  # fmt: skip
+    results = json.loads((output / "results.json").read_text())
+    assert results["labels"] == ["cat", "dog"] and results["test"]["accuracy"] == 1.0
+    assert {"f1", "matthews_correlation"} <= set(results["test"]) and results["train"]["metrics"][
+        "validation/accuracy"
+    ]
+    model = AutoModelForSequenceClassification.from_pretrained(output / "best")
+    assert model.config.id2label == {0: "cat", 1: "dog"} and model.config.label2id == {"cat": 0, "dog": 1}
+    predictions = [json.loads(line) for line in (output / "best" / "predictions.test.jsonl").read_text().splitlines()]
+    assert [p["prediction"] for p in predictions] == [row["label"] for row in rows(24, 2)]
+    assert set(predictions[0]["probabilities"]) == {"cat", "dog"}
+
+    card = build_model_card(output, repo_id="org/cat-or-dog", language=["en"])  # the run's card: test scores
+    assert {(r.metric_type, r.dataset_split, r.metric_value) for r in card.data.eval_results} >= {
+        ("accuracy", "test", 1.0)
+    }
+    assert card.data.pipeline_tag == "text-classification" and "labels: cat, dog" in card.text
+    assert 'AutoModelForSequenceClassification.from_pretrained("org/cat-or-dog")' in card.text
+
+
+def test_multi_label_and_regression_train_through_the_same_script(checkpoint, tmp_path):
+    multi = [{"text": " ".join(words), "label": sorted(ANIMALS & set(words)) + (["red"] if "red" in words else [])}
+             for words in sentences(24, 3)]  # fmt: skip
+    data = write_splits(tmp_path / "multi", {"train": multi, "validation": multi[:8], "test": multi[:8]})
+    finetune(checkpoint, data, tmp_path / "multi_run", "--task", "multi_label", "--max_steps", "3", "--num_epochs",
+             "0", "--label_names", "cat", "dog", "red")  # fmt: skip
+    results = json.loads((tmp_path / "multi_run" / "results.json").read_text())
+    assert {"exact_match", "f1_micro", "f1_macro"} <= set(results["test"]) and results["labels"] == [
+        "cat",
+        "dog",
+        "red",
+    ]
+    model = AutoModelForSequenceClassification.from_pretrained(results["model"])
+    assert model.config.problem_type == "multi_label_classification" and model.config.num_labels == 3
+
+    scored = [{"text": " ".join(words), "label": float(len(" ".join(words)))} for words in sentences(24, 4)]
+    data = write_splits(tmp_path / "scores", {"train": scored, "validation": scored[:8], "test": scored[:8]})
+    finetune(checkpoint, data, tmp_path / "regression_run", "--task", "regression", "--max_steps", "3",
+             "--num_epochs", "0")  # fmt: skip
+    results = json.loads((tmp_path / "regression_run" / "results.json").read_text())
+    assert {"pearson", "spearman", "mse"} <= set(results["test"]) and torch.isfinite(
+        torch.tensor(results["train"]["train_loss"])
+    )
+    model = AutoModelForSequenceClassification.from_pretrained(results["model"])
+    assert model.config.problem_type == "regression" and model.config.num_labels == 1
+
+
+def test_token_labels_sit_on_the_first_sub_token_of_each_word():
+    tokenizer = make_tokenizer()
+    data = finetune_classification.DataArguments(text_column="tokens", label_column="tags", max_length=16)
+    rows = {"tokens": [["the", "cats", "sat"]], "tags": [["O", "ANIMAL", "O"]]}
+    encoded = finetune_classification.tokenize("train", Dataset.from_dict(rows), tokenizer, data, "token",
+                                               {"O": 0, "ANIMAL": 1})  # fmt: skip
+    assert tokenizer.convert_ids_to_tokens(encoded[0]["input_ids"]) == ["[CLS]", "the", "cat", "##s", "sat", "[SEP]"]
+    assert encoded[0]["labels"] == [-100, 0, 1, -100, 0, -100]
+
+
+def test_a_tagger_learns_to_find_the_animals(checkpoint, tmp_path):
+    def rows(count, seed):
+        return [{"tokens": words, "tags": ["ANIMAL" if word in ANIMALS else "O" for word in words]}
+                for words in sentences(count, seed)]  # fmt: skip
+
+    data = write_splits(tmp_path / "tags", {"train": rows(48, 5), "validation": rows(16, 6), "test": rows(16, 7)})
+    output = tmp_path / "tagger"
+    finetune(checkpoint, data, output, "--task", "token", "--text_column", "tokens", "--label_column", "tags",
+             "--max_steps", "40", "--num_epochs", "0", "--learning_rate", "3e-3")  # fmt: skip
+    results = json.loads((output / "results.json").read_text())
+    assert results["test"]["accuracy"] == 1.0 and results["labels"] == ["ANIMAL", "O"]
+    model = AutoModelForTokenClassification.from_pretrained(output / "final")
+    assert model.config.id2label == {0: "ANIMAL", 1: "O"}
+
+
+@pytest.mark.parametrize(
+    "rows, flags, message",
+    [
+        ({"train": [{"text": "a cat", "label": 5}] * 4}, ["--label_names", "no", "yes"],
+         "split 'train', row 0: label 5 is outside num_labels=2 (ids 0..1)"),
+        ({"train": [{"sentence": "a cat", "label": 1}] * 4}, [], "has no 'text' column; it has ['sentence', 'label']"),
+        ({"train": [{"text": "a cat", "label": "cat"}] * 4}, ["--label_names", "dog"],
+         "label 'cat' is not one of the label names ['dog']"),
+        ({"train": [{"text": "a cat", "label": 1}] * 4, "validation": [{"text": "a dog", "label": 0}]},
+         ["--max_train_examples", "0", "--train_split", "validation", "--validation_split", "train",
+          "--test_split", "nope"], "has no split 'nope'"),
+    ],
+)  # fmt: skip
+def test_bad_data_is_refused_with_a_clear_message(checkpoint, tmp_path, rows, flags, message):
+    data = write_splits(tmp_path / "data", rows)
+    with pytest.raises(ValueError) as error:
+        finetune_classification.main(["--model", checkpoint, "--data", str(data), "--text_column", "text",
+                                       "--output_dir", str(tmp_path / "run"), "--test_split", "", *flags])  # fmt: skip
+    assert message in str(error.value)
+
+
+def test_an_empty_training_split_is_refused(checkpoint, tmp_path):
+    blank = write_splits(tmp_path / "blank", {"train": [{"text": " ", "label": 1}] * 4,
+                                              "validation": [{"text": "a dog", "label": 0}]})  # fmt: skip
+    with pytest.raises(ValueError, match=r"The training split 'train' of .* is empty"):
+        finetune_classification.main(["--model", checkpoint, "--data", str(blank), "--text_column", "text",
+                                       "--output_dir", str(tmp_path / "run"), "--test_split", ""])  # fmt: skip
+    empty = write_splits(tmp_path / "empty", {"train": [], "validation": [{"text": "a dog", "label": 0}]})
+    with pytest.raises(ValueError, match=r"train.jsonl is empty: its split would hold no examples"):
+        finetune_classification.main(["--model", checkpoint, "--data", str(empty), "--text_column", "text",
+                                       "--output_dir", str(tmp_path / "run"), "--test_split", ""])  # fmt: skip
