@@ -108,10 +108,13 @@ def test_multi_label_and_regression_train_through_the_same_script(checkpoint, tm
     model = AutoModelForSequenceClassification.from_pretrained(results["model"])
     assert model.config.problem_type == "multi_label_classification" and model.config.num_labels == 3
 
-    scored = [{"text": " ".join(words), "label": float(len(" ".join(words)))} for words in sentences(24, 4)]
+    scored = [
+        {"text": " ".join(words), "other": " ".join(reversed(words)), "label": float(len(" ".join(words)))}
+        for words in sentences(24, 4)
+    ]  # text pairs, as in STS-B
     data = write_splits(tmp_path / "scores", {"train": scored, "validation": scored[:8], "test": scored[:8]})
     finetune(checkpoint, data, tmp_path / "regression_run", "--task", "regression", "--max_steps", "3",
-             "--num_epochs", "0")  # fmt: skip
+             "--num_epochs", "0", "--text_pair_column", "other")  # fmt: skip
     results = json.loads((tmp_path / "regression_run" / "results.json").read_text())
     assert {"pearson", "spearman", "mse"} <= set(results["test"]) and torch.isfinite(
         torch.tensor(results["train"]["train_loss"])
@@ -128,6 +131,20 @@ def test_token_labels_sit_on_the_first_sub_token_of_each_word():
                                                {"O": 0, "ANIMAL": 1})  # fmt: skip
     assert tokenizer.convert_ids_to_tokens(encoded[0]["input_ids"]) == ["[CLS]", "the", "cat", "##s", "sat", "[SEP]"]
     assert encoded[0]["labels"] == [-100, 0, 1, -100, 0, -100]
+
+    pairs = finetune_classification.DataArguments(text_column="a", text_pair_column="b", max_length=16)
+    encoded = finetune_classification.tokenize("train", Dataset.from_dict({"a": ["the cat"], "b": ["a dog"], "label": [1.5]}),
+                                               tokenizer, pairs, "regression", {"score": 0})  # fmt: skip
+    assert tokenizer.convert_ids_to_tokens(encoded[0]["input_ids"]) == [
+        "[CLS]",
+        "the",
+        "cat",
+        "[SEP]",
+        "a",
+        "dog",
+        "[SEP]",
+    ]
+    assert encoded[0]["labels"] == 1.5
 
 
 def test_a_tagger_learns_to_find_the_animals(checkpoint, tmp_path):
