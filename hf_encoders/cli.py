@@ -71,17 +71,16 @@ def train_tokenizer_command(args: argparse.Namespace) -> None:
     from .data import load_parallel_dataset, load_text_dataset
     from .tokenization import train_tokenizer
 
+    if args.kind == "seq2seq" and len(args.languages) != 2:
+        raise CommandError("--kind seq2seq needs --languages SRC TGT (the two sides of the parallel data).")
     if args.kind == "seq2seq":
-        if len(args.languages) != 2:
-            raise CommandError("--kind seq2seq needs --languages SRC TGT (the two sides of the parallel data).")
-        rows = load_parallel_dataset(args.data, *args.languages)
-        texts = lambda split: (batch[lang] for lang in args.languages for batch in split.iter(batch_size=1000))  # noqa: E731
+        rows, columns = load_parallel_dataset(args.data, *args.languages), args.languages
     else:
-        rows = load_text_dataset(args.data, text_column=args.text_column)
-        texts = lambda split: (batch[args.text_column] for batch in split.iter(batch_size=1000))  # noqa: E731
+        rows, columns = load_text_dataset(args.data, text_column=args.text_column), [args.text_column]
     if args.split not in rows:
         raise CommandError(f"{args.data} has no split {args.split!r}; it has {sorted(rows)}.")
-    tokenizer = train_tokenizer(texts(rows[args.split]), args.vocab_size, kind=args.kind, model=args.model,
+    texts = (batch[column] for column in columns for batch in rows[args.split].iter(batch_size=1000))
+    tokenizer = train_tokenizer(texts, args.vocab_size, kind=args.kind, model=args.model,
                                 languages=sorted(args.languages), lowercase=args.lowercase,
                                 model_max_length=args.model_max_length)  # fmt: skip
     tokenizer.save_pretrained(args.output_dir)
