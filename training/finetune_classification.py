@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
+from tqdm.auto import tqdm
 from transformers import (
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
@@ -148,7 +149,8 @@ def predict(model, dataset, collator, state, batch_size: int) -> tuple[torch.Ten
     model.eval()
     logits, labels = [], []
     with torch.no_grad():
-        for batch in build_dataloader(shard, collator, batch_size, shuffle=False):
+        batches = build_dataloader(shard, collator, batch_size, shuffle=False)
+        for batch in tqdm(batches, desc="predicting", disable=not state.is_local_main_process, leave=False):
             batch = {key: value.to(state.device) for key, value in batch.items()}
             gold = batch.pop("labels", None)
             output = model(**batch).logits.float().cpu()
