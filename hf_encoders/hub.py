@@ -12,6 +12,7 @@ write the card (from the Jinja templates in `model_cards/templates/`, which ship
 `hf-encoders push` are the same on the command line.
 """
 
+import gzip
 import json
 import logging
 import re
@@ -336,8 +337,8 @@ def build_model_card(
     mlm = run.settings["data"]
     card_data = ModelCardData(
         model_name=model_name, language=language, license=license, library_name="transformers",
-        pipeline_tag="fill-mask",
-        tags=tags + ["fill-mask"], eval_results=eval_results, datasets=[data["hub_id"]] if data["hub_id"] else None,
+        pipeline_tag="fill-mask", tags=tags + ["fill-mask"], eval_results=eval_results,
+        datasets=[data["hub_id"]] if data["hub_id"] else None,
     )  # fmt: skip
     others = [describe_data(entry.partition("=")[2].rpartition(":")[0]) for entry in mlm.get("eval_data", [])]
     return ModelCard.from_template(
@@ -373,8 +374,6 @@ def _first_test_source(run: Run) -> str:
     folder = Path(data["data"])
     for name in (f"test_2016_flickr.{data['src']}.gz", f"test.{data['src']}.gz", f"test.{data['src']}"):
         if (folder / name).is_file():
-            import gzip
-
             opener = gzip.open if name.endswith(".gz") else open
             with opener(folder / name, "rt", encoding="utf-8") as handle:
                 return handle.readline().strip().replace('"', "'")
