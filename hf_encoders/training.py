@@ -119,10 +119,10 @@ def parse_config(dataclass_types: tuple[type, ...], argv: list[str] | None = Non
         if unknown := sorted(set(settings) - known):
             raise ValueError(f"{config_file}: unknown settings {unknown}; known ones are {sorted(known)}.")
         parser.set_defaults(**settings)
-    _, unknown = parser.parse_known_args(args=argv)
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if unknown:
         refuse(f"unknown arguments {unknown}")
-    return tuple(parser.parse_args_into_dataclasses(args=argv)[: len(dataclass_types)])
+    return tuple(parsed[: len(dataclass_types)])
 
 
 class NonFiniteLossError(RuntimeError):
