@@ -118,11 +118,10 @@ def translate_command(args: argparse.Namespace) -> None:
 
 
 def card_command(args: argparse.Namespace) -> None:
-    from .hub import build_model_card, card_metadata_errors
+    from .hub import build_model_card, checked_card
 
-    content = str(build_model_card(args.run_dir, repo_id=args.repo_id, license=args.license, language=args.language))
-    if errors := card_metadata_errors(content):
-        raise ValueError(f"The card fails the Hub's checks: {'; '.join(errors)}.")
+    card = build_model_card(args.run_dir, repo_id=args.repo_id, license=args.license, language=args.language)
+    content = checked_card(str(card))
     output = Path(args.output or Path(args.run_dir) / "README.md")
     output.write_text(content, encoding="utf-8")
     print(f"wrote {output}")

@@ -27,7 +27,7 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from .data import is_local
+from .data import _aligned_files, is_local
 from .plots import plot_training_curves
 
 logger = logging.getLogger(__name__)
@@ -371,13 +371,13 @@ def _mask_token(run: Run) -> str:
 def _first_test_source(run: Run) -> str:
     """A real source sentence for the usage examples: the first test sentence, when the data is a local folder."""
     data = run.settings["data"]
-    folder = Path(data["data"])
-    for name in (f"test_2016_flickr.{data['src']}.gz", f"test.{data['src']}.gz", f"test.{data['src']}"):
-        if (folder / name).is_file():
-            opener = gzip.open if name.endswith(".gz") else open
-            with opener(folder / name, "rt", encoding="utf-8") as handle:
-                return handle.readline().strip().replace('"', "'")
-    return "..."
+    if not Path(data["data"]).is_dir():
+        return "..."
+    path = _aligned_files(data["data"]).get(run.results["test"]["split"], {}).get(data["src"])
+    if path is None:
+        return "..."
+    with gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8") as handle:
+        return handle.readline().strip().replace('"', "'")
 
 
 def card_metadata_errors(content: str) -> list[str]:
@@ -405,6 +405,13 @@ def card_metadata_errors(content: str) -> list[str]:
         if not isinstance(result.metric_value, int | float) or isinstance(result.metric_value, bool):
             errors.append(f"model-index: {result.metric_type} has a non-numeric value {result.metric_value!r}")
     return errors
+
+
+def checked_card(content: str, source: str = "The model card") -> str:
+    """`content`, when it passes the Hub's metadata checks; else a ValueError naming `source` and what is wrong."""
+    if errors := card_metadata_errors(content):
+        raise ValueError(f"{source} fails the Hub's checks: {'; '.join(errors)}.")
+    return content
 
 
 def upload_plan(
@@ -436,10 +443,8 @@ def upload_plan(
         if readme.is_file()
         else str(build_model_card(run, repo_id, license, language))
     )
-    if errors := card_metadata_errors(card):
-        raise ValueError(f"The model card {'(' + str(readme) + ') ' if readme.is_file() else ''}fails the Hub's "
-                         f"checks: {'; '.join(errors)}.")  # fmt: skip
-    files["README.md"] = card.encode()
+    source = f"The model card ({readme})" if readme.is_file() else "The model card"
+    files["README.md"] = checked_card(card, source).encode()
     return files
 
 
@@ -507,4 +512,12 @@ def push_to_hub(
     return result
 
 
-__all__ = ["build_model_card", "card_metadata_errors", "push_to_hub", "read_run", "upload_plan", "PushResult"]
+__all__ = [
+    "build_model_card",
+    "card_metadata_errors",
+    "checked_card",
+    "push_to_hub",
+    "read_run",
+    "upload_plan",
+    "PushResult",
+]
