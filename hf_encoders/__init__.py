@@ -14,14 +14,18 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
+from .autoencoding import active_units, auroc, pseudo_log_likelihood_scores, reconstruction_scores, sentence_embeddings
 from .configuration_hf_encoders import EncoderConfig, Seq2SeqConfig
 from .data import (
+    DenoisingCollator,
     MLMCollator,
     Seq2SeqCollator,
     build_dataloader,
+    load_monolingual_dataset,
     load_parallel_dataset,
     load_text_dataset,
     pack_for_mlm,
+    prepare_denoising,
     prepare_translation,
 )
 from .modeling_encoder import (
@@ -79,9 +83,17 @@ __all__ = [
     "write_translations",
     "load_text_dataset",
     "load_parallel_dataset",
+    "load_monolingual_dataset",
     "pack_for_mlm",
     "prepare_translation",
+    "prepare_denoising",
     "MLMCollator",
     "Seq2SeqCollator",
+    "DenoisingCollator",
     "build_dataloader",
+    "sentence_embeddings",
+    "reconstruction_scores",
+    "pseudo_log_likelihood_scores",
+    "auroc",
+    "active_units",
 ]

@@ -6,6 +6,8 @@
     hf-encoders train-translation --config translation_en_de [...]         # training/train_translation.py
     hf-encoders finetune --config finetune_sst2 --model RUN/best          # training/finetune_classification.py
     hf-encoders evaluate-translation --model RUN/best --src en --tgt de    # training/evaluate_translation.py
+    hf-encoders pretrain-denoising --config denoising_multi30k [...]       # training/pretrain_denoising.py
+    hf-encoders evaluate-anomaly --model RUN/final [--in_domain ...]       # training/evaluate_anomaly.py
     hf-encoders translate MODEL "A dog runs." --tgt-lang de                # or --file F, or stdin
     hf-encoders card RUN_DIR [--repo-id ORG/NAME]                          # RUN_DIR/README.md from the run
     hf-encoders push RUN_DIR ORG/NAME [--private] [--create-pr] [--revision BRANCH] [--dry-run]
@@ -29,7 +31,8 @@ from pathlib import Path
 # the training scripts and their configs: a link to training/ in a checkout, the scripts themselves in a wheel
 RECIPES = Path(__file__).resolve().parent / "recipes"
 SCRIPTS = {"pretrain": "pretrain_mlm", "train-translation": "train_translation",
-           "finetune": "finetune_classification", "evaluate-translation": "evaluate_translation"}  # fmt: skip
+           "finetune": "finetune_classification", "evaluate-translation": "evaluate_translation",
+           "pretrain-denoising": "pretrain_denoising", "evaluate-anomaly": "evaluate_anomaly"}  # fmt: skip
 DEMO_SENTENCES = ["Two dogs are running through the snow.", "A man in a red jacket is riding a bicycle.",
                   "A little girl is climbing into a wooden playhouse."]  # fmt: skip
 logger = logging.getLogger("hf_encoders.cli")
@@ -291,7 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
                           ("finetune", "Fine-tune a classifier, regressor or tagger "
                                        "(training/finetune_classification.py)."),
                           ("evaluate-translation", "BLEU/chrF of any seq2seq checkpoint "
-                                                   "(training/evaluate_translation.py).")):  # fmt: skip
+                                                   "(training/evaluate_translation.py)."),
+                          ("pretrain-denoising", "Denoising (BART-style) or variational autoencoder pretraining of "
+                                                 "an encoder-decoder (training/pretrain_denoising.py)."),
+                          ("evaluate-anomaly", "AUROC of reconstruction or pseudo-log-likelihood anomaly scores "
+                                               "(training/evaluate_anomaly.py).")):  # fmt: skip
         sub = commands.add_parser(command, help=help, add_help=False,
                                   description=f"{help} Every argument goes to the script; --help lists them.")  # fmt: skip
         sub.set_defaults(handler=script_command, passthrough=True)

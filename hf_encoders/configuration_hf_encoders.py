@@ -184,6 +184,13 @@ class Seq2SeqConfig(EncoderConfig):
         tie_word_embeddings: one matrix for the encoder embeddings, the decoder embeddings and the LM head.
         decoder_start_token_id: the id the decoder starts from (what `labels` are shifted right with).
         use_cache: keep keys and values of past decoder steps during generation.
+        classifier_pooling: how the encoder's `pooler_output` (sentence embeddings, and the input of the variational
+            bottleneck) is pooled; `"mean"` over the source tokens by default (sources carry no `[CLS]`).
+        latent_size: size of the variational bottleneck (off with None): the pooled encoder output gives the mean and
+            log-variance of a Gaussian latent, whose sample (the mean at evaluation) is the decoder's only memory.
+        latent_memory_tokens: how many memory vectors the latent is projected to for the decoder's cross-attention.
+        kl_free_bits: free-bits floor (nats per latent dimension, averaged over the batch) under which the KL term
+            stops pulling the posterior towards the prior, so that the latent keeps carrying information.
 
     Generation defaults (beams, lengths, ...) belong in `generation_config.json`, not here.
     """
@@ -205,12 +212,24 @@ class Seq2SeqConfig(EncoderConfig):
     mask_token_id: int | None = None
     is_encoder_decoder: bool = True
     use_cache: bool = True
+    classifier_pooling: str = "mean"
+    latent_size: int | None = None
+    latent_memory_tokens: int = 1
+    kl_free_bits: float = 0.0
 
     def __post_init__(self, **kwargs):
         if self.num_decoder_layers is None:
             self.num_decoder_layers = self.num_hidden_layers
         if self.num_decoder_layers <= 0:
             raise ValueError(f"`num_decoder_layers` must be a positive integer, got {self.num_decoder_layers}.")
+        if self.latent_size is not None and self.latent_size <= 0:
+            raise ValueError(
+                f"`latent_size` must be a positive integer or None (no bottleneck), got {self.latent_size}."
+            )
+        if self.latent_memory_tokens <= 0:
+            raise ValueError(f"`latent_memory_tokens` must be a positive integer, got {self.latent_memory_tokens}.")
+        if self.kl_free_bits < 0:
+            raise ValueError(f"`kl_free_bits` must be >= 0 (nats per latent dimension), got {self.kl_free_bits}.")
         super().__post_init__(**kwargs)
 
     def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:

@@ -5,11 +5,13 @@
   `.parquet`; for parallel data also aligned `{split}.{lang}[.gz]` files (the Multi30k layout) or Hub sets with a
   `translation` column. Splits come out as a `DatasetDict` with a `validation` split (carved from train, seeded,
   where the data has none). Files load through `datasets`, so later runs reuse its cache, tokenization included.
+  `load_monolingual_dataset` reads one language: a side of aligned parallel files, or any text data.
 - Preparation: `pack_for_mlm` tokenizes documents and packs them into blocks that remember where each document
-  starts; `prepare_translation` tokenizes pairs and truncates or drops over-long ones, saying how many.
+  starts; `prepare_translation` tokenizes pairs and truncates or drops over-long ones, saying how many;
+  `prepare_denoising` cuts documents into segments of whole sentences for denoising autoencoders.
 - Collators: `MLMCollator` (dynamic masking, 80/10/10, optional whole-word masking, padded or padding-free
-  batches) and `Seq2SeqCollator` (labels padded with -100, or padding-free); `build_dataloader` batches, optionally
-  grouping examples of similar length.
+  batches), `Seq2SeqCollator` (labels padded with -100, or padding-free) and `DenoisingCollator` (BART's sentence
+  permutation and text infilling); `build_dataloader` batches, optionally grouping examples of similar length.
 
 Nothing is dropped or cut silently: every such step logs its count.
 """
@@ -19,6 +21,7 @@ import glob
 import gzip
 import logging
 import os
+import re
 import socket
 from collections import defaultdict
 from collections.abc import Callable
@@ -146,14 +149,16 @@ def _drop_empty(dataset: DatasetDict, columns: list[str], what: str) -> DatasetD
     return dataset
 
 
-def _ensure_validation(dataset: DatasetDict, validation_fraction: float, seed: int) -> DatasetDict:
-    if "validation" in dataset or "train" not in dataset:
+def _ensure_validation(
+    dataset: DatasetDict, validation_fraction: float, seed: int, train: str = "train"
+) -> DatasetDict:
+    """Carve a seeded validation split from the `train` split where the data has none."""
+    if "validation" in dataset or train not in dataset:
         return dataset
-    parts = dataset["train"].train_test_split(test_size=validation_fraction, seed=seed)
-    logger.info(
-        "No validation split: took %d of %d training rows (seed %d)", len(parts["test"]), len(dataset["train"]), seed
-    )
-    return DatasetDict({**dataset, "train": parts["train"], "validation": parts["test"]})
+    parts = dataset[train].train_test_split(test_size=validation_fraction, seed=seed)
+    logger.info("No validation split: took %d of %d %s rows (seed %d)", len(parts["test"]), len(dataset[train]), train,
+                seed)  # fmt: skip
+    return DatasetDict({**dataset, train: parts["train"], "validation": parts["test"]})
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -286,6 +291,30 @@ def load_parallel_dataset(
     return _ensure_validation(_drop_empty(dataset, [src, tgt], str(spec)), validation_fraction, seed)
 
 
+def load_monolingual_dataset(spec: str | os.PathLike, language: str, split: str | None = None) -> DatasetDict:
+    """Texts in one language, as a `DatasetDict` with a `text` column and a validation split: the `language` side of
+    aligned parallel files (`train.de.gz`, `val.de.gz`, ... of Multi30k), or any data `load_text_dataset` reads.
+    `split`: only that split (plus the validation split, carved from it where the data has none)."""
+    aligned = _aligned_files(spec) if is_local(spec) else {}
+    if aligned:
+        languages = sorted({lang for by_language in aligned.values() for lang in by_language})
+        if language not in languages:
+            raise ValueError(
+                f"{str(spec)!r} has no {language!r} side: its files give languages {', '.join(languages)}."
+            )
+        dataset = DatasetDict({name: _load_files([by_language[language]], builder="text")
+                               for name, by_language in aligned.items() if language in by_language})  # fmt: skip
+        dataset = _ensure_validation(_drop_empty(dataset, ["text"], str(spec)), 0.05, 0)
+    else:
+        dataset = load_text_dataset(spec)
+    if split is not None:
+        if split not in dataset:
+            raise ValueError(f"{str(spec)!r} has no split {split!r}; it has {sorted(dataset)}.")
+        held_out = {"validation": dataset["validation"]} if "validation" in dataset else {}
+        dataset = _ensure_validation(DatasetDict({split: dataset[split], **held_out}), 0.05, 0, train=split)
+    return dataset
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Preparation
 
@@ -394,6 +423,71 @@ def prepare_translation(
     return DatasetDict(result) if isinstance(tokenized, DatasetDict) else result[None]
 
 
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _denoising_segments(
+    batch: dict, tokenizer: PreTrainedTokenizerBase, tag: int, max_length: int, text_column: str
+) -> dict:
+    room = max_length - 2  # the target's language tag and </s>
+    segments, cut = {"input_ids": [], "labels": [], "sentence_lengths": []}, 0
+    for text in batch[text_column]:
+        sentences = tokenizer(SENTENCE_END.split(text.strip()), add_special_tokens=False, verbose=False)["input_ids"]
+        pieces = []
+        for ids in sentences:
+            cut += len(ids) > room
+            pieces.extend(ids[start : start + room] for start in range(0, len(ids), room))
+        current: list[list[int]] = []
+        for piece in [*pieces, None]:  # None closes the last segment
+            if piece is None or (current and sum(map(len, current)) + len(piece) > room):
+                if current:
+                    tokens = [token for sentence in current for token in sentence]
+                    segments["input_ids"].append([*tokens, tokenizer.eos_token_id])
+                    segments["labels"].append([tag, *tokens, tokenizer.eos_token_id])
+                    segments["sentence_lengths"].append([len(sentence) for sentence in current])
+                current = []
+            if piece:
+                current.append(piece)
+    count = len(segments["input_ids"])
+    segments["cut_sentences"] = ([cut] + [0] * (count - 1)) if count else []
+    return segments
+
+
+def prepare_denoising(
+    dataset: DatasetDict | Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    language: str,
+    max_length: int = 128,
+    text_column: str = "text",
+    num_proc: int | None = None,
+) -> DatasetDict | Dataset:
+    """Tokenize monolingual documents for denoising autoencoding (`DenoisingCollator` adds the noise).
+
+    Each document is split into sentences, and consecutive sentences are gathered into segments of at most
+    `max_length` tokens: `input_ids` = segment + `</s>` (clean; the collator corrupts it), `labels` = `<2lang>` +
+    segment + `</s>` (the target-language tag first, as in translation, so a denoised model already knows how
+    to start a sentence in each language), `sentence_lengths` for sentence permutation. A sentence longer than a
+    segment is cut into pieces (counted and logged); nothing else is left out.
+    """
+    tag = target_language_token(tokenizer, language)
+    if tag is None:
+        raise ValueError(f"Unknown language {language!r}: the tokenizer has no {language_tag(language)!r} tag.")
+    if max_length < 3:
+        raise ValueError(f"max_length={max_length} leaves no room for a token beside the tag and </s>.")
+    segments = _map_splits(
+        dataset,
+        _denoising_segments,
+        batch_size=1000,
+        num_proc=num_proc,
+        fn_kwargs={"tokenizer": tokenizer, "tag": tag, "max_length": max_length, "text_column": text_column},
+        desc=f"Segmenting {language} text",
+    )
+    for split_name, data in segments.items() if isinstance(segments, DatasetDict) else [("data", segments)]:
+        if cut := sum(data["cut_sentences"]):
+            logger.info("%s: %d sentences longer than %d tokens were cut into pieces", split_name, cut, max_length - 2)
+    return segments.remove_columns("cut_sentences")
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Collators and batching
 
@@ -423,6 +517,26 @@ def _pad(sequences: list[list[int]], value: int, multiple: int | None = None) ->
     for row, sequence in enumerate(sequences):
         padded[row, : len(sequence)] = torch.tensor(sequence)
     return padded
+
+
+def special_token_table(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
+    """A boolean per vocabulary id: is it a special token?"""
+    special = torch.zeros(len(tokenizer), dtype=torch.bool)
+    special[tokenizer.all_special_ids] = True
+    return special
+
+
+def word_start_table(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
+    """A boolean per vocabulary id: does the token start a word? A token continues the word before it if WordPiece
+    marks it with "##", or if the vocabulary marks word starts with "▁" (SentencePiece-style BPE/Unigram) and it has
+    none. Special tokens start words."""
+    vocab, special = tokenizer.get_vocab(), special_token_table(tokenizer)
+    metaspace = any(token.startswith("▁") for token in vocab)
+    starts_word = torch.ones(len(tokenizer), dtype=torch.bool)
+    for token, index in vocab.items():
+        if token.startswith("##") or (metaspace and not token.startswith("▁") and not special[index]):
+            starts_word[index] = False
+    return starts_word
 
 
 @dataclass
@@ -462,18 +576,9 @@ class MLMCollator:
             raise ValueError("mask_replace_prob and random_replace_prob must be >= 0 and add up to at most 1.")
         if self.tokenizer.mask_token_id is None:
             raise ValueError("Masked-LM training needs a tokenizer with a mask token.")
-        vocab_size = len(self.tokenizer)
-        self.special = torch.zeros(vocab_size, dtype=torch.bool)
-        self.special[self.tokenizer.all_special_ids] = True
+        self.special = special_token_table(self.tokenizer)
         self.replacements = (~self.special).nonzero().flatten()
-        # a token continues the word before it if WordPiece marks it with "##", or if the vocabulary marks word
-        # starts with "▁" (SentencePiece-style BPE/Unigram) and it has none
-        vocab = self.tokenizer.get_vocab()
-        metaspace = any(token.startswith("▁") for token in vocab)
-        self.starts_word = torch.ones(vocab_size, dtype=torch.bool)
-        for token, index in vocab.items():
-            if token.startswith("##") or (metaspace and not token.startswith("▁") and not self.special[index]):
-                self.starts_word[index] = False
+        self.starts_word = word_start_table(self.tokenizer)
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         generator = None if self.seed is None else torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
@@ -544,6 +649,87 @@ class Seq2SeqCollator:
                 "decoder_position_ids": decoder_position_ids}  # fmt: skip
 
 
+@dataclass
+class DenoisingCollator:
+    """BART-style noise for denoising autoencoding (Lewis et al. 2020): sentence permutation, then text infilling.
+
+    With probability `permute_sentence_ratio`, the sentences of a multi-sentence segment are shuffled. Then
+    round(`mask_ratio` x its words) of each segment's words are hidden, in spans whose lengths are drawn from a
+    Poisson distribution with mean `poisson_lambda`; each span becomes a single `<mask>` (a zero-length span inserts
+    one), so the model must also infer how many tokens are missing. Spans cover whole words and never touch each
+    other. `labels` (the original segment, from `prepare_denoising`) are left as they are: the model reconstructs
+    it. Batches are `Seq2SeqCollator`'s, padded or padding-free; `seed` and `calls` work as in `MLMCollator`.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    mask_ratio: float = 0.3
+    poisson_lambda: float = 3.0
+    permute_sentence_ratio: float = 1.0
+    padding_free: bool = False
+    pad_to_multiple_of: int | None = None
+    seed: int | None = None
+    calls: int = 0
+
+    def __post_init__(self):
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must lie in [0, 1), got {self.mask_ratio}.")
+        if self.poisson_lambda <= 0:
+            raise ValueError(f"poisson_lambda must be positive, got {self.poisson_lambda}.")
+        if not 0.0 <= self.permute_sentence_ratio <= 1.0:
+            raise ValueError(f"permute_sentence_ratio must lie in [0, 1], got {self.permute_sentence_ratio}.")
+        if self.mask_ratio > 0 and self.tokenizer.mask_token_id is None:
+            raise ValueError("Text infilling needs a tokenizer with a mask token (seq2seq tokenizers have <mask>).")
+        self.starts_word = word_start_table(self.tokenizer)
+        self.batcher = Seq2SeqCollator(self.tokenizer, self.padding_free, self.pad_to_multiple_of)
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        generator = None if self.seed is None else torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
+        self.calls += 1
+        noised = [{"input_ids": self.corrupt(example, generator), "labels": example["labels"]} for example in examples]
+        return self.batcher(noised)
+
+    def corrupt(self, example: dict, generator: torch.Generator | None = None) -> list[int]:
+        """The noised `input_ids` of one example from `prepare_denoising` (its final `</s>` stays in place)."""
+        tokens, end = list(example["input_ids"][:-1]), list(example["input_ids"][-1:])
+        lengths = example.get("sentence_lengths") or [len(tokens)]
+        if len(lengths) > 1 and torch.rand((), generator=generator) < self.permute_sentence_ratio:
+            bounds = torch.tensor([0, *lengths]).cumsum(0).tolist()
+            order = torch.randperm(len(lengths), generator=generator).tolist()
+            tokens = [token for i in order for token in tokens[bounds[i] : bounds[i + 1]]]
+        return self.infill(tokens, generator) + end
+
+    def infill(self, tokens: list[int], generator: torch.Generator | None = None) -> list[int]:
+        """Text infilling: whole-word spans of Poisson lengths, each replaced by one `<mask>`."""
+        if not tokens or self.mask_ratio == 0:
+            return tokens
+        starts = self.starts_word[torch.tensor(tokens)]
+        starts[0] = True
+        bounds = [*starts.nonzero().flatten().tolist(), len(tokens)]
+        words = [tokens[bounds[i] : bounds[i + 1]] for i in range(len(bounds) - 1)]
+        hidden = round(len(words) * self.mask_ratio)
+        if hidden == 0:
+            return tokens
+        spans: list[int] = []
+        rate = torch.tensor([self.poisson_lambda])
+        while sum(spans) < hidden:
+            spans.append(int(torch.poisson(rate, generator=generator)))
+        spans[-1] -= sum(spans) - hidden
+        kept = len(words) - hidden
+        if len(spans) > kept + 1:  # more spans than gaps between kept words: the surplus joins the last span
+            spans = [*spans[:kept], sum(spans[kept:])]
+        gaps = torch.randperm(kept + 1, generator=generator)[: len(spans)].sort().values.tolist()
+        span_at = dict(zip(gaps, spans, strict=True))
+        noised, word = [], 0
+        for gap in range(kept + 1):
+            if gap in span_at:
+                noised.append(self.tokenizer.mask_token_id)
+                word += span_at[gap]
+            if gap < kept:
+                noised.extend(words[word])
+                word += 1
+        return noised
+
+
 def build_dataloader(
     dataset: Dataset,
     collator: Callable[[list[dict]], dict],
@@ -576,7 +762,10 @@ __all__ = [
     "load_parallel_dataset",
     "pack_for_mlm",
     "prepare_translation",
+    "load_monolingual_dataset",
+    "prepare_denoising",
     "MLMCollator",
     "Seq2SeqCollator",
+    "DenoisingCollator",
     "build_dataloader",
 ]

@@ -116,7 +116,9 @@ class PackedBatch:
                 f"`cu_seq_lens_q` must rise strictly from 0 to the number of tokens ({total}); got {cu.tolist()}."
             )
         device = cu.device
-        sequence = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths, output_size=total)
+        starts = torch.zeros(total, dtype=torch.long, device=device)
+        starts[cu[1:-1]] = 1
+        sequence = starts.cumsum(0)  # which sequence each token belongs to
         position = torch.arange(total, device=device) - cu[:-1][sequence]
         return cls(
             cu_seq_lens=cu.to(torch.int32),

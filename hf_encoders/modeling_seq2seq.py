@@ -11,6 +11,7 @@ This file is copied next to every saved checkpoint for `trust_remote_code=True`:
 """
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutput,
     BaseModelOutputWithPastAndCrossAttentions,
+    BaseModelOutputWithPooling,
     Seq2SeqLMOutput,
     Seq2SeqModelOutput,
 )
@@ -196,6 +198,69 @@ class DecoderLayer(GradientCheckpointingLayer):
         return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
 
 
+def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, 1)) per dimension: (mean^2 + exp(logvar) - 1 - logvar) / 2."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+class VariationalBottleneck(nn.Module):
+    """The variational bottleneck of `config.latent_size`: the pooled encoder output gives the mean and
+    log-variance of a diagonal Gaussian posterior q(z | source); a latent z is projected to
+    `config.latent_memory_tokens` normalised memory vectors, the only thing the decoder's cross-attention reads."""
+
+    def __init__(self, config: Seq2SeqConfig):
+        super().__init__()
+        self.latent_size, self.memory_tokens = config.latent_size, config.latent_memory_tokens
+        self.posterior_proj = nn.Linear(config.hidden_size, 2 * config.latent_size)
+        self.memory_proj = nn.Linear(config.latent_size, config.latent_memory_tokens * config.hidden_size)
+        self.memory_norm = make_norm(config)
+
+    def posterior(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, logvar), each (batch, latent_size), from the pooled encoder output (batch, hidden_size)."""
+        mean, logvar = self.posterior_proj(pooled).chunk(2, dim=-1)
+        return mean, logvar
+
+    @staticmethod
+    def sample(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """The reparameterization trick: mean + sigma * noise, differentiable in mean and logvar."""
+        return mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+
+    def memory(self, latent: torch.Tensor) -> torch.Tensor:
+        """(batch, latent_memory_tokens, hidden_size) memory for the decoder from latents (batch, latent_size)."""
+        if latent.ndim != 2 or latent.shape[-1] != self.latent_size:
+            raise ValueError(
+                f"`latent` must have shape (batch_size, latent_size={self.latent_size}), got {tuple(latent.shape)}."
+            )
+        memory = self.memory_proj(latent.to(self.memory_proj.weight.dtype))
+        return self.memory_norm(memory.view(latent.shape[0], self.memory_tokens, -1))
+
+
+@dataclass
+class Seq2SeqModelOutputWithLatent(Seq2SeqModelOutput):
+    r"""
+    latent: (batch, latent_size) the latent the decoder read (variational bottleneck only): a posterior sample in
+        training, the posterior mean in evaluation, or the `latent` given.
+    latent_mean / latent_logvar: (batch, latent_size) the posterior of the source (absent when a `latent` was given).
+    """
+
+    latent: torch.FloatTensor | None = None
+    latent_mean: torch.FloatTensor | None = None
+    latent_logvar: torch.FloatTensor | None = None
+
+
+@dataclass
+class Seq2SeqLMOutputWithLatent(Seq2SeqLMOutput):
+    r"""
+    kl: (batch,) KL divergence of each example's posterior from the prior, in nats (variational bottleneck only).
+    latent / latent_mean / latent_logvar: as in `Seq2SeqModelOutputWithLatent`.
+    """
+
+    kl: torch.FloatTensor | None = None
+    latent: torch.FloatTensor | None = None
+    latent_mean: torch.FloatTensor | None = None
+    latent_logvar: torch.FloatTensor | None = None
+
+
 class Seq2SeqPreTrainedModel(EncoderPreTrainedModel):
     config_class = Seq2SeqConfig
     config: Seq2SeqConfig
@@ -342,6 +407,7 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
     def __init__(self, config: Seq2SeqConfig):
         super().__init__(config)
         self.encoder = EncoderModel(config)
+        self.bottleneck = VariationalBottleneck(config) if config.latent_size else None
         self.decoder = Seq2SeqDecoder(config)
         self.post_init()
 
@@ -359,6 +425,20 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
     def get_decoder(self) -> Seq2SeqDecoder:
         return self.decoder
 
+    def encode_latent(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior (mean, logvar) of each source, each (batch, latent_size). The mean is the source's code:
+        decode it with `generate(latent=...)`, interpolate between two, or use it as a sentence embedding."""
+        if self.bottleneck is None:
+            raise ValueError("This model has no variational bottleneck: its config has `latent_size=None`.")
+        encoded = self.encoder(input_ids, attention_mask, position_ids, inputs_embeds)
+        return self.bottleneck.posterior(encoded.pooler_output)
+
     @can_return_tuple
     def forward(
         self,
@@ -373,45 +453,73 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
         use_cache: bool | None = None,
         position_ids: torch.LongTensor | None = None,
         decoder_position_ids: torch.LongTensor | None = None,
+        latent: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> Seq2SeqModelOutput:
+    ) -> Seq2SeqModelOutputWithLatent:
         r"""
         input_ids / attention_mask: the source batch. decoder_input_ids / decoder_attention_mask: the target prefix.
         encoder_outputs: the encoder's output, to skip running it again (as `generate` does).
         position_ids / decoder_position_ids: for padding-free batches, sources packed in one row and targets in
             another, each with positions restarting at 0 per sequence.
+        latent: (batch, latent_size) a latent to decode from (variational bottleneck only); the source is then not
+            read. Without it, the bottleneck draws a latent from the source's posterior in training and takes its
+            mean in evaluation.
         """
-        if encoder_outputs is None:
-            encoder_outputs = self.encoder(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                inputs_embeds=inputs_embeds,
-                **kwargs,
-            )
-        elif isinstance(encoder_outputs, (tuple, list)):  # return_dict=False outputs of the encoder
-            encoder_outputs = BaseModelOutput(*encoder_outputs)
+        if latent is not None and self.bottleneck is None:
+            raise ValueError("`latent` was given, but this model has no variational bottleneck (`latent_size=None`).")
+        if latent is not None and (input_ids is not None or inputs_embeds is not None):
+            raise ValueError("Give a source (`input_ids`) or a `latent` to decode from, not both.")
+        latent_mean = latent_logvar = None
+        if latent is None:
+            if encoder_outputs is None:
+                encoder_outputs = self.encoder(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    inputs_embeds=inputs_embeds,
+                    **kwargs,
+                )
+            elif isinstance(encoder_outputs, (tuple, list)):  # return_dict=False outputs of the encoder
+                encoder_outputs = BaseModelOutputWithPooling(*encoder_outputs)
+            if self.bottleneck is not None:
+                if getattr(encoder_outputs, "pooler_output", None) is None:
+                    raise ValueError("The variational bottleneck reads the encoder's `pooler_output`; the given "
+                                     "`encoder_outputs` have none.")  # fmt: skip
+                latent_mean, latent_logvar = self.bottleneck.posterior(encoder_outputs.pooler_output)
+                latent = self.bottleneck.sample(latent_mean, latent_logvar) if self.training else latent_mean
+
+        if latent is None:
+            memory, memory_mask, memory_positions = encoder_outputs.last_hidden_state, attention_mask, position_ids
+        else:  # the latent's memory vectors stand in for the source; a padding-free batch gets them in one row
+            memory, memory_mask, memory_positions = self.bottleneck.memory(latent), None, None
+            target_rows = (decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds).shape[0]
+            if decoder_position_ids is not None and target_rows == 1:
+                memory_positions = torch.arange(memory.shape[1], device=memory.device).repeat(memory.shape[0])[None]
+                memory = memory.reshape(1, -1, memory.shape[-1])
         decoder_outputs = self.decoder(
             input_ids=decoder_input_ids,
             attention_mask=decoder_attention_mask,
-            encoder_hidden_states=encoder_outputs.last_hidden_state,
-            encoder_attention_mask=attention_mask,
+            encoder_hidden_states=memory,
+            encoder_attention_mask=memory_mask,
             past_key_values=past_key_values,
             inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
             position_ids=decoder_position_ids,
-            encoder_position_ids=position_ids,
+            encoder_position_ids=memory_positions,
             **kwargs,
         )
-        return Seq2SeqModelOutput(
+        return Seq2SeqModelOutputWithLatent(
             last_hidden_state=decoder_outputs.last_hidden_state,
             past_key_values=decoder_outputs.past_key_values,
             decoder_hidden_states=decoder_outputs.hidden_states,
             decoder_attentions=decoder_outputs.attentions,
             cross_attentions=decoder_outputs.cross_attentions,
-            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
-            encoder_hidden_states=encoder_outputs.hidden_states,
-            encoder_attentions=encoder_outputs.attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state if encoder_outputs is not None else None,
+            encoder_hidden_states=encoder_outputs.hidden_states if encoder_outputs is not None else None,
+            encoder_attentions=encoder_outputs.attentions if encoder_outputs is not None else None,
+            latent=latent,
+            latent_mean=latent_mean,
+            latent_logvar=latent_logvar,
         )
 
 
@@ -426,6 +534,7 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = Seq2SeqModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.kl_weight = 1.0  # the KL term's weight in the loss (variational bottleneck); annealed by training scripts
         self.post_init()
 
     def get_encoder(self) -> EncoderModel:
@@ -454,6 +563,43 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    def encode_latent(self, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior (mean, logvar) of each source; see `Seq2SeqModel.encode_latent`."""
+        return self.model.encode_latent(*args, **kwargs)
+
+    def generate(self, *args, latent: torch.Tensor | None = None, **kwargs):
+        """`GenerationMixin.generate`; with the variational bottleneck, `latent=` (batch, latent_size) decodes from
+        given latents instead of a source: samples of the prior (`torch.randn`), interpolations between the
+        `encode_latent` means of two sentences, ... A source is decoded from its posterior mean."""
+        if latent is not None:
+            if self.model.bottleneck is None:
+                raise ValueError(
+                    "`latent` was given, but this model has no variational bottleneck (`latent_size=None`)."
+                )
+            if args or any(kwargs.get(name) is not None for name in ("inputs", "input_ids", "inputs_embeds",
+                                                                        "encoder_outputs")):  # fmt: skip
+                raise ValueError("Give `generate` a source or a `latent` to decode from, not both.")
+            kwargs["latent"] = latent
+        return super().generate(*args, **kwargs)
+
+    def _prepare_text_encoder_decoder_kwargs_for_generation(self, inputs_tensor, model_kwargs, model_input_name,
+                                                             generation_config):  # fmt: skip
+        """Encode the source once; with the variational bottleneck, decode from the latent (`generate(latent=...)`,
+        or the source's posterior mean, so that greedy decoding of a source is deterministic), whose memory
+        vectors stand in for the encoder output in what generation expands and caches."""
+        if model_kwargs.get("latent") is None:
+            model_kwargs = super()._prepare_text_encoder_decoder_kwargs_for_generation(
+                inputs_tensor, model_kwargs, model_input_name, generation_config
+            )
+        bottleneck = self.model.bottleneck
+        if bottleneck is not None:
+            if model_kwargs.get("latent") is None:
+                model_kwargs["latent"] = bottleneck.posterior(model_kwargs["encoder_outputs"].pooler_output)[0]
+            model_kwargs["encoder_outputs"] = BaseModelOutput(
+                last_hidden_state=bottleneck.memory(model_kwargs["latent"])
+            )
+        return model_kwargs
+
     @can_return_tuple
     def forward(
         self,
@@ -469,13 +615,19 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         position_ids: torch.LongTensor | None = None,
         decoder_position_ids: torch.LongTensor | None = None,
+        latent: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> Seq2SeqLMOutput:
+    ) -> Seq2SeqLMOutputWithLatent:
         r"""
         labels: (batch, target_len) target ids, -100 on positions to ignore. Without `decoder_input_ids`, the decoder
             reads the labels shifted right behind `config.decoder_start_token_id` (teacher forcing). With
             `config.sparse_prediction`, the LM head runs only on labelled positions and `logits` has one row for each.
         position_ids / decoder_position_ids: padding-free batches (see `Seq2SeqModel.forward`).
+        latent: a latent to decode from instead of a source (variational bottleneck; see `Seq2SeqModel.forward`).
+
+        With the variational bottleneck, the loss is the negative evidence lower bound per labelled token: the
+        cross-entropy plus `kl_weight` x the KL term over the same token count, where the KL term sums, over the
+        latent dimensions, max(`config.kl_free_bits`, the dimension's KL averaged over the batch) x batch size.
         """
         if labels is not None:
             check_token_ids(labels, self.config.vocab_size, "labels", ignore_index=-100)
@@ -501,6 +653,7 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             position_ids=position_ids,
             decoder_position_ids=decoder_position_ids,
+            latent=latent,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -508,11 +661,19 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
             predicted = labels != -100
             hidden_states, labels = hidden_states[predicted], labels[predicted]
         logits = self.lm_head(hidden_states)
-        loss = None
+        loss = kl = None
         if labels is not None:
             # token-level cross-entropy without a shift: the labels are aligned with the decoder outputs already
             loss = ForMaskedLMLoss(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
-        return Seq2SeqLMOutput(
+        if outputs.latent_mean is not None:
+            per_dimension = gaussian_kl(outputs.latent_mean.float(), outputs.latent_logvar.float())
+            kl = per_dimension.sum(-1)
+            if loss is not None:
+                floored = per_dimension.mean(0).clamp(min=self.config.kl_free_bits).sum() * per_dimension.shape[0]
+                tokens = kwargs.get("num_items_in_batch")
+                tokens = (labels != -100).sum() if tokens is None else tokens
+                loss = loss + self.kl_weight * floored / tokens
+        return Seq2SeqLMOutputWithLatent(
             loss=loss,
             logits=logits,
             past_key_values=outputs.past_key_values,
@@ -522,6 +683,10 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             encoder_hidden_states=outputs.encoder_hidden_states,
             encoder_attentions=outputs.encoder_attentions,
+            kl=kl,
+            latent=outputs.latent,
+            latent_mean=outputs.latent_mean,
+            latent_logvar=outputs.latent_logvar,
         )
 
     @classmethod
@@ -604,6 +769,8 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
 
 __all__ = [
     "Seq2SeqPreTrainedModel",
+    "Seq2SeqModelOutputWithLatent",
+    "Seq2SeqLMOutputWithLatent",
     "Seq2SeqModel",
     "Seq2SeqForConditionalGeneration",
     "shift_tokens_right",

@@ -5,8 +5,8 @@ Two layouts, whose special-token ids match the configs' defaults:
 
 - encoder (`EncoderConfig`): `[PAD]=0 [CLS]=1 [SEP]=2 [MASK]=3 [UNK]=4`; inputs become `[CLS] a [SEP]` and pairs
   `[CLS] a [SEP] b [SEP]`.
-- seq2seq (`Seq2SeqConfig`): `<pad>=0 <s>=1 </s>=2 <unk>=3`, then one tag per language (`<2de>`, `<2en>`, ...);
-  every sequence ends with `</s>`. The target-language tag is the first target token (see
+- seq2seq (`Seq2SeqConfig`): `<pad>=0 <s>=1 </s>=2 <unk>=3 <mask>=4`, then one tag per language (`<2de>`,
+  `<2en>`, ...); every sequence ends with `</s>`. `<mask>` stands for the spans that denoising pretraining hides. The target-language tag is the first target token (see
   `hf_encoders.data.prepare_translation`), and at generation time `forced_bos_token_id`.
 
 WordPiece splits on whitespace and punctuation (BERT style); BPE and Unigram use SentencePiece-style `▁` word
@@ -20,7 +20,8 @@ from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 ENCODER_SPECIAL_TOKENS = {"pad_token": "[PAD]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]",
                           "unk_token": "[UNK]"}  # fmt: skip
-SEQ2SEQ_SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+SEQ2SEQ_SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+                          "mask_token": "<mask>"}  # fmt: skip
 TOKENIZER_MODELS = ("wordpiece", "bpe", "unigram")
 NORMALIZATIONS = ("NFC", "NFKC", "NFD", "NFKD", None)
 

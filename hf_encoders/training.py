@@ -237,6 +237,7 @@ def train(
     tokenizer: PreTrainedTokenizerBase | None = None,
     evaluate: Callable[[PreTrainedModel, Accelerator], dict[str, float]] | None = None,
     run_config: dict | None = None,
+    before_step: Callable[[int], dict[str, float] | None] | None = None,
 ) -> TrainResult:
     """Train `model` on `train_dataset` batched by `collator`, as `config` says.
 
@@ -244,6 +245,8 @@ def train(
         evaluate: called every `config.eval_every` steps and at the end with the (prepared) model and the
             accelerator; returns flat metrics such as `{"imdb/loss": ..., "imdb/accuracy": ...}`.
         run_config: everything that describes the run (model, data, training), written to `config.json`.
+        before_step: called with the number of the optimizer step about to run (0, 1, ...; resumed runs go on
+            counting) for schedules of the script's own, such as a KL weight; what it returns is logged as `train/*`.
     """
     output_dir = Path(config.output_dir)
     cpu_only = not torch.cuda.is_available()
@@ -353,7 +356,7 @@ def train(
     while step < total_steps:
         dataloader.set_epoch(epoch)
         skip = (step % steps_per_epoch) * config.gradient_accumulation_steps
-        if isinstance(collator, MLMCollator):  # the same masks as an uninterrupted run
+        if hasattr(collator, "calls"):  # noise-drawing collators: the same masks as an uninterrupted run
             collator.calls = epoch * batches_per_epoch + skip
         iterator = iter(accelerator.skip_first_batches(dataloader, skip) if skip else dataloader)
         while step < total_steps:
@@ -364,6 +367,7 @@ def train(
             if config.token_level_loss:  # every labelled token of the global batch counts once
                 labelled = sum((batch["labels"] != -100).sum() for batch in window)
                 extra["num_items_in_batch"] = accelerator.reduce(labelled, reduction="sum")
+            scheduled = (before_step(step) or {}) if before_step else {}
             step_loss = torch.zeros((), device=accelerator.device)
             for batch in window:
                 with accelerator.accumulate(model):
@@ -405,7 +409,8 @@ def train(
                         f"The training loss became {last_loss} by step {step}; stopping. "
                         + (f"The last good checkpoint is {kept[-1]}." if kept else "No checkpoint was written.")
                     )
-                values = {"train/loss": last_loss, "train/lr": scheduler.get_last_lr()[0]}
+                values = {"train/loss": last_loss, "train/lr": scheduler.get_last_lr()[0],
+                          **{f"train/{name}": value for name, value in scheduled.items()}}  # fmt: skip
                 accelerator.log(values, step=step)
                 record(values)
                 bar.set_postfix(loss=f"{last_loss:.4f}")

@@ -3,6 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+from benchmarks.flops import attended_keys, encoder_forward_flops, mfu, peak_bf16_flops, seq2seq_forward_flops
+from hf_encoders import EncoderConfig, EncoderForMaskedLM, Seq2SeqConfig, Seq2SeqForConditionalGeneration
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -52,3 +58,91 @@ def test_data_benchmark_runs_and_records_its_figures(tmp_path):
     result = json.loads(output.read_text())
     assert result["documents"] == 300 and result["tokens"] > 300 * 10
     assert 0 < result["block_fill"] <= 1 and result["load_tokenize_pack_seconds"] > 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The FLOP counter behind MFU: checked against torch's own count of the matrix multiplications
+
+
+def counted_training_flops(model, **batch) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        model(**batch).loss.backward()
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("activation", ["gelu", "geglu"])
+def test_encoder_flops_equal_torchs_count(activation):
+    torch.manual_seed(0)
+    config = EncoderConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=48, hidden_activation=activation, sparse_prediction=True,
+                           attn_implementation="eager")  # fmt: skip
+    model = EncoderForMaskedLM(config)
+    ids = torch.randint(5, 97, (1, 20))
+    labels = torch.full_like(ids, -100)
+    labels[0, [2, 5, 11]] = ids[0, [2, 5, 11]]
+    expected = 3 * encoder_forward_flops([20], 32, 2, 48, 97, predicted_tokens=3, gated_mlp=activation == "geglu")
+    assert counted_training_flops(model, input_ids=ids, labels=labels) == expected
+
+
+def test_seq2seq_flops_equal_torchs_count():
+    torch.manual_seed(0)
+    config = Seq2SeqConfig(vocab_size=61, hidden_size=32, num_hidden_layers=2, num_decoder_layers=3,
+                           num_attention_heads=4, intermediate_size=48, hidden_activation="geglu",
+                           attn_implementation="eager")  # fmt: skip
+    model = Seq2SeqForConditionalGeneration(config)
+    source, target = torch.randint(5, 61, (1, 9)), torch.randint(5, 61, (1, 6))
+    expected = 3 * seq2seq_forward_flops([9], [6], 32, 2, 3, 48, 61, gated_mlp=True)
+    # eager attention multiplies the whole causal square (and masks it); model FLOPs count the triangle only
+    masked_half = 3 * 3 * 2 * 2 * 32 * (6 * 6 - attended_keys(6, causal=True))
+    assert counted_training_flops(model, input_ids=source, labels=target) == expected + masked_half
+
+
+def test_local_attention_keys_and_device_peaks():
+    assert attended_keys(10) == 100 and attended_keys(10, causal=True) == 55
+    assert attended_keys(10, window=4) == sum(min(p, 2) + min(9 - p, 2) + 1 for p in range(10))
+    assert attended_keys(3, window=128) == 9
+    assert peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989.4e12 and peak_bf16_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_bf16_flops("NVIDIA H200") == 989.4e12 and peak_bf16_flops("AMD EPYC") is None
+    assert mfu(1e12, 2.0, 1e12) == 0.5 and mfu(1e12, 2.0, None) is None
+
+
+def test_gpu_benchmark_dry_run_records_flops_and_mfu_fields(tmp_path):
+    output = tmp_path / "gpu.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--dry-run", "--compile", "off", "--output",
+         str(output)], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(output.read_text())
+    assert len(result["encoder"]["models"]) == 3 and len(result["seq2seq"]["models"]) == 2
+    for section in ("encoder", "seq2seq"):
+        assert result[section]["model_flops_per_step"] > 0
+        for row in result[section]["models"].values():
+            assert row["tokens_per_second"] > 0 and row["mfu"] is None  # no known peak on a CPU
+    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py")], capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+    assert refused.returncode != 0 and "--dry-run" in refused.stderr
+
+
+def test_the_encoder_compiles_without_graph_breaks():
+    """Padded batches compile whole; padding-free ones compile each layer whole (their bookkeeping stays eager)."""
+    torch.manual_seed(0)
+    config = EncoderConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=48, local_attention=4, global_attn_every_n_layers=2)  # fmt: skip
+    model = EncoderForMaskedLM(config).eval()
+    ids = torch.randint(5, 64, (2, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(input_ids=ids, attention_mask=mask).logits,
+                               model(input_ids=ids, attention_mask=mask).logits)  # fmt: skip
+    packed = {
+        "input_ids": torch.randint(5, 64, (1, 10)),
+        "position_ids": torch.tensor([[0, 1, 2, 3, 4, 5, 0, 1, 2, 3]]),
+    }
+    expected = model(**packed).logits
+    for layer in model.model.layers:
+        layer.compile(backend="eager", fullgraph=True)
+    torch.testing.assert_close(model(**packed).logits, expected)

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 from hf_encoders.cli import main
 
 COMMANDS = ["demo", "train-tokenizer", "pretrain", "train-translation", "finetune", "evaluate-translation",
-            "translate", "card", "push"]  # fmt: skip
+            "pretrain-denoising", "evaluate-anomaly", "translate", "card", "push"]  # fmt: skip
 ENTRY_POINT = Path(sys.executable).parent / "hf-encoders"
 
 
@@ -25,7 +25,7 @@ def test_every_command_has_a_complete_help(command, capsys):
     assert exit.value.code == 0
     text = capsys.readouterr().out
     assert "usage:" in text and len(text.splitlines()) > 5
-    if command in ("pretrain", "train-translation", "finetune"):  # the script's own settings, all of them
+    if command in ("pretrain", "train-translation", "finetune", "pretrain-denoising"):  # every script setting
         assert "--learning_rate" in text and "--max_steps" in text and "--config" in text
 
 

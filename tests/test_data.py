@@ -80,22 +80,18 @@ def test_encoder_tokenizer_round_trip_and_special_tokens(model, tmp_path):
 
 def test_seq2seq_tokenizer_tags_eos_and_spacing(joint_tokenizer, tmp_path):
     tokenizer = joint_tokenizer
-    assert [tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id] == [
-        0,
-        1,
-        2,
-        3,
-    ]
-    assert tokenizer.convert_tokens_to_ids(["<2en>", "<2de>"]) == [4, 5]
+    specials = ["pad_token_id", "bos_token_id", "eos_token_id", "unk_token_id", "mask_token_id"]
+    assert [getattr(tokenizer, name) for name in specials] == [0, 1, 2, 3, 4]
+    assert tokenizer.convert_tokens_to_ids(["<2en>", "<2de>"]) == [5, 6]
     sentence = "Two young, White males are outside near many bushes."
     ids = tokenizer(sentence)["input_ids"]
     assert ids[-1] == tokenizer.eos_token_id and tokenizer.bos_token_id not in ids
     assert tokenizer.decode(ids, skip_special_tokens=True) == sentence  # the spacing comes back (BLEU needs it)
-    assert tokenizer.decode([5, *ids], skip_special_tokens=True) == sentence  # tags are special
+    assert tokenizer.decode([6, *ids], skip_special_tokens=True) == sentence  # tags are special
     tokenizer.save_pretrained(tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     assert loaded("Ein Hund rennt.")["input_ids"] == tokenizer("Ein Hund rennt.")["input_ids"]
-    assert loaded.convert_tokens_to_ids("<2de>") == 5
+    assert loaded.convert_tokens_to_ids("<2de>") == 6
 
 
 def test_tokenizer_arguments_are_checked():

@@ -58,11 +58,18 @@ class ModelArguments:
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.0
     attn_implementation: str = "sdpa"
+    latent_size: int | None = field(default=None, metadata={"help": "Variational bottleneck size (None: off)."})
+    latent_memory_tokens: int = field(default=1, metadata={"help": "Memory vectors the latent becomes."})
+    kl_free_bits: float = field(default=0.0, metadata={"help": "KL floor per latent dimension, in nats."})
     init_from: str | None = field(default=None, metadata={"help": "Start from this seq2seq checkpoint."})
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture={self.architecture!r}: choose one of {', '.join(ARCHITECTURES)}.")
+        if self.architecture == "marian" and self.latent_size:
+            raise ValueError(
+                "The variational bottleneck (latent_size) is an hf_seq2seq feature; MarianMTModel has none."
+            )
 
 
 @dataclass

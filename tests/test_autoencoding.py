@@ -1,0 +1,349 @@
+"""Autoencoding: the denoising collator's noise, the variational bottleneck, anomaly scores, embeddings, the scripts."""
+
+import gzip
+import json
+import math
+
+import pytest
+import torch
+from conftest import ROOT, SHARED, run_script, tiny_config
+from datasets import Dataset
+from transformers import AutoModelForSeq2SeqLM
+
+from hf_encoders import (
+    DenoisingCollator,
+    EncoderForMaskedLM,
+    Seq2SeqConfig,
+    Seq2SeqForConditionalGeneration,
+    active_units,
+    auroc,
+    prepare_denoising,
+    pseudo_log_likelihood_scores,
+    reconstruction_scores,
+    sentence_embeddings,
+    train_tokenizer,
+)
+from hf_encoders.data import word_start_table
+from hf_encoders.training import TrainingConfig, train
+
+
+def multi30k_lines(language: str, split: str = "train", count: int = 400) -> list[str]:
+    with gzip.open(SHARED / "multi30k" / f"{split}.{language}.gz", "rt", encoding="utf-8") as handle:
+        return [next(handle).strip() for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def english():
+    return multi30k_lines("en", count=2000)
+
+
+@pytest.fixture(scope="module")
+def joint(english):
+    """A seq2seq joint (with <mask> and the <2en> tag) of Multi30k's English side."""
+    return train_tokenizer(english, 600, kind="seq2seq", languages=["en"], show_progress=False)
+
+
+def words(tokenizer, ids: list[int]) -> int:
+    return int(word_start_table(tokenizer)[torch.tensor(ids)].sum()) if ids else 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The denoising collator
+
+
+def test_text_infilling_hides_the_configured_share_of_words_in_poisson_spans(english, joint):
+    documents = Dataset.from_dict({"text": english[:300]})
+    segments = prepare_denoising(documents, joint, "en", max_length=64)
+    collator = DenoisingCollator(joint, mask_ratio=0.3, poisson_lambda=3.0, permute_sentence_ratio=0.0, seed=1)
+    tag, mask = joint.convert_tokens_to_ids("<2en>"), joint.mask_token_id
+    total_words = hidden_words = masks = 0
+    generator = torch.Generator().manual_seed(0)
+    for example in segments:
+        original = example["input_ids"][:-1]
+        assert example["labels"] == [tag, *original, joint.eos_token_id]  # every original token, in the target
+        noised = collator.corrupt(example, generator)
+        assert noised[-1] == joint.eos_token_id
+        kept = [token for token in noised[:-1] if token != mask]
+        iterator = iter(original)  # the kept tokens are the original's, in order
+        assert all(any(token == candidate for candidate in iterator) for token in kept)
+        total_words += words(joint, original)
+        hidden_words += words(joint, original) - words(joint, kept)
+        masks += noised.count(mask)
+    assert abs(hidden_words / total_words - 0.3) < 0.02
+    # one <mask> per span; Poisson(3) spans, a few of length 0 (insertions), the last of each segment cut short
+    assert 1.8 < hidden_words / masks < 3.2
+
+    long_text = {"input_ids": [*joint(" ".join(english[:200]), add_special_tokens=False)["input_ids"], 2]}
+    noised = collator.corrupt(long_text, generator)
+    spans = noised.count(mask)
+    assert 2.6 < round(words(joint, long_text["input_ids"][:-1]) * 0.3) / spans < 3.3  # mean span length
+
+
+def test_sentence_permutation_rate_and_reproducibility(english, joint):
+    sentences = [sentence.rstrip(" .") + "." for sentence in english[:600]]
+    documents = Dataset.from_dict({"text": [" ".join(sentences[i : i + 3]) for i in range(0, 600, 3)]})
+    segments = prepare_denoising(documents, joint, "en", max_length=128)
+    assert all(len(lengths) == 3 for lengths in segments["sentence_lengths"])
+    collator = DenoisingCollator(joint, mask_ratio=0.0, permute_sentence_ratio=0.6, seed=3)
+    changed = 0
+    for example in segments:
+        noised = collator.corrupt(example)
+        assert sorted(noised) == sorted(example["input_ids"])  # the same tokens
+        changed += noised != example["input_ids"]
+    assert abs(changed / len(segments) - 0.6 * 5 / 6) < 0.08  # 5 of the 6 orders of 3 sentences differ
+    first, second = (DenoisingCollator(joint, seed=7)(list(segments)[:8]) for _ in range(2))
+    assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_denoising_settings_and_languages_are_checked(joint):
+    with pytest.raises(ValueError, match="mask_ratio must lie"):
+        DenoisingCollator(joint, mask_ratio=1.0)
+    with pytest.raises(ValueError, match="poisson_lambda must be positive"):
+        DenoisingCollator(joint, poisson_lambda=0)
+    with pytest.raises(ValueError, match="Unknown language 'fr'"):
+        prepare_denoising(Dataset.from_dict({"text": ["Un chien."]}), joint, "fr")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The variational bottleneck
+
+
+def vae(seed: int = 0, **overrides) -> Seq2SeqForConditionalGeneration:
+    settings = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_decoder_layers=2, num_attention_heads=4,
+                    intermediate_size=48, max_position_embeddings=48, latent_size=6, latent_memory_tokens=2,
+                    initializer_range=0.3)  # fmt: skip
+    torch.manual_seed(seed)
+    return Seq2SeqForConditionalGeneration(Seq2SeqConfig(**{**settings, **overrides})).eval()
+
+
+def batch(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 40, (3, 7), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = mask[2, 3:] = 0
+    labels = torch.randint(5, 40, (3, 6), generator=generator)
+    labels[2, 4:] = -100
+    return ids.masked_fill(mask == 0, 0), mask, labels
+
+
+def test_kl_term_is_exact_for_a_known_posterior():
+    model = vae()
+    mean, logvar = torch.tensor([0.5, -1.0, 0.0, 2.0, 0.1, -0.3]), torch.tensor([0.0, -1.0, 1.0, -0.5, 0.2, 0.0])
+    with torch.no_grad():  # a posterior that ignores the source: mean and logvar are the bias
+        model.model.bottleneck.posterior_proj.weight.zero_()
+        model.model.bottleneck.posterior_proj.bias.copy_(torch.cat([mean, logvar]))
+    ids, mask, labels = batch()
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    expected_kl = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).sum()
+    torch.testing.assert_close(out.kl, expected_kl.expand(3))
+    assert torch.equal(out.latent, mean.expand(3, -1))  # evaluation decodes the posterior mean
+    cross_entropy = torch.nn.functional.cross_entropy(out.logits.reshape(-1, 40), labels.flatten())
+    torch.testing.assert_close(out.loss, cross_entropy + 3 * expected_kl / (labels != -100).sum())
+
+    model.kl_weight = 0.25
+    model.config.kl_free_bits = 1.0  # every dimension below 1 nat counts as 1 nat
+    floored = 0.5 * (mean**2 + logvar.exp() - 1 - logvar)
+    floored = floored.clamp(min=1.0).sum()
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    torch.testing.assert_close(out.loss, cross_entropy + 0.25 * 3 * floored / (labels != -100).sum())
+
+
+def test_reparameterization_is_differentiable_and_samples_in_training():
+    model = vae().train()
+    model.kl_weight = 0.0  # the log-variance then gets gradient only through the sample
+    ids, mask, labels = batch()
+    torch.manual_seed(1)
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    assert not torch.equal(out.latent, out.latent_mean)
+    out.loss.backward()
+    gradient = model.model.bottleneck.posterior_proj.weight.grad
+    assert gradient[:6].abs().sum() > 0 and gradient[6:].abs().sum() > 0  # mean rows and log-variance rows
+
+
+def test_decoding_from_a_latent_is_deterministic_and_matches_the_source():
+    model = vae()
+    ids, mask, _ = batch()
+    mean, _ = model.encode_latent(ids, mask)
+    from_source = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    first = model.generate(latent=mean, max_new_tokens=6, do_sample=False)
+    assert torch.equal(first, model.generate(latent=mean, max_new_tokens=6, do_sample=False))
+    assert torch.equal(first, from_source)
+    beams = model.generate(latent=mean, max_new_tokens=6, num_beams=3)
+    assert torch.equal(beams, model.generate(ids, attention_mask=mask, max_new_tokens=6, num_beams=3))
+    halfway = model.generate(latent=(mean[:1] + mean[1:2]) / 2, max_new_tokens=6)  # interpolation
+    assert halfway.shape[0] == 1
+    single = model.generate(latent=mean[1:2], max_new_tokens=6)  # one row alone decodes as in the batch
+    assert torch.equal(single[0], first[1, : single.shape[1]])
+
+
+def test_padding_free_batches_give_the_padded_loss_with_the_bottleneck():
+    model = vae()
+    sources, targets = [[5, 6, 7, 8, 2], [9, 10, 2]], [[11, 12, 13, 2], [14, 2]]
+    padded_ids = torch.tensor([sources[0], [*sources[1], 0, 0]])
+    labels = torch.tensor([targets[0], [*targets[1], -100, -100]])
+    padded = model(input_ids=padded_ids, attention_mask=(padded_ids != 0).long(), labels=labels)
+    flat = model(input_ids=torch.tensor([sources[0] + sources[1]]), position_ids=torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]]),
+                 labels=torch.tensor([targets[0] + targets[1]]), decoder_position_ids=torch.tensor([[0, 1, 2, 3, 0, 1]]))  # fmt: skip
+    torch.testing.assert_close(flat.loss, padded.loss)
+    torch.testing.assert_close(flat.kl, padded.kl)
+
+
+def test_bottleneck_round_trip_and_bad_latents(tmp_path):
+    model = vae()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.latent_size == 6 and loaded.config.latent_memory_tokens == 2
+    ids, mask, _ = batch()
+    torch.testing.assert_close(loaded.encode_latent(ids, mask)[0], model.encode_latent(ids, mask)[0])
+    with pytest.raises(ValueError, match=r"latent_size=6\), got \(3, 5\)"):
+        model.generate(latent=torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="a source or a `latent`"):
+        model.generate(ids, latent=torch.zeros(3, 6))
+    plain = vae(latent_size=None)
+    with pytest.raises(ValueError, match="no variational bottleneck"):
+        plain.generate(latent=torch.zeros(3, 6))
+    with pytest.raises(ValueError, match="no variational bottleneck"):
+        plain.encode_latent(ids, mask)
+    with pytest.raises(ValueError, match="latent_size"):
+        Seq2SeqConfig(latent_size=0)
+
+
+def test_auroc_and_active_units_by_hand():
+    assert auroc(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.5, 3.0, 4.0])) == pytest.approx(7.5 / 9)
+    assert auroc(torch.tensor([1.0]), torch.tensor([2.0])) == 1.0
+    with pytest.raises(ValueError, match="at least one"):
+        auroc(torch.tensor([]), torch.tensor([1.0]))
+    means = torch.stack([torch.tensor([float(i), 0.0, 0.05 * i]) for i in range(4)])  # variances 1.67, 0, 0.004
+    assert active_units(means) == 1 and active_units(means, threshold=0.001) == 2
+
+
+def test_pseudo_log_likelihood_masks_each_token_in_turn(tokenizer):
+    torch.manual_seed(0)
+    model = EncoderForMaskedLM(tiny_config(vocab_size=len(tokenizer))).eval()
+    text = "the cat sat"
+    ids = tokenizer(text)["input_ids"]
+    expected = 0.0
+    for position in range(1, len(ids) - 1):  # every token but [CLS] and [SEP]
+        masked = torch.tensor([ids])
+        masked[0, position] = tokenizer.mask_token_id
+        expected += model(input_ids=masked).logits[0, position].log_softmax(-1)[ids[position]].item()
+    score = pseudo_log_likelihood_scores(model, tokenizer, [text, text], batch_size=2)
+    torch.testing.assert_close(score, torch.tensor([-expected / (len(ids) - 2)] * 2))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A denoising autoencoder trained here: anomaly scores and embeddings
+
+
+@pytest.fixture(scope="module")
+def autoencoder(english, joint, tmp_path_factory):
+    segments = prepare_denoising(Dataset.from_dict({"text": english[:1200]}), joint, "en", max_length=48)
+    config = Seq2SeqConfig(vocab_size=len(joint), hidden_size=64, num_hidden_layers=2, num_decoder_layers=2,
+                           num_attention_heads=4, intermediate_size=128, max_position_embeddings=64,
+                           sparse_prediction=True)  # fmt: skip
+    torch.manual_seed(0)
+    model = Seq2SeqForConditionalGeneration(config)
+    settings = TrainingConfig(output_dir=str(tmp_path_factory.mktemp("autoencoder")), max_steps=80,
+                              per_device_batch_size=32, learning_rate=4e-3, warmup_steps=10, log_every=40)  # fmt: skip
+    train(model, segments, DenoisingCollator(joint, padding_free=True, seed=0), settings, joint)
+    return model.eval()
+
+
+def test_anomaly_scores_rank_out_of_domain_text_above_held_out_text(autoencoder, joint):
+    held_out = multi30k_lines("en", "val", 40)
+    gibberish = [
+        "Qx7 zzvb!! 0931 kklpq wrrt @@@ vnnxz.",
+        "1987-2003 %% ZZZ QQQ fjfjfj xkcd",
+        "ggg hhh jjj kkk lll mmm",
+    ]
+    out_of_domain = [f"{g} {i}" for i in range(10) for g in gibberish][:30]
+    inside = reconstruction_scores(autoencoder, joint, held_out, "en", batch_size=16)
+    outside = reconstruction_scores(autoencoder, joint, out_of_domain, "en", batch_size=16)
+    assert inside.shape == (40,) and outside.shape == (30,)
+    assert auroc(inside, outside) > 0.95
+    again = reconstruction_scores(autoencoder, joint, held_out[:5], "en", batch_size=2)
+    torch.testing.assert_close(again, inside[:5])  # the same noise, whatever the batch size
+
+
+def test_sentence_embeddings_retrieve_their_sentences(autoencoder, joint):
+    sentences = multi30k_lines("en", "val", 30)
+    queries = [sentence.rsplit(" ", 2)[0] for sentence in sentences]  # the last two words dropped
+    embeddings = sentence_embeddings(autoencoder, joint, sentences, batch_size=7)
+    alone = torch.cat([sentence_embeddings(autoencoder, joint, [s]) for s in sentences[:4]])
+    torch.testing.assert_close(embeddings[:4], alone, atol=1e-5, rtol=1e-4)  # padding changes nothing
+    assert torch.allclose(embeddings.norm(dim=-1), torch.ones(30))
+    nearest = (sentence_embeddings(autoencoder, joint, queries) @ embeddings.T).argmax(-1)
+    assert (nearest == torch.arange(30)).float().mean() >= 0.8
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The scripts
+
+
+def test_denoising_pretraining_then_translation_fine_tuning(handful, tmp_path):
+    denoised = tmp_path / "denoised"
+    run_script("pretrain_denoising.py", "--config", str(ROOT / "training" / "configs" / "denoising_multi30k.yaml"),
+               "--texts", f"en={handful}", f"de={handful}", "--best_metric", f"{handful.name}.de/loss",
+               "--output_dir", str(denoised), "--vocab_size", "120",
+               "--hidden_size", "32", "--intermediate_size", "64", "--num_hidden_layers", "1", "--num_decoder_layers",
+               "1", "--max_steps", "6", "--num_epochs", "0", "--per_device_batch_size", "8", "--eval_every", "3",
+               "--warmup_steps", "1")  # fmt: skip
+    results = json.loads((denoised / "results.json").read_text())
+    assert results["steps"] == 6 and results["train_segments"] == 16
+    assert {f"{handful.name}.en/loss", f"{handful.name}.de/loss"} <= set(results["metrics"])
+    translated = tmp_path / "translated"
+    run_script("train_translation.py", "--config", str(ROOT / "training" / "configs" / "translation_tiny.yaml"),
+               "--data", str(handful), "--init_from", str(denoised / "final"), "--output_dir", str(translated),
+               "--max_steps", "3", "--num_epochs", "0", "--per_device_batch_size", "8", "--eval_every", "0",
+               "--warmup_steps", "1")  # fmt: skip
+    config = json.loads((translated / "final" / "config.json").read_text())
+    assert config["hidden_size"] == 32 and config["vocab_size"] == 120  # the denoised model, fine-tuned
+
+
+def test_variational_autoencoder_script_reports_latent_figures(handful, tmp_path):
+    output = tmp_path / "vae"
+    run_script("pretrain_denoising.py", "--config", str(ROOT / "training" / "configs" / "vae_multi30k_en.yaml"),
+               "--texts", f"en={handful}", "--best_metric", f"{handful.name}.en/loss", "--output_dir", str(output),
+               "--vocab_size", "100", "--hidden_size", "32",
+               "--intermediate_size", "64", "--num_hidden_layers", "1", "--num_decoder_layers", "1",
+               "--latent_size", "4", "--max_steps", "4", "--kl_annealing_steps", "2", "--eval_every", "2",
+               "--per_device_batch_size", "8", "--reconstruction_examples", "4", "--max_new_tokens", "8")  # fmt: skip
+    results = json.loads((output / "results.json").read_text())
+    latent = {key.split("/", 1)[1] for key in results["metrics"] if key.startswith("latent/")}
+    assert latent == {"kl_per_sentence", "active_units", "reconstruction_bleu", "reconstruction_chrf"}
+    assert len(results["latent_examples"]["prior_samples"]) == 5
+    assert len(results["latent_examples"]["interpolation"]["steps"]) == 5
+    rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    weights = [row["train/kl_weight"] for row in rows if "train/kl_weight" in row]
+    assert weights and weights[-1] == 1.0 and all(0 < w <= 1 for w in weights)
+    with pytest.raises(AssertionError, match="label_smoothing replaces"):
+        run_script("pretrain_denoising.py", "--config", str(ROOT / "training" / "configs" / "vae_multi30k_en.yaml"),
+                   "--texts", f"en={handful}", "--label_smoothing", "0.1", "--output_dir", str(tmp_path / "no"))  # fmt: skip
+
+
+def test_anomaly_script_writes_auroc_scores_and_histograms(autoencoder, joint, tmp_path):
+    autoencoder.save_pretrained(tmp_path / "model")
+    joint.save_pretrained(tmp_path / "model")
+    (tmp_path / "inside").mkdir()
+    (tmp_path / "inside" / "test.txt").write_text("\n".join(multi30k_lines("en", "val", 30)) + "\n")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "test.txt").write_text("zz qq xx vv kk 123 77\n" * 11 + "too short\n")
+    run_script("evaluate_anomaly.py", "--model", str(tmp_path / "model"), "--in_domain",
+               f"captions={tmp_path / 'inside'}:test", "--out_of_domain", f"noise={tmp_path / 'outside'}:test",
+               "--max_examples", "20", "--output_dir", str(tmp_path / "anomaly"))  # fmt: skip
+    results = json.loads((tmp_path / "anomaly" / "results.json").read_text())
+    assert results["score"] == "reconstruction" and results["in_domain"]["examples"] == 20
+    assert results["out_of_domain"]["noise"]["examples"] == 11  # "too short" has fewer than 5 words
+    assert results["out_of_domain"]["noise"]["auroc"] > 0.9
+    assert len((tmp_path / "anomaly" / "scores.jsonl").read_text().splitlines()) == 31
+    assert (tmp_path / "anomaly" / "score_histograms.png").stat().st_size > 1000
+    assert math.isfinite(results["in_domain"]["mean_score"])
+
+
+def test_sentence_embeddings_of_a_variational_model_are_its_posterior_means(joint):
+    model = vae(vocab_size=len(joint), max_position_embeddings=64)
+    sentences = ["A dog runs in the park.", "Two men sit on a bench near the water."]
+    batch = joint(sentences, padding=True, return_tensors="pt")
+    means = model.encode_latent(batch["input_ids"], batch["attention_mask"])[0]
+    expected = torch.nn.functional.normalize(means, dim=-1)
+    torch.testing.assert_close(sentence_embeddings(model, joint, sentences), expected)
