@@ -10,7 +10,8 @@ import pytest
 import torch
 from datasets import Dataset
 from huggingface_hub import constants
-from transformers import AutoTokenizer
+from tokenizers import Tokenizer, models
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from hf_encoders import Seq2SeqConfig, Seq2SeqForConditionalGeneration
 from hf_encoders.data import (
@@ -207,13 +208,15 @@ def test_mlm_collator_splits_packed_blocks_into_documents(encoder_tokenizer):
     assert padded["attention_mask"].sum() == flat["input_ids"].shape[1]
 
 
-def test_mlm_collator_checks_its_settings(encoder_tokenizer, joint_tokenizer):
+def test_mlm_collator_checks_its_settings(encoder_tokenizer):
     with pytest.raises(ValueError, match=r"mlm_probability must lie in \(0, 1\)"):
         MLMCollator(encoder_tokenizer, mlm_probability=1.5)
     with pytest.raises(ValueError, match="add up to at most 1"):
         MLMCollator(encoder_tokenizer, mask_replace_prob=0.9, random_replace_prob=0.2)
+    words = Tokenizer(models.WordLevel({"<pad>": 0, "<unk>": 1, "dog": 2}, unk_token="<unk>"))
+    without_mask = PreTrainedTokenizerFast(tokenizer_object=words, pad_token="<pad>", unk_token="<unk>")
     with pytest.raises(ValueError, match="needs a tokenizer with a mask token"):
-        MLMCollator(joint_tokenizer)
+        MLMCollator(without_mask)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -233,7 +236,8 @@ def test_prepare_translation_tags_targets_and_reports_overlong(multi30k, joint_t
     assert f"{too_long} of 200 pairs exceed 12 source / 12 target tokens and were dropped" in caplog.text
     assert len(truncated) == 200 and len(dropped) == 200 - too_long
     assert all(len(ids) <= 12 and ids[-1] == 2 for ids in truncated["input_ids"])
-    assert all(labels[0] == 5 and labels[-1] == 2 for labels in truncated["labels"])  # <2de> first, </s> last
+    tag = joint_tokenizer.convert_tokens_to_ids("<2de>")
+    assert all(labels[0] == tag and labels[-1] == 2 for labels in truncated["labels"])  # <2de> first, </s> last
     assert full[0]["labels"][1:] == joint_tokenizer(small[0]["de"])["input_ids"]
     assert full[0]["input_ids"] == joint_tokenizer(small[0]["en"])["input_ids"]
     assert truncated[0] == full[0] or len(full[0]["input_ids"]) > 12 or len(full[0]["labels"]) > 12
