@@ -201,13 +201,15 @@ def run_steps(step, batches: list[dict], layout: str, device: str) -> float:
 def compile_model(model: torch.nn.Module) -> torch.nn.Module:
     """Ours: each layer compiled whole (`fullgraph`), the padding-free bookkeeping between them left eager; the
     anchors: `torch.compile` of the whole model, as their users would."""
-    base = model.get_encoder() if model.config.is_encoder_decoder else getattr(model, "model", model)
-    if isinstance(model, (EncoderForMaskedLM, Seq2SeqForConditionalGeneration)):
-        stacks = [base.layers] + ([model.get_decoder().layers] if model.config.is_encoder_decoder else [])
-        for layer in (layer for stack in stacks for layer in stack):
-            layer.compile(fullgraph=True)
-        return model
-    return torch.compile(model)
+    if isinstance(model, EncoderForMaskedLM):
+        stacks = [model.model.layers]
+    elif isinstance(model, Seq2SeqForConditionalGeneration):
+        stacks = [model.get_encoder().layers, model.get_decoder().layers]
+    else:
+        return torch.compile(model)
+    for layer in (layer for stack in stacks for layer in stack):
+        layer.compile(fullgraph=True)
+    return model
 
 
 def make_step(model: torch.nn.Module, device: str, compiled: bool):
