@@ -32,11 +32,14 @@ from transformers import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.bench_encoder_cpu import CLS, MASK, PAD, SEP  # noqa: E402  (the ids its batches use)
+from benchmarks.bench_encoder_cpu import make_batches as make_encoder_batches  # noqa: E402
+from benchmarks.bench_seq2seq_cpu import pack  # noqa: E402
+from benchmarks.bench_seq2seq_cpu import random_batch as random_pair_side  # noqa: E402
 from benchmarks.common import device_name, write_result  # noqa: E402
 from benchmarks.flops import encoder_forward_flops, mfu, peak_bf16_flops, seq2seq_forward_flops  # noqa: E402
 from hf_encoders import EncoderConfig, EncoderForMaskedLM, Seq2SeqConfig, Seq2SeqForConditionalGeneration  # noqa: E402
 
-PAD, CLS, SEP, MASK = 0, 1, 2, 3
 TINY = {"hidden_size": 64, "layers": 2, "heads": 2, "intermediate_size": 96, "vocab_size": 256, "batch_size": 4,
         "min_length": 8, "max_length": 32, "steps": 2, "warmup": 1, "rounds": 1, "s2s_hidden_size": 64,
         "s2s_layers": 1, "s2s_intermediate_size": 128, "s2s_vocab_size": 256, "s2s_batch_size": 4,
@@ -77,67 +80,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def lengths(generator: torch.Generator, count: int, low: int, high: int) -> list[int]:
-    return torch.randint(low, high + 1, (count,), generator=generator).tolist()
-
-
-def layouts(sequences: list[torch.Tensor], labels: list[torch.Tensor], device: str) -> dict[str, dict]:
-    """The same documents packed in one row (with restarting positions) and padded (with a mask)."""
-    sizes = torch.tensor([len(s) for s in sequences])
-    padded = torch.full((len(sequences), int(sizes.max())), PAD)
-    padded_labels = torch.full_like(padded, -100)
-    for row, (ids, label) in enumerate(zip(sequences, labels, strict=True)):
-        padded[row, : len(ids)], padded_labels[row, : len(ids)] = ids, label
-    packed = {"input_ids": torch.cat(sequences)[None], "labels": torch.cat(labels)[None],
-              "position_ids": torch.cat([torch.arange(len(s)) for s in sequences])[None]}  # fmt: skip
-    mask = (torch.arange(padded.shape[1]) < sizes[:, None]).long()
-    padded = {"input_ids": padded, "attention_mask": mask, "labels": padded_labels}
-    move = lambda batch: {key: value.to(device) for key, value in batch.items()}  # noqa: E731
-    return {"packed": move(packed), "padded": move(padded)}
+def on_device(batch: dict, device: str) -> dict:
+    return {key: value.to(device) for key, value in batch.items()}
 
 
 def encoder_batches(args: argparse.Namespace, device: str) -> list[dict]:
-    generator = torch.Generator().manual_seed(args.seed)
+    """bench_encoder_cpu's batches (the same documents packed and padded) with their training FLOPs."""
     batches = []
-    for _ in range(args.steps):
-        sizes = lengths(generator, args.batch_size, args.min_length, args.max_length)
-        sequences, labels = [], []
-        for size in sizes:
-            ids = torch.randint(5, args.vocab_size, (size,), generator=generator)
-            ids[0], ids[-1] = CLS, SEP
-            masked = torch.rand(size, generator=generator) < args.mask_rate
-            masked[0] = masked[-1] = False
-            labels.append(torch.where(masked, ids, -100))
-            sequences.append(ids.masked_fill(masked, MASK))
-        predicted = int(sum((label != -100).sum() for label in labels))
+    for batch in make_encoder_batches(args, args.steps):
+        sizes = batch["padded"]["attention_mask"].sum(1).tolist()
+        predicted = int((batch["packed"]["labels"] != -100).sum())
         flops = 3 * encoder_forward_flops(sizes, args.hidden_size, args.layers, args.intermediate_size,
                                           args.vocab_size, predicted, gated_mlp=True, local_window=args.local_window,
                                           global_every=3)  # fmt: skip
-        batches.append({"tokens": sum(sizes), "flops": flops, **layouts(sequences, labels, device)})
+        batches.append({"tokens": batch["tokens"], "flops": flops, "packed": on_device(batch["packed"], device),
+                        "padded": on_device(batch["padded"], device)})  # fmt: skip
     return batches
 
 
 def seq2seq_batches(args: argparse.Namespace, device: str) -> list[dict]:
+    """Pairs drawn as bench_seq2seq_cpu draws them (sources, targets), padded and packed, with their training FLOPs."""
     generator = torch.Generator().manual_seed(args.seed + 1)
+    sides = [argparse.Namespace(min_length=max(longest // 8, 2), max_length=longest, vocab_size=args.s2s_vocab_size)
+             for longest in (args.s2s_max_source, args.s2s_max_target)]  # fmt: skip
     batches = []
     for _ in range(args.steps):
-        source_sizes = lengths(generator, args.s2s_batch_size, max(args.s2s_max_source // 8, 2), args.s2s_max_source)
-        target_sizes = lengths(generator, args.s2s_batch_size, max(args.s2s_max_target // 8, 2), args.s2s_max_target)
-        sources = [torch.randint(4, args.s2s_vocab_size, (n,), generator=generator) for n in source_sizes]
-        targets = [torch.randint(4, args.s2s_vocab_size, (n,), generator=generator) for n in target_sizes]
-        source_layouts = layouts(sources, [torch.zeros_like(s) for s in sources], device)
-        target_layouts = layouts(targets, targets, device)
+        (source, source_mask), (target, target_mask) = (random_pair_side(side, args.s2s_batch_size, generator)
+                                                        for side in sides)  # fmt: skip
+        (source_flat, source_positions), (target_flat, target_positions) = (
+            pack(source, source_mask),
+            pack(target, target_mask),
+        )
+        source_sizes, target_sizes = source_mask.sum(1).tolist(), target_mask.sum(1).tolist()
         flops = 3 * seq2seq_forward_flops(source_sizes, target_sizes, args.s2s_hidden_size, args.s2s_layers,
                                           args.s2s_layers, args.s2s_intermediate_size, args.s2s_vocab_size)  # fmt: skip
-        padded = {"input_ids": source_layouts["padded"]["input_ids"],
-                  "attention_mask": source_layouts["padded"]["attention_mask"],
-                  "labels": target_layouts["padded"]["labels"]}  # fmt: skip
-        packed = {"input_ids": source_layouts["packed"]["input_ids"],
-                  "position_ids": source_layouts["packed"]["position_ids"],
-                  "labels": target_layouts["packed"]["labels"],
-                  "decoder_position_ids": target_layouts["packed"]["position_ids"]}  # fmt: skip
-        batches.append({"tokens": sum(source_sizes) + sum(target_sizes), "flops": flops, "packed": packed,
-                        "padded": padded})  # fmt: skip
+        padded = {
+            "input_ids": source,
+            "attention_mask": source_mask,
+            "labels": target.masked_fill(target_mask == 0, -100),
+        }
+        packed = {"input_ids": source_flat, "position_ids": source_positions, "labels": target_flat,
+                  "decoder_position_ids": target_positions}  # fmt: skip
+        batches.append({"tokens": sum(source_sizes) + sum(target_sizes), "flops": flops,
+                        "packed": on_device(packed, device), "padded": on_device(padded, device)})  # fmt: skip
     return batches
 
 

@@ -291,6 +291,19 @@ def load_parallel_dataset(
     return _ensure_validation(_drop_empty(dataset, [src, tgt], str(spec)), validation_fraction, seed)
 
 
+def parse_named_source(entry: str, default_split: str | None = None, what: str = "name") -> tuple[str, str, str]:
+    """`name=path-or-hub-id:split` (as scripts take data sets on the command line) -> (name, spec, split). The split
+    may be left out when there is a `default_split`; a `:` followed by a `/` belongs to the path, not a split."""
+    name, _, spec = entry.partition("=")
+    split = default_split
+    if ":" in spec and "/" not in spec.rpartition(":")[2]:
+        spec, _, split = spec.rpartition(":")
+    if not name or not spec or not split:
+        form = f"{what}=path-or-hub-id" + ("[:split]" if default_split else ":split")
+        raise ValueError(f"{entry!r} is not of the form {form}.")
+    return name, spec, split
+
+
 def load_monolingual_dataset(spec: str | os.PathLike, language: str, split: str | None = None) -> DatasetDict:
     """Texts in one language, as a `DatasetDict` with a `text` column and a validation split: the `language` side of
     aligned parallel files (`train.de.gz`, `val.de.gz`, ... of Multi30k), or any data `load_text_dataset` reads.

@@ -371,3 +371,19 @@ def test_parallel_data_from_a_translation_column_or_language_columns(tmp_path):
     assert flat["test"].column_names == ["en", "de"] and flat["test"][3] == {"en": "a cat 3", "de": "eine katze 3"}
     with pytest.raises(ValueError, match=r"has no en-fr pair: its columns are \['en', 'de', 'id'\]"):
         load_parallel_dataset(tmp_path / "flat", "en", "fr")
+
+
+def test_named_sources_split_name_path_and_split():
+    from hf_encoders.data import parse_named_source
+
+    assert parse_named_source("imdb=../shared/data/imdb:validation") == ("imdb", "../shared/data/imdb", "validation")
+    assert parse_named_source("en=bentrevett/multi30k", default_split="train") == (
+        "en",
+        "bentrevett/multi30k",
+        "train",
+    )
+    assert parse_named_source("en=org/set:unsup", default_split="train") == ("en", "org/set", "unsup")
+    with pytest.raises(ValueError, match=r"is not of the form name=path-or-hub-id:split"):
+        parse_named_source("imdb=../shared/data/imdb")
+    with pytest.raises(ValueError, match=r"language=path-or-hub-id\[:split\]"):
+        parse_named_source("=data", default_split="train", what="language")

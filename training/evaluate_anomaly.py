@@ -28,6 +28,7 @@ from hf_encoders import (  # noqa: E402
     pseudo_log_likelihood_scores,
     reconstruction_scores,
 )
+from hf_encoders.data import parse_named_source  # noqa: E402
 from hf_encoders.plots import plot_score_histograms  # noqa: E402
 from hf_encoders.training import parse_config  # noqa: E402
 
@@ -54,10 +55,7 @@ class AnomalyArguments:
 
 
 def load_texts(entry: str, args: AnomalyArguments) -> tuple[str, list[str]]:
-    name, _, spec = entry.partition("=")
-    spec, _, split = spec.rpartition(":")
-    if not name or not spec or not split:
-        raise ValueError(f"{entry!r} is not of the form name=path-or-hub-id:split.")
+    name, spec, split = parse_named_source(entry)
     data = load_monolingual_dataset(spec, args.language)  # the whole split (no validation carved from it)
     if split not in data:
         raise ValueError(f"{entry}: {spec!r} has no split {split!r}; it has {sorted(data)}.")

@@ -45,6 +45,7 @@ from hf_encoders import (  # noqa: E402
     train_tokenizer,
     translate,
 )
+from hf_encoders.data import parse_named_source  # noqa: E402
 from hf_encoders.modeling_seq2seq import gaussian_kl  # noqa: E402
 from hf_encoders.training import TrainingConfig, evaluate_loss, parse_config, train  # noqa: E402
 
@@ -81,17 +82,6 @@ class EvaluationArguments:
     eval_batch_size: int = 64
     reconstruction_examples: int = field(default=200, metadata={"help": "Bottleneck: sentences decoded for BLEU."})
     max_new_tokens: int = 128
-
-
-def parse_source(entry: str) -> tuple[str, str, str]:
-    """`en=../shared/data/imdb:unsup` -> ("en", "../shared/data/imdb", "unsup")."""
-    language, _, spec = entry.partition("=")
-    split = "train"
-    if ":" in spec and "/" not in spec.rpartition(":")[2]:
-        spec, _, split = spec.rpartition(":")
-    if not language or not spec or not split:
-        raise ValueError(f"texts entry {entry!r} is not of the form language=path-or-hub-id[:split].")
-    return language, spec, split
 
 
 def source_name(language: str, spec: str) -> str:
@@ -153,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError("Denoising pretraining trains hf_seq2seq models (architecture=hf_seq2seq).")
     if model_args.latent_size and training.label_smoothing:
         raise ValueError("label_smoothing replaces the model's loss, which carries the KL term: leave it at 0.")
-    sources = [parse_source(entry) for entry in data_args.texts]
+    sources = [parse_named_source(entry, default_split="train", what="language") for entry in data_args.texts]
     if not sources:
         raise ValueError("Give at least one monolingual source in `texts`.")
     state = PartialState()

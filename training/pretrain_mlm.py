@@ -27,6 +27,7 @@ from hf_encoders import (  # noqa: E402
     pack_for_mlm,
     train_tokenizer,
 )
+from hf_encoders.data import parse_named_source  # noqa: E402
 from hf_encoders.training import TrainingConfig, evaluate_masked_lm, parse_config, train  # noqa: E402
 
 logger = logging.getLogger("pretrain_mlm")
@@ -75,10 +76,7 @@ class DataArguments:
 def load_eval_sets(data: DataArguments, tokenizer) -> dict:
     sets = {}
     for entry in data.eval_data:
-        name, _, spec = entry.partition("=")
-        spec, _, split = spec.rpartition(":")
-        if not name or not spec or not split:
-            raise ValueError(f"eval_data entry {entry!r} is not of the form name=path-or-hub-id:split.")
+        name, spec, split = parse_named_source(entry)
         documents = load_text_dataset(spec)[split]
         documents = documents.select(range(min(len(documents), data.max_eval_documents)))
         sets[name] = pack_for_mlm(documents, tokenizer, data.block_size, num_proc=data.num_proc)
