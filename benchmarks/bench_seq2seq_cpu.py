@@ -10,6 +10,10 @@ head only on labelled target positions), and by default with a plain GELU MLP, s
 BART's and Marian's; `--activation geglu` measures the gated MLP that the translation configs use (1.5x the MLP
 FLOPs). BART and Marian get the same pairs as padded batches, as their collators give them.
 
+`--compile` times generation as transformers compiles it: static caches, each decoding step compiled whole by
+torch.compile (inductor), for every model alike; sources are then padded to `--max-length` so that one compilation
+serves every batch, and the compilation happens (and is timed) in the warm-up.
+
     python benchmarks/bench_seq2seq_cpu.py --output benchmarks/results/seq2seq_cpu.json
 """
 
@@ -20,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import BartConfig, BartForConditionalGeneration, MarianConfig, MarianMTModel
+from transformers import BartConfig, BartForConditionalGeneration, CompileConfig, MarianConfig, MarianMTModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import write_result  # noqa: E402
@@ -46,6 +50,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--generate-batches", type=int, default=2, help="timed generate calls per model, round, mode")
     parser.add_argument("--new-tokens", type=int, default=40)
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--compile", action="store_true", help="static caches and compiled decoding steps")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend for --compile")
     parser.add_argument("--rounds", type=int, default=3, help="models take turns this many times")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -93,6 +99,9 @@ def make_data(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     generation = []
     for _ in range(args.generate_batches):
         src, src_mask = random_batch(args, args.generate_batch_size, generator)
+        if args.compile:  # one source width: one compiled decoding step (the cross-attention cache has its size)
+            width = (0, args.max_length - src.shape[1])
+            src, src_mask = torch.nn.functional.pad(src, width, value=PAD), torch.nn.functional.pad(src_mask, width)
         generation.append({"input_ids": src, "attention_mask": src_mask})
     return train, generation
 
@@ -132,13 +141,24 @@ def train_seconds(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batc
     return seconds
 
 
+def compiled_generation(backend: str) -> dict:
+    """What `generate` needs to compile its decoding steps on a CPU too (it does so on GPUs by itself)."""
+    config = CompileConfig(fullgraph=True, backend=backend)
+    config._compile_all_devices = True
+    return {"cache_implementation": "static", "compile_config": config}
+
+
 @torch.no_grad()
-def generate_seconds(model: torch.nn.Module, batches: list[dict], beams: int, new_tokens: int) -> float:
+def generate_seconds(
+    model: torch.nn.Module, batches: list[dict], beams: int, new_tokens: int, compile_backend: str | None = None
+) -> float:
+    """Seconds to generate for `batches`; with a `compile_backend`, from static caches with compiled steps."""
     seconds = 0.0
+    options = compiled_generation(compile_backend) if compile_backend else {}
     for batch in batches:
         start = time.perf_counter()
         out = model.generate(**batch, num_beams=beams, do_sample=False, max_new_tokens=new_tokens,
-                             min_new_tokens=new_tokens)  # fmt: skip
+                             min_new_tokens=new_tokens, **options)  # fmt: skip
         seconds += time.perf_counter() - start
         assert out.shape[1] == new_tokens + 1, out.shape
     return seconds
@@ -151,11 +171,16 @@ def main() -> None:
     train, generation = make_data(args)
     models = build_models(args)
     optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, (model, _) in models.items()}
-    for name, (model, layout) in models.items():  # warm-up
+    backend = args.compile_backend if args.compile else None
+    compile_seconds, compiled_graphs = {}, {}
+    for name, (model, layout) in models.items():  # warm-up (and compilation)
         model.train()
         train_seconds(model, optimizers[name], train[:1], layout)
         model.eval()
-        generate_seconds(model, generation[:1], max(args.beams), 4)
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        compile_seconds[name] = sum(generate_seconds(model, generation[:1], beams, args.new_tokens, backend)
+                                    for beams in args.beams)  # fmt: skip
+        compiled_graphs[name] = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs
 
     tokens = sum(batch["tokens"] for batch in train[1:])
     sentences = sum(batch["input_ids"].shape[0] for batch in generation)
@@ -167,7 +192,8 @@ def main() -> None:
             figures[modes[0]][name].append(tokens / train_seconds(model, optimizers[name], train[1:], layout))
             model.eval()
             for mode, beams in zip(modes[1:], args.beams, strict=True):
-                figures[mode][name].append(sentences / generate_seconds(model, generation, beams, args.new_tokens))
+                seconds = generate_seconds(model, generation, beams, args.new_tokens, backend)
+                figures[mode][name].append(sentences / seconds)
             summary = "  ".join(f"{mode}: {figures[mode][name][-1]:7.1f}" for mode in modes)
             print(f"round {round_index + 1}/{args.rounds}  {name:<58} {summary}", flush=True)
 
@@ -188,6 +214,8 @@ def main() -> None:
             {
                 "parameters": {name: sum(p.numel() for p in m.parameters()) for name, (m, _) in models.items()},
                 "median": median,
+                "warm_up_generation_seconds": compile_seconds,  # with --compile: mostly compilation
+                "compiled_graphs": compiled_graphs,
                 "per_round": figures,
                 "speedup_of_ours": {
                     mode: {name: median[mode][ours] / value for name, value in per_model.items()}

@@ -27,7 +27,7 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from .data import _aligned_files, is_local
+from .data import _aligned_files, is_local, parse_named_source
 from .plots import plot_training_curves
 
 logger = logging.getLogger(__name__)
@@ -140,10 +140,10 @@ def _architecture_rows(config: dict, parameters: int) -> list[tuple[str, str]]:
              "position_embedding_type": "positions", "max_position_embeddings": "longest sequence",
              "local_attention": "local attention window", "global_attn_every_n_layers": "global attention every",
              "vocab_size": "vocabulary", "tie_word_embeddings": "tied embeddings",
-             # MarianMTModel, trained by the same script
+             # MarianMTModel and BertForMaskedLM, trained by the same scripts
              "d_model": "hidden size", "encoder_layers": "encoder layers", "decoder_layers": "decoder layers",
              "encoder_attention_heads": "attention heads", "encoder_ffn_dim": "MLP size",
-             "activation_function": "MLP activation"}  # fmt: skip
+             "activation_function": "MLP activation", "hidden_act": "MLP activation"}  # fmt: skip
     return rows + [(name, f"{config[key]}") for key, name in names.items() if config.get(key) is not None]
 
 
@@ -213,8 +213,7 @@ def _masked_lm_results(run: Run) -> tuple[list[dict], dict]:
     data, metrics = run.settings["data"], chosen_metrics(run)
     rows = []
     for entry in data.get("eval_data", []):
-        name, _, spec = entry.partition("=")
-        spec, _, split = spec.rpartition(":")
+        name, spec, split = parse_named_source(entry)
         dataset = describe_data(spec)
         for key, metric_name in (("perplexity", "perplexity (masked tokens)"), ("accuracy", "masked-token accuracy")):
             if f"{name}/{key}" in metrics:
@@ -285,7 +284,9 @@ def build_model_card(
               "architecture_rows": _architecture_rows(run.model_config, parameters),
               "training_rows": _training_rows(run), "results": [_table_row(row) for row in rows],
               "script": f"training/{run.script}.py", "curves": "curves.png"}  # fmt: skip
-    tags = ["hf_encoders", "custom_code", run.model_config.get("model_type", "")]
+    custom_code = "auto_map" in run.model_config  # ours; a BERT or Marian run of the same scripts is transformers'
+    common["custom_code"] = custom_code
+    tags = ["hf_encoders"] + (["custom_code"] if custom_code else []) + [run.model_config.get("model_type", "")]
     if run.script == "train_translation":
         src, tgt = run.settings["data"]["src"], run.settings["data"]["tgt"]
         test = run.results["test"]
@@ -340,7 +341,7 @@ def build_model_card(
         pipeline_tag="fill-mask", tags=tags + ["fill-mask"], eval_results=eval_results,
         datasets=[data["hub_id"]] if data["hub_id"] else None,
     )  # fmt: skip
-    others = [describe_data(entry.partition("=")[2].rpartition(":")[0]) for entry in mlm.get("eval_data", [])]
+    others = [describe_data(parse_named_source(entry)[1]) for entry in mlm.get("eval_data", [])]
     return ModelCard.from_template(
         card_data, template_path=str(CARD_TEMPLATES / "encoder.md"), **common,
         objective=f"pretrained with masked-language modelling ({mlm['mlm_probability']:.0%} of tokens masked)",

@@ -265,7 +265,7 @@ class Seq2SeqPreTrainedModel(EncoderPreTrainedModel):
     config_class = Seq2SeqConfig
     config: Seq2SeqConfig
     _no_split_modules = ["EncoderEmbeddings", "EncoderLayer", "DecoderLayer"]
-    _can_compile_fullgraph = False
+    _can_compile_fullgraph = True  # padded batches and static-cache decoding steps (generate compiles those on GPU)
     _family_auto_map = SEQ2SEQ_AUTO_MAP
 
 
@@ -353,8 +353,8 @@ class Seq2SeqDecoder(Seq2SeqPreTrainedModel):
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         longest = packed.max_length if packed is not None else past_length + input_shape[1]
         check_sequence_length(longest, self.config.max_position_embeddings, "decoder_input_ids")
-        if position_ids is None:
-            position_ids = torch.arange(past_length, past_length + input_shape[1], device=self.device)[None]
+        if position_ids is None:  # (a static cache's length is a tensor)
+            position_ids = (torch.arange(input_shape[1], device=self.device) + past_length)[None]
 
         hidden_states = self.embeddings(input_ids, inputs_embeds, position_ids)
         # attention masks, in the padded layout that the attention kernels see
@@ -559,6 +559,28 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
         the cross-attention keys and values are the same for all beams of a source, so they stay where they are."""
         past_key_values.self_attention_cache.reorder_cache(beam_idx)
         return past_key_values
+
+    def create_masks_for_generate(
+        self,
+        config: Seq2SeqConfig,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        past_key_values: EncoderDecoderCache | None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor | None:
+        """The decoder's causal self-attention mask, which `generate` prepares ahead of each step with a compileable
+        cache (`cache_implementation="static"`). The decoder has one kind of layer: the `layer_types` of the config
+        describe the encoder's local/global pattern, so the generic helper's per-type masks do not apply."""
+        if isinstance(past_key_values, EncoderDecoderCache):
+            past_key_values = past_key_values.self_attention_cache
+        return create_causal_mask(
+            config=config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)

@@ -96,6 +96,7 @@ def test_the_encoder_card_reports_perplexity_and_accuracy(mlm_run):
     assert card.data.pipeline_tag == "fill-mask" and "AutoModelForMaskedLM.from_pretrained" in card.text
     assert card.data.language == ["en"] and card.data.license == "apache-2.0"
     assert f'from_pretrained("{mlm_run / "best"}")' in card.text  # no repository given: the local model
+    assert "custom_code" in card.data.tags and "trust_remote_code=True" in card.text
 
 
 def test_pushed_runs_load_without_the_package_and_give_the_same_logits(mlm_run, translation_run, hub):

@@ -10,7 +10,14 @@ import pytest
 import torch
 from conftest import REFUSE_HF_ENCODERS, tiny_config
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, PreTrainedTokenizerFast, pipeline
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSeq2SeqLM,
+    CompileConfig,
+    PreTrainedTokenizerFast,
+    pipeline,
+)
 
 from hf_encoders import (
     EncoderForMaskedLM,
@@ -101,15 +108,34 @@ def test_config_fields_and_decoder_view():
     ids=["greedy", "beam4", "beam3-return2", "no-repeat-ngram", "sampling"],
 )
 def test_generation_is_identical_with_and_without_cache(generate_kwargs):
+    """No cache, the default dynamic cache, and the preallocated static one (whose decoder masks `generate` prepares
+    through `create_masks_for_generate`) write the same tokens."""
     model = build()
     ids, mask = source_batch()
     outputs = []
-    for use_cache in (True, False):
+    for cache in (dict(use_cache=True), dict(use_cache=False), dict(cache_implementation="static")):
         torch.manual_seed(1)
-        outputs.append(model.generate(ids, attention_mask=mask, max_new_tokens=12, use_cache=use_cache,
-                                      **generate_kwargs))  # fmt: skip
-    assert torch.equal(outputs[0], outputs[1])
+        outputs.append(model.generate(ids, attention_mask=mask, max_new_tokens=12, **cache, **generate_kwargs))
+    assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0], outputs[2])
     assert len(set(outputs[0][0, 1:].tolist())) > 1, "a degenerate output makes this test weak"
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_static_cache_decoding_steps_compile_without_graph_breaks(num_beams):
+    """What `generate` compiles on a GPU (`cache_implementation="static"`): each decoding step as one graph. Here with
+    dynamo's eager backend and `fullgraph=True`, so that any graph break raises, and on CPU, where generate compiles
+    only when asked to."""
+    model = build()
+    assert model._can_compile_fullgraph
+    compile_config = CompileConfig(fullgraph=True, backend="eager")
+    compile_config._compile_all_devices = True  # generate compiles on CUDA (and a few others) by default only
+    ids, mask = source_batch()
+    torch._dynamo.reset()
+    compiled = model.generate(ids, attention_mask=mask, max_new_tokens=8, num_beams=num_beams,
+                              cache_implementation="static", compile_config=compile_config)  # fmt: skip
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1, "nothing was compiled"
+    eager = model.generate(ids, attention_mask=mask, max_new_tokens=8, num_beams=num_beams)
+    assert torch.equal(compiled, eager)
 
 
 def test_step_by_step_logits_equal_teacher_forced_logits():

@@ -2,9 +2,20 @@
 export, results."""
 
 import json
+import sys
 
+import pytest
 import torch
-from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
+from accelerate import Accelerator
+from conftest import ROOT, run_script
+from transformers import AutoModelForMaskedLM, AutoTokenizer, BertForMaskedLM, pipeline
+
+from hf_encoders import load_text_dataset, pack_for_mlm
+from hf_encoders.hub import build_model_card
+from hf_encoders.training import evaluate_masked_lm
+
+sys.path.insert(0, str(ROOT / "training"))
+import pretrain_mlm  # noqa: E402
 
 
 def test_pretrain_mlm_script_end_to_end(mlm_run):
@@ -26,3 +37,43 @@ def test_pretrain_mlm_script_end_to_end(mlm_run):
     with torch.no_grad():
         out = model(**tokenizer("a dull and tedious movie", return_tensors="pt"))
     assert torch.isfinite(out.logits).all()
+
+
+def test_bert_pretrains_through_the_same_script_for_side_by_side_runs(mlm_run, mlm_corpus, tmp_path):
+    """`--architecture bert`: BertForMaskedLM of the same width, depth and heads (the GLU's FLOPs as a plain MLP), on
+    the same tokenizer, blocks and masks, with one padded row per document, in training and in evaluation."""
+    output = tmp_path / "bert"
+    run_script(
+        "pretrain_mlm.py", "--config", str(ROOT / "training" / "configs" / "mlm_tiny.yaml"), "--architecture", "bert",
+        "--tokenizer", str(mlm_run / "final"), "--train_data", str(mlm_corpus), "--train_split", "train",
+        "--eval_data", f"corpus={mlm_corpus}:validation", "--output_dir", str(output), "--block_size", "64",
+        "--max_steps", "6", "--eval_every", "6", "--num_proc", "1", "--best_metric", "corpus/loss",
+    )  # fmt: skip
+    results = json.loads((output / "results.json").read_text())
+    settings = json.loads((output / "config.json").read_text())
+    assert results["steps"] == 6 and settings["model"]["architecture"] == "bert"
+    model = AutoModelForMaskedLM.from_pretrained(output / "final")
+    ours = AutoModelForMaskedLM.from_pretrained(mlm_run / "final")
+    assert isinstance(model, BertForMaskedLM)
+    assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.num_attention_heads) == (
+        ours.config.hidden_size, ours.config.num_hidden_layers, ours.config.num_attention_heads)  # fmt: skip
+    assert model.config.intermediate_size == ours.config.intermediate_size * 3 // 2  # geglu -> FLOP-equal gelu MLP
+    tokenizer = AutoTokenizer.from_pretrained(output / "final")
+    assert tokenizer.get_vocab() == AutoTokenizer.from_pretrained(mlm_run / "final").get_vocab()
+    # the reported loss is BERT's on padded rows (on one packed row its documents would see each other)
+    documents = load_text_dataset(str(mlm_corpus))["validation"]
+    blocks = pack_for_mlm(documents.select(range(min(len(documents), 200))), tokenizer, 64, num_proc=1)
+    accelerator = Accelerator(cpu=True)
+    padded = evaluate_masked_lm(model, blocks, tokenizer, accelerator, 8, 0.3, padding_free=False)
+    packed = evaluate_masked_lm(model, blocks, tokenizer, accelerator, 8, 0.3, padding_free=True)
+    assert abs(results["metrics"]["corpus/loss"] - padded["loss"]) < 1e-4
+    assert abs(padded["loss"] - packed["loss"]) > 1e-3
+    # its card is a transformers model's: no custom code, and the usage example loads it without remote code
+    card = build_model_card(output)
+    assert "custom_code" not in card.data.tags and "trust_remote_code" not in card.text
+    assert "`BertForMaskedLM`" in card.text and "| MLP activation | gelu |" in card.text
+
+
+def test_unknown_architecture_is_refused():
+    with pytest.raises(ValueError, match="architecture='roberta': choose one of hf_encoder, bert"):
+        pretrain_mlm.ModelArguments(architecture="roberta")

@@ -10,6 +10,7 @@ from conftest import ROOT, SHARED, run_script
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, MarianMTModel
 
 from hf_encoders import Seq2SeqForConditionalGeneration, translate
+from hf_encoders.hub import build_model_card
 
 TINY = ["--config", str(ROOT / "training" / "configs" / "translation_tiny.yaml")]
 
@@ -53,6 +54,9 @@ def test_marian_trains_through_the_same_script(handful, tmp_path):
         model.generation_config.decoder_start_token_id == AutoTokenizer.from_pretrained(output / "best").bos_token_id
     )
     assert len((output / "best" / "hypotheses.test.de-en.en").read_text().splitlines()) == 8
+    card = build_model_card(output)  # a transformers model: its card needs no remote code
+    assert "custom_code" not in card.data.tags and "trust_remote_code" not in card.text
+    assert "`MarianMTModel`" in card.text and card.data.pipeline_tag == "translation"
 
 
 def write_pairs(folder: Path, files: dict[str, list[str]]) -> Path:

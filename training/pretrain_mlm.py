@@ -7,6 +7,12 @@ Reads the corpus with `datasets` (local files or a Hub id), trains a WordPiece t
 documents into blocks, and trains `EncoderForMaskedLM` with dynamic masking on padding-free batches. Evaluates masked-LM
 loss, perplexity and masked-token accuracy on each `eval_data` set (`name=path-or-hub-id:split`), exports the final
 and best models with their tokenizer, and writes `results.json` beside them.
+
+`--architecture bert` trains transformers' `BertForMaskedLM` of the same width, depth and heads on the same blocks,
+masks and schedule (padded batches, one document per row), for side-by-side comparisons:
+
+    python training/pretrain_mlm.py --config training/configs/mlm_small.yaml --architecture bert \
+        --tokenizer runs/mlm_small/best --output_dir runs/bert_small
 """
 
 import json
@@ -16,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from accelerate import PartialState
-from transformers import AutoTokenizer
+from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM, PreTrainedModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # running from a checkout without installing
 from hf_encoders import (  # noqa: E402
@@ -31,10 +37,16 @@ from hf_encoders.data import parse_named_source  # noqa: E402
 from hf_encoders.training import TrainingConfig, evaluate_masked_lm, parse_config, train  # noqa: E402
 
 logger = logging.getLogger("pretrain_mlm")
+ARCHITECTURES = ("hf_encoder", "bert")
 
 
 @dataclass
 class ModelArguments:
+    architecture: str = field(
+        default="hf_encoder",
+        metadata={"help": "hf_encoder (ours) or bert (transformers' BertForMaskedLM; a GLU width becomes the plain "
+                          "MLP of the same FLOPs)."},
+    )  # fmt: skip
     hidden_size: int = 256
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
@@ -48,7 +60,11 @@ class ModelArguments:
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     attn_implementation: str = "sdpa"
-    init_from: str | None = field(default=None, metadata={"help": "Start from this EncoderForMaskedLM checkpoint."})
+    init_from: str | None = field(default=None, metadata={"help": "Start from this masked-LM checkpoint."})
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture={self.architecture!r}: choose one of {', '.join(ARCHITECTURES)}.")
 
 
 @dataclass
@@ -83,6 +99,32 @@ def load_eval_sets(data: DataArguments, tokenizer) -> dict:
     return sets
 
 
+def build_model(args: ModelArguments, tokenizer) -> PreTrainedModel:
+    if args.init_from:
+        return AutoModelForMaskedLM.from_pretrained(args.init_from, attn_implementation=args.attn_implementation)
+    special = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+    if args.architecture == "hf_encoder":
+        settings = {k: v for k, v in asdict(args).items() if k not in ("architecture", "init_from")}
+        config = EncoderConfig(
+            **settings, **special, cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
+            mask_token_id=tokenizer.mask_token_id, bos_token_id=tokenizer.cls_token_id,
+            eos_token_id=tokenizer.sep_token_id, sparse_prediction=True,
+        )  # fmt: skip
+        return EncoderForMaskedLM(config)
+    if args.norm_type != "layernorm" or args.position_embedding_type == "rope" or args.local_attention:
+        logger.warning("BertForMaskedLM is post-norm LayerNorm with learned absolute positions and global attention; "
+                       "norm_type, position_embedding_type and local_attention do not apply to it")  # fmt: skip
+    gated = args.hidden_activation in ("geglu", "swiglu")  # a GLU of width w costs what a plain MLP of 1.5 w does
+    config = BertConfig(
+        **special, hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers,
+        num_attention_heads=args.num_attention_heads,
+        intermediate_size=args.intermediate_size * 3 // 2 if gated else args.intermediate_size, hidden_act="gelu",
+        hidden_dropout_prob=args.hidden_dropout, attention_probs_dropout_prob=args.attention_dropout,
+        max_position_embeddings=args.max_position_embeddings,
+    )  # fmt: skip
+    return BertForMaskedLM._from_config(config, attn_implementation=args.attn_implementation)
+
+
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training = parse_config((ModelArguments, DataArguments, TrainingConfig), argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -107,31 +149,18 @@ def main(argv: list[str] | None = None) -> dict:
         )
         eval_sets = load_eval_sets(data_args, tokenizer)
 
-    if model_args.init_from:
-        model = EncoderForMaskedLM.from_pretrained(
-            model_args.init_from, attn_implementation=model_args.attn_implementation
-        )
-    else:
-        settings = {k: v for k, v in asdict(model_args).items() if k not in ("init_from", "attn_implementation")}
-        config = EncoderConfig(
-            **settings, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-            cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
-            mask_token_id=tokenizer.mask_token_id, bos_token_id=tokenizer.cls_token_id,
-            eos_token_id=tokenizer.sep_token_id, sparse_prediction=True,
-            attn_implementation=model_args.attn_implementation,
-        )  # fmt: skip
-        model = EncoderForMaskedLM(config)
+    model = build_model(model_args, tokenizer)
+    padding_free = model.config.model_type == EncoderConfig.model_type  # ours reads packed documents, BERT rows
     collator = MLMCollator(tokenizer, data_args.mlm_probability, whole_word_mask=data_args.whole_word_mask,
-                           seed=training.seed)  # fmt: skip
+                           padding_free=padding_free, seed=training.seed)  # fmt: skip
 
     def evaluate(model, accelerator) -> dict[str, float]:
-        return {
-            f"{name}/{key}": value
-            for name, dataset in eval_sets.items()
-            for key, value in evaluate_masked_lm(
-                model, dataset, tokenizer, accelerator, training.per_device_batch_size, data_args.mlm_probability
-            ).items()  # fmt: skip
-        }
+        metrics = {}
+        for name, dataset in eval_sets.items():
+            scores = evaluate_masked_lm(model, dataset, tokenizer, accelerator, training.per_device_batch_size,
+                                        data_args.mlm_probability, padding_free=padding_free)  # fmt: skip
+            metrics.update({f"{name}/{key}": value for key, value in scores.items()})
+        return metrics
 
     run_config = {"script": "pretrain_mlm", "model": asdict(model_args), "data": asdict(data_args),
                   "parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip
