@@ -10,9 +10,10 @@ head only on labelled target positions), and by default with a plain GELU MLP, s
 BART's and Marian's; `--activation geglu` measures the gated MLP that the translation configs use (1.5x the MLP
 FLOPs). BART and Marian get the same pairs as padded batches, as their collators give them.
 
-`--compile` times generation as transformers compiles it: static caches, each decoding step compiled whole by
-torch.compile (inductor), for every model alike; sources are then padded to `--max-length` so that one compilation
-serves every batch, and the compilation happens (and is timed) in the warm-up.
+`--compile` times generation as transformers compiles it: static caches for every model alike, each greedy decoding
+step compiled whole by torch.compile (inductor; transformers' beam search runs its steps eagerly on the static
+caches); sources are then padded to `--max-length` so that one compilation serves every batch, and the compilation
+happens (and is timed, and its graphs counted) in the warm-up.
 
     python benchmarks/bench_seq2seq_cpu.py --output benchmarks/results/seq2seq_cpu.json
 """
@@ -172,6 +173,8 @@ def main() -> None:
     models = build_models(args)
     optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, (model, _) in models.items()}
     backend = args.compile_backend if args.compile else None
+    if args.compile:  # compile in this process: a pool of compile workers would go on using the cores being timed
+        torch._inductor.config.compile_threads = 1
     compile_seconds, compiled_graphs = {}, {}
     for name, (model, layout) in models.items():  # warm-up (and compilation)
         model.train()
