@@ -451,16 +451,18 @@ def _denoising_segments(
             cut += len(ids) > room
             pieces.extend(ids[start : start + room] for start in range(0, len(ids), room))
         current: list[list[int]] = []
+        length = 0  # tokens in `current`
         for piece in [*pieces, None]:  # None closes the last segment
-            if piece is None or (current and sum(map(len, current)) + len(piece) > room):
+            if piece is None or (current and length + len(piece) > room):
                 if current:
                     tokens = [token for sentence in current for token in sentence]
                     segments["input_ids"].append([*tokens, tokenizer.eos_token_id])
                     segments["labels"].append([tag, *tokens, tokenizer.eos_token_id])
                     segments["sentence_lengths"].append([len(sentence) for sentence in current])
-                current = []
+                current, length = [], 0
             if piece:
                 current.append(piece)
+                length += len(piece)
     count = len(segments["input_ids"])
     segments["cut_sentences"] = ([cut] + [0] * (count - 1)) if count else []
     return segments
@@ -532,6 +534,16 @@ def _pad(sequences: list[list[int]], value: int, multiple: int | None = None) ->
     return padded
 
 
+def _call_generator(collator) -> torch.Generator | None:
+    """The generator of a noise-drawing collator's next call: seeded by (seed, calls), so that a run is reproducible
+    and a resumed one, its `calls` set to the batches already used, draws what an uninterrupted one would."""
+    generator = (
+        None if collator.seed is None else torch.Generator().manual_seed(collator.seed * 1_000_003 + collator.calls)
+    )
+    collator.calls += 1
+    return generator
+
+
 def special_token_table(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
     """A boolean per vocabulary id: is it a special token?"""
     special = torch.zeros(len(tokenizer), dtype=torch.bool)
@@ -594,8 +606,7 @@ class MLMCollator:
         self.starts_word = word_start_table(self.tokenizer)
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        generator = None if self.seed is None else torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
-        self.calls += 1
+        generator = _call_generator(self)
         sequences = _sequences(examples)
         if self.padding_free:
             input_ids, position_ids = _flatten(sequences)
@@ -696,8 +707,7 @@ class DenoisingCollator:
         self.batcher = Seq2SeqCollator(self.tokenizer, self.padding_free, self.pad_to_multiple_of)
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        generator = None if self.seed is None else torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
-        self.calls += 1
+        generator = _call_generator(self)
         noised = [{"input_ids": self.corrupt(example, generator), "labels": example["labels"]} for example in examples]
         return self.batcher(noised)
 
