@@ -4,20 +4,17 @@ data is refused with a message naming the problem."""
 
 import json
 import random
-import sys
 
+import finetune_classification  # training/finetune_classification.py (conftest puts training/ on sys.path)
 import pytest
 import torch
-from conftest import ROOT, SPECIALS, WORDS, run_script, tiny_config
+from conftest import SPECIALS, WORDS, run_script, tiny_config
 from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, PreTrainedTokenizerFast
 
 from hf_encoders import EncoderForMaskedLM
 from hf_encoders.hub import build_model_card
-
-sys.path.insert(0, str(ROOT / "training"))
-import finetune_classification  # noqa: E402
 
 ANIMALS = {"cat", "dog"}
 

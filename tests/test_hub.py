@@ -12,10 +12,11 @@ import zipfile
 
 import pytest
 import torch
-from conftest import REFUSE_HF_ENCODERS, ROOT
+from conftest import REFUSE_HF_ENCODERS, ROOT, ScriptRun, run_main
 from huggingface_hub import ModelCard, constants
 from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM
 
+import hf_encoders.cli
 from hf_encoders.hub import build_model_card, push_to_hub
 from hf_encoders.hub_server import LocalHub
 
@@ -50,22 +51,23 @@ def hub(monkeypatch, tmp_path):
     """The local Hub, for huggingface_hub in this process (HF_ENDPOINT is read at import) and in child processes."""
     with LocalHub() as server:
         monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
+        monkeypatch.setenv("HF_TOKEN", "local")
         server.env = {**os.environ, "HF_ENDPOINT": server.endpoint, "HF_HUB_CACHE": str(tmp_path / "cache"),
                       "HF_TOKEN": "local", "HF_HUB_DISABLE_TELEMETRY": "1"}  # fmt: skip
         server.env.pop("HF_HUB_OFFLINE", None)
         yield server
 
 
-def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hf_encoders.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=300)  # fmt: skip
+def cli(*args: str) -> ScriptRun:
+    """`hf-encoders ARGS`; its exit status is `result`."""
+    return run_main(hf_encoders.cli.main, *args)
 
 
 def test_the_translation_card_is_written_from_the_run(translation_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(translation_run[0], run)
     done = cli("card", str(run), "--repo-id", "org/translator")
-    assert done.returncode == 0, done.stderr
+    assert done.result == 0, done.stderr
     card = ModelCard.load(run / "README.md")
     results = json.loads((run / "results.json").read_text())
     metrics = {result.metric_name: result for result in card.data.eval_results}
@@ -100,8 +102,8 @@ def test_the_encoder_card_reports_perplexity_and_accuracy(mlm_run):
 
 
 def test_pushed_runs_load_without_the_package_and_give_the_same_logits(mlm_run, translation_run, hub):
-    done = cli("push", str(mlm_run), "org/encoder", env=hub.env)
-    assert done.returncode == 0, done.stderr
+    done = cli("push", str(mlm_run), "org/encoder")
+    assert done.result == 0, done.stderr
     assert "committed 11 files" in done.stdout
     pushed = push_to_hub(translation_run[0], "org/translator", token="local", private=True)
     assert pushed.commit_url and pushed.pull_request_url is None
@@ -172,15 +174,15 @@ def test_incomplete_runs_and_bad_cards_are_refused_before_anything_is_sent(mlm_r
         push_to_hub(run, "org/broken", token="local")
     assert message in str(error.value)
     if how == "no results":  # the command says the same in one line
-        done = cli("push", str(run), "org/broken", env=hub.env)
-        assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        done = cli("push", str(run), "org/broken")
+        assert done.result == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert done.stderr.startswith("hf-encoders push: error:") and message in done.stderr
     assert hub.requests == [] and "org/broken" not in hub.repositories
 
 
 def test_a_dry_run_lists_the_files_and_sends_nothing(mlm_run, hub):
-    done = cli("push", str(mlm_run), "org/encoder", "--dry-run", env=hub.env)
-    assert done.returncode == 0, done.stderr
+    done = cli("push", str(mlm_run), "org/encoder", "--dry-run")
+    assert done.result == 0, done.stderr
     assert "model.safetensors" in done.stdout and "README.md" in done.stdout and "nothing was uploaded" in done.stdout
     assert hub.requests == []
 

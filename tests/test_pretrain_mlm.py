@@ -2,8 +2,8 @@
 export, results."""
 
 import json
-import sys
 
+import pretrain_mlm  # training/pretrain_mlm.py (conftest puts training/ on sys.path)
 import pytest
 import torch
 from accelerate import Accelerator
@@ -13,9 +13,6 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, BertForMaskedLM, p
 from hf_encoders import load_text_dataset, pack_for_mlm
 from hf_encoders.hub import build_model_card
 from hf_encoders.training import evaluate_masked_lm
-
-sys.path.insert(0, str(ROOT / "training"))
-import pretrain_mlm  # noqa: E402
 
 
 def test_pretrain_mlm_script_end_to_end(mlm_run):

@@ -2,10 +2,10 @@
 trains through the same script, and bad input is refused with a clear message."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+import train_translation  # training/train_translation.py (conftest puts training/ on sys.path)
 from conftest import ROOT, SHARED, run_script
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, MarianMTModel
 
@@ -13,9 +13,6 @@ from hf_encoders import Seq2SeqForConditionalGeneration, translate
 from hf_encoders.hub import build_model_card
 
 TINY = ["--config", str(ROOT / "training" / "configs" / "translation_tiny.yaml")]
-
-sys.path.insert(0, str(ROOT / "training"))
-import train_translation  # noqa: E402
 
 
 def test_a_tiny_model_learns_a_handful_of_pairs_until_greedy_reproduces_them(handful, translation_run):

@@ -6,12 +6,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
+import tiny_training_job
 import torch
+from conftest import ScriptRun, run_main
 from transformers import AutoModelForMaskedLM
 
 from hf_encoders.training import (
+    NonFiniteLossError,
     TrainingConfig,
     checkpoints,
     parameter_groups,
@@ -25,13 +29,18 @@ JOB = ROOT / "tests" / "tiny_training_job.py"
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 
 
-def run_job(output_dir: Path, *flags: str, launcher: list[str] | None = None, env: dict | None = None, check=True):
-    command = [*(launcher or [sys.executable]), str(JOB), "--output_dir", str(output_dir), "--log_every", "1", *flags]
+def run_job(output_dir: Path, *flags: str, env: dict | None = None) -> ScriptRun:
+    """tests/tiny_training_job.py with these flags and environment switches, in this process."""
+    with mock.patch.dict(os.environ, env or {}):
+        return run_main(tiny_training_job.main, "--output_dir", str(output_dir), "--log_every", "1", *flags)
+
+
+def launch_job(output_dir: Path, *flags: str, launcher: list[str], env: dict) -> None:
+    """tests/tiny_training_job.py under a launcher, in processes of its own."""
+    command = [*launcher, str(JOB), "--output_dir", str(output_dir), "--log_every", "1", *flags]
     done = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=ROOT,
-                          env={**os.environ, **(env or {})})  # fmt: skip
-    if check:
-        assert done.returncode == 0, done.stderr[-4000:]
-    return done
+                          env={**os.environ, **env})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
 
 
 def losses(output_dir: Path) -> dict[int, float]:
@@ -45,8 +54,8 @@ def test_two_processes_follow_one_process_with_the_same_global_batch(tmp_path):
     # launcher (torchrun) is used with ACCELERATE_USE_CPU
     launcher = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]  # fmt: skip
-    run_job(tmp_path / "two", "--per_device_batch_size", "4", "--max_steps", "6", launcher=launcher,
-            env={"ACCELERATE_USE_CPU": "1"})  # fmt: skip
+    launch_job(tmp_path / "two", "--per_device_batch_size", "4", "--max_steps", "6", launcher=launcher,
+               env={"ACCELERATE_USE_CPU": "1"})  # fmt: skip
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one) == 6 and one.keys() == two.keys()
     for step in one:
@@ -80,17 +89,18 @@ def test_resume_after_a_kill_and_after_a_crash_mid_checkpoint(tmp_path):
     assert len(straight) == 8
 
     # killed while fetching the 5th batch: checkpoint-3 is the last one
-    killed = run_job(tmp_path / "killed", *flags, env={**dynamic, "HF_ENCODERS_TEST_CRASH_AT_BATCH": "5"}, check=False)
-    assert killed.returncode != 0 and [p.name for p in checkpoints(tmp_path / "killed")] == ["checkpoint-3"]
+    with pytest.raises(SystemExit, match="killed"):
+        run_job(tmp_path / "killed", *flags, env={**dynamic, "HF_ENCODERS_TEST_CRASH_AT_BATCH": "5"})
+    assert [p.name for p in checkpoints(tmp_path / "killed")] == ["checkpoint-3"]
     run_job(tmp_path / "killed", *flags, "--resume", env=dynamic)
     resumed = losses(tmp_path / "killed")
     for step in range(4, 9):
         assert resumed[step] == pytest.approx(straight[step], rel=1e-5), (step, straight, resumed)
 
     # crashed while writing checkpoint-6: its folder stays .tmp and resume starts from checkpoint-3
-    crashed = run_job(tmp_path / "crashed", *flags, env={**dynamic, "HF_ENCODERS_TEST_FAIL_SAVE_AT_STEP": "6"},
-                      check=False)  # fmt: skip
-    assert crashed.returncode != 0 and (tmp_path / "crashed" / "checkpoint-6.tmp").is_dir()
+    with pytest.raises(SystemExit, match="crashed while writing a checkpoint"):
+        run_job(tmp_path / "crashed", *flags, env={**dynamic, "HF_ENCODERS_TEST_FAIL_SAVE_AT_STEP": "6"})
+    assert (tmp_path / "crashed" / "checkpoint-6.tmp").is_dir()
     assert [p.name for p in checkpoints(tmp_path / "crashed")] == ["checkpoint-3"]
     run_job(tmp_path / "crashed", *flags, "--resume", env=dynamic)
     resumed = losses(tmp_path / "crashed")
@@ -100,11 +110,11 @@ def test_resume_after_a_kill_and_after_a_crash_mid_checkpoint(tmp_path):
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
-    done = run_job(tmp_path, "--per_device_batch_size", "4", "--max_steps", "8", "--save_every", "2",
-                   env={"HF_ENCODERS_TEST_NAN_AT_STEP": "5"}, check=False)  # fmt: skip
-    assert done.returncode != 0
-    assert "NonFiniteLossError: The training loss became nan by step 5" in done.stderr
-    assert f"The last good checkpoint is {tmp_path / 'checkpoint-4'}" in done.stderr
+    with pytest.raises(NonFiniteLossError) as error:
+        run_job(tmp_path, "--per_device_batch_size", "4", "--max_steps", "8", "--save_every", "2",
+                env={"HF_ENCODERS_TEST_NAN_AT_STEP": "5"})  # fmt: skip
+    assert "The training loss became nan by step 5" in str(error.value)
+    assert f"The last good checkpoint is {tmp_path / 'checkpoint-4'}" in str(error.value)
     assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
     assert not (tmp_path / "final").exists()  # nothing exported from the broken weights
 
@@ -123,8 +133,8 @@ def test_bf16_on_cpu_trains_and_the_export_loads(tmp_path):
 
 
 def test_an_unknown_best_metric_is_an_error(tmp_path):
-    done = run_job(tmp_path, "--max_steps", "2", "--best_metric", "imdb/loss", check=False)
-    assert done.returncode != 0 and "best_metric='imdb/loss' is not among the evaluation metrics []" in done.stderr
+    with pytest.raises(ValueError, match=r"best_metric='imdb/loss' is not among the evaluation metrics \[\]"):
+        run_job(tmp_path, "--max_steps", "2", "--best_metric", "imdb/loss")
 
 
 def test_training_curves_plot(tmp_path):

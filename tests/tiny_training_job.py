@@ -1,4 +1,5 @@
-"""A tiny masked-LM training job for the training-loop tests. Runs alone or under `accelerate launch`:
+"""A tiny masked-LM training job for the training-loop tests. Runs alone, under `accelerate launch`, or in the
+test process (`main(flags)`):
 
     python tests/tiny_training_job.py --output_dir DIR --max_steps 6 [any TrainingConfig flag]
 
@@ -8,9 +9,11 @@ HF_ENCODERS_TEST_FAIL_SAVE_AT_STEP=n (writing checkpoint n fails halfway), HF_EN
 loss becomes NaN from that optimizer step on).
 """
 
+import contextlib
 import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 from accelerate import Accelerator
@@ -45,8 +48,8 @@ def fixed_masking(batch: list[dict]) -> dict:
     }
 
 
-def main() -> None:
-    (config,) = parse_config((TrainingConfig,), sys.argv[1:])
+def main(argv: list[str] | None = None) -> None:
+    (config,) = parse_config((TrainingConfig,), argv)
     torch.manual_seed(0)
     model = EncoderForMaskedLM(EncoderConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                              intermediate_size=64, max_position_embeddings=32, sparse_prediction=True))  # fmt: skip
@@ -69,6 +72,7 @@ def main() -> None:
                 raise SystemExit("killed (test)")
             return inner(batch)
 
+    failing_save = contextlib.nullcontext()
     if fail_at := int(os.environ.get("HF_ENCODERS_TEST_FAIL_SAVE_AT_STEP", 0)):
         save_state = Accelerator.save_state
 
@@ -77,7 +81,7 @@ def main() -> None:
             if output_dir.endswith(f"checkpoint-{fail_at}.tmp"):
                 raise SystemExit("crashed while writing a checkpoint (test)")  # ... but the save never completes
 
-        Accelerator.save_state = failing_save_state
+        failing_save = mock.patch.object(Accelerator, "save_state", failing_save_state)
 
     if nan_at := int(os.environ.get("HF_ENCODERS_TEST_NAN_AT_STEP", 0)):
         calls = [0]
@@ -88,7 +92,8 @@ def main() -> None:
 
         model.head.register_forward_hook(poison)
 
-    train(model, examples(), collator, config, tokenizer=tokenizer)
+    with failing_save:
+        train(model, examples(), collator, config, tokenizer=tokenizer)
 
 
 if __name__ == "__main__":
