@@ -304,6 +304,11 @@ def parse_named_source(entry: str, default_split: str | None = None, what: str =
     return name, spec, split
 
 
+def monolingual_source_name(language: str, spec: str | os.PathLike) -> str:
+    """The name of a `language=path-or-hub-id` text source in a run's metrics: `<last part of the path>.<language>`."""
+    return f"{Path(str(spec).rstrip('/')).name}.{language}"
+
+
 def load_monolingual_dataset(spec: str | os.PathLike, language: str, split: str | None = None) -> DatasetDict:
     """Texts in one language, as a `DatasetDict` with a `text` column and a validation split: the `language` side of
     aligned parallel files (`train.de.gz`, `val.de.gz`, ... of Multi30k), or any data `load_text_dataset` reads.

@@ -27,7 +27,7 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from .data import _aligned_files, is_local, parse_named_source
+from .data import _aligned_files, is_local, monolingual_source_name, parse_named_source
 from .plots import plot_training_curves
 
 logger = logging.getLogger(__name__)
@@ -122,6 +122,10 @@ def describe_data(spec: str) -> dict:
                     text = re.split(r"(?<=\.)\s", text, maxsplit=1)[0]
                 info["source" if label.group(1) == "Source" else "license"] = text
     return info
+
+
+ENCODER_FAMILY = "encoder (a BERT/ModernBERT-style transformer)"
+SEQ2SEQ_FAMILY = "encoder-decoder (a BART-style transformer)"
 
 
 def _language(code: str) -> str:
@@ -244,11 +248,49 @@ def _classification_results(run: Run) -> tuple[list[dict], dict]:
     return rows, dataset
 
 
+LATENT_METRICS = {"kl_per_sentence": "KL per sentence (nats)", "active_units": "active latent units",
+                  "reconstruction_bleu": "reconstruction BLEU (greedy, posterior mean)",
+                  "reconstruction_chrf": "reconstruction chrF (greedy, posterior mean)"}  # fmt: skip
+
+
+def _text_sources(run: Run) -> list[tuple[str, str, str]]:
+    """(language, data spec, metrics name) of each `language=path-or-hub-id[:split]` source of a denoising run."""
+    sources = []
+    for entry in run.settings["data"]["texts"]:
+        language, spec, _ = parse_named_source(entry, default_split="train", what="language")
+        sources.append((language, spec, monolingual_source_name(language, spec)))
+    return sources
+
+
+def _denoising_results(run: Run) -> tuple[list[dict], dict]:
+    metrics, sources = chosen_metrics(run), _text_sources(run)
+    variational = bool(run.settings["model"].get("latent_size"))
+    noise = {key: run.settings["noise"][key] for key in ("mask_ratio", "poisson_lambda", "permute_sentence_ratio")}
+    task = {"task_type": "text2text-generation",
+            "task_name": "Sentence autoencoding" if variational else "Denoising autoencoding"}  # fmt: skip
+    rows = []
+    for index, (language, spec, name) in enumerate(sources):
+        dataset = describe_data(spec)
+        where = {**task, "dataset_type": dataset["hub_id"] or dataset["name"],
+                 "dataset_name": f"{dataset['title']} ({language})", "dataset_config": language,
+                 "dataset_split": "validation", "signature": None}  # fmt: skip
+        for key, metric_name in (("perplexity", "reconstruction perplexity"),
+                                 ("accuracy", "reconstruction token accuracy")):  # fmt: skip
+            if f"{name}/{key}" in metrics:
+                rows.append({**where, "metric_type": key, "metric_name": metric_name, "value": metrics[f"{name}/{key}"],
+                             "metric_args": noise})  # fmt: skip
+        if index == 0:  # the latent figures are measured on the first source's clean validation sentences
+            rows += [{**where, "metric_type": key, "metric_name": metric_name, "value": metrics[f"latent/{key}"]}
+                     for key, metric_name in LATENT_METRICS.items() if f"latent/{key}" in metrics]  # fmt: skip
+    return rows, describe_data(sources[0][1])
+
+
 def evaluation_results(run: Run) -> tuple[list[dict], dict]:
     """The run's results as rows (task, dataset, split, metric, value, signature; `model_index: False` for those
     that stay out of the card's metadata) and its training data."""
     readers = {"train_translation": _translation_results, "pretrain_mlm": _masked_lm_results,
-               "finetune_classification": _classification_results}  # fmt: skip
+               "finetune_classification": _classification_results,
+               "pretrain_denoising": _denoising_results}  # fmt: skip
     if run.script not in readers:
         raise ValueError(f"No model card for runs of {run.script!r}; cards exist for {sorted(readers)}.")
     rows, data = readers[run.script](run)
@@ -320,7 +362,7 @@ def build_model_card(
             base_model=base if not Path(base).exists() else None,
         )  # fmt: skip
         return ModelCard.from_template(
-            card_data, template_path=str(CARD_TEMPLATES / "encoder.md"), **common,
+            card_data, template_path=str(CARD_TEMPLATES / "encoder.md"), **common, family=ENCODER_FAMILY,
             objective=f"fine-tuned from `{base if not Path(base).exists() else '/'.join(Path(base).parts[-2:])}` for {run.results['task'].replace('_', '-')} "
                       f"{'regression' if run.results['task'] == 'regression' else 'classification'} "
                       f"(labels: {', '.join(labels)})",
@@ -335,6 +377,8 @@ def build_model_card(
                                         any(row["dataset_split"] != data_settings["validation_split"] for row in rows)
                                         else "") + "."),
         )  # fmt: skip
+    if run.script == "pretrain_denoising":
+        return _denoising_card(run, common, tags, eval_results, data, license, language)
     mlm = run.settings["data"]
     card_data = ModelCardData(
         model_name=model_name, language=language, license=license, library_name="transformers",
@@ -343,7 +387,7 @@ def build_model_card(
     )  # fmt: skip
     others = [describe_data(parse_named_source(entry)[1]) for entry in mlm.get("eval_data", [])]
     return ModelCard.from_template(
-        card_data, template_path=str(CARD_TEMPLATES / "encoder.md"), **common,
+        card_data, template_path=str(CARD_TEMPLATES / "encoder.md"), **common, family=ENCODER_FAMILY,
         objective=f"pretrained with masked-language modelling ({mlm['mlm_probability']:.0%} of tokens masked)",
         intended_use="Fine-tuning for text classification, token classification or embeddings in its domain, and "
                      "filling in masked words.",
@@ -354,6 +398,64 @@ def build_model_card(
         best_metric=run.settings["training"].get("best_metric") or "final step",
         evaluation_note=(f"Masked-token perplexity and accuracy with {mlm['mlm_probability']:.0%} of the tokens "
                          "masked, on held-out documents packed as in training."),
+    )  # fmt: skip
+
+
+def _denoising_card(
+    run: Run,
+    common: dict,
+    tags: list[str],
+    eval_results: list[EvalResult],
+    data: dict,
+    license: str,
+    language: list[str] | None,
+) -> ModelCard:
+    """The card of a denoising autoencoder or, with a latent bottleneck, a sentence VAE (training/pretrain_denoising.py)."""
+    model, noise, settings = run.settings["model"], run.settings["noise"], run.settings["data"]
+    sources = _text_sources(run)
+    languages = sorted({source_language for source_language, _, _ in sources})
+    corruption = [part for part, on in (("sentence permutation", noise["permute_sentence_ratio"] > 0),
+                                        (f"text infilling ({noise['mask_ratio']:.0%} of the words hidden in spans of "
+                                         f"Poisson({noise['poisson_lambda']:g}) lengths)", noise["mask_ratio"] > 0))
+                  if on]  # fmt: skip
+    noised = f" from a copy corrupted by {' and '.join(corruption)}" if corruption else ""
+    if model.get("latent_size"):
+        objective = (f"trained as a sentence variational autoencoder: a {model['latent_size']}-dimensional Gaussian "
+                     f"latent, read by the decoder through {model['latent_memory_tokens']} memory vectors, "
+                     f"rebuilds the text{noised} (KL free bits {model['kl_free_bits']:g}, KL weight annealed over "
+                     f"{noise['kl_annealing_steps']:,} steps)")  # fmt: skip
+        intended_use = ("Sentence embeddings (the posterior mean, `model.encode_latent(...)`), sampling sentences "
+                        "from the prior and interpolating between sentences (`model.generate(latent=...)`).")  # fmt: skip
+        example = "A man rides a horse on the beach."
+    else:
+        objective = f"pretrained as a denoising autoencoder: it rebuilds text{noised}"
+        intended_use = ("Initialising translation and other text-to-text models (`training/train_translation.py "
+                        "--init_from`), and filling in masked spans of text.")  # fmt: skip
+        example = f"A man {_mask_token(run)} on the beach."
+    card_data = ModelCardData(
+        model_name=common["model_name"], language=language or languages, license=license,
+        library_name="transformers", pipeline_tag="text2text-generation", tags=tags + ["text2text-generation"],
+        eval_results=eval_results, datasets=[data["hub_id"]] if data["hub_id"] else None,
+    )  # fmt: skip
+    others = [describe_data(spec) for _, spec, _ in sources[1:]]
+    latent_note = (
+        f" The latent figures come from the first {run.settings['evaluation']['reconstruction_examples']:,} clean "
+        f"validation sentences of {sources[0][2]}: the KL of the posterior from the prior per sentence, the latent "
+        "dimensions whose posterior mean varies across sentences (variance above 0.01), and BLEU/chrF of greedy "
+        "reconstructions from the posterior mean." if model.get("latent_size") else ""
+    )  # fmt: skip
+    return ModelCard.from_template(
+        card_data, template_path=str(CARD_TEMPLATES / "encoder.md"), **common, family=SEQ2SEQ_FAMILY,
+        objective=objective, intended_use=intended_use, auto_class="AutoModelForSeq2SeqLM",
+        pipeline_tag="text2text-generation", example=example,
+        train_description=(f"{', '.join(name for _, _, name in sources)}: {run.results['train_segments']:,} segments "
+                           f"of whole sentences, at most {settings['max_length']} tokens each "
+                           f"({run.results['train_tokens_per_epoch']:,} target tokens per epoch)"),
+        eval_data=[other for other in others if other["title"] != data["title"]],
+        best_metric=run.settings["training"].get("best_metric") or "final step",
+        evaluation_note=("Teacher-forced reconstruction perplexity and token accuracy on each source's validation "
+                         "split, corrupted by the training noise (the same draw at every evaluation)."
+                         + latent_note),
     )  # fmt: skip
 
 

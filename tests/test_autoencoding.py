@@ -24,6 +24,7 @@ from hf_encoders import (
     train_tokenizer,
 )
 from hf_encoders.data import word_start_table
+from hf_encoders.hub import build_model_card
 from hf_encoders.training import TrainingConfig, train
 
 
@@ -291,6 +292,15 @@ def test_denoising_pretraining_then_translation_fine_tuning(handful, tmp_path):
     results = json.loads((denoised / "results.json").read_text())
     assert results["steps"] == 6 and results["train_segments"] == 16
     assert {f"{handful.name}.en/loss", f"{handful.name}.de/loss"} <= set(results["metrics"])
+    card = build_model_card(denoised)  # the best model's validation figures, one row per source and metric
+    best = min((json.loads(line) for line in (denoised / "metrics.jsonl").read_text().splitlines()
+                if f"{handful.name}.de/loss" in line), key=lambda row: row[f"{handful.name}.de/loss"])  # fmt: skip
+    figures = {(result.dataset_config, result.metric_type): result.metric_value for result in card.data.eval_results}
+    assert figures == pytest.approx({(language, key): best[f"{handful.name}.{language}/{key}"]
+                                     for language in ("en", "de") for key in ("perplexity", "accuracy")}, abs=1e-4)  # fmt: skip
+    assert card.data.pipeline_tag == "text2text-generation" and card.data.language == ["de", "en"]
+    assert "text infilling (30% of the words hidden in spans of Poisson(3) lengths)" in card.text
+    assert 'pipeline("text2text-generation"' in card.text and "<mask>" in card.text
     translated = tmp_path / "translated"
     run_script("train_translation.py", "--config", str(ROOT / "training" / "configs" / "translation_tiny.yaml"),
                "--data", str(handful), "--init_from", str(denoised / "final"), "--output_dir", str(translated),
@@ -316,6 +326,9 @@ def test_variational_autoencoder_script_reports_latent_figures(handful, tmp_path
     rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     weights = [row["train/kl_weight"] for row in rows if "train/kl_weight" in row]
     assert weights and weights[-1] == 1.0 and all(0 < w <= 1 for w in weights)
+    card = build_model_card(output)
+    assert {result.metric_type for result in card.data.eval_results} == {"perplexity", "accuracy", *latent}
+    assert "sentence variational autoencoder: a 4-dimensional Gaussian latent" in card.text
     with pytest.raises(ValueError, match="label_smoothing replaces"):
         run_script("pretrain_denoising.py", "--config", str(ROOT / "training" / "configs" / "vae_multi30k_en.yaml"),
                    "--texts", f"en={handful}", "--label_smoothing", "0.1", "--output_dir", str(tmp_path / "no"))  # fmt: skip

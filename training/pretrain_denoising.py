@@ -45,7 +45,7 @@ from hf_encoders import (  # noqa: E402
     train_tokenizer,
     translate,
 )
-from hf_encoders.data import parse_named_source  # noqa: E402
+from hf_encoders.data import monolingual_source_name, parse_named_source  # noqa: E402
 from hf_encoders.modeling_seq2seq import gaussian_kl  # noqa: E402
 from hf_encoders.training import TrainingConfig, evaluate_loss, parse_config, train  # noqa: E402
 
@@ -82,10 +82,6 @@ class EvaluationArguments:
     eval_batch_size: int = 64
     reconstruction_examples: int = field(default=200, metadata={"help": "Bottleneck: sentences decoded for BLEU."})
     max_new_tokens: int = 128
-
-
-def source_name(language: str, spec: str) -> str:
-    return f"{Path(spec.rstrip('/')).name}.{language}"
 
 
 def latent_report(model: Seq2SeqForConditionalGeneration, tokenizer, texts: list[str], language: str, batch_size: int,
@@ -153,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
             data = load_monolingual_dataset(spec, language, split)
             if data_args.max_documents:
                 data[split] = data[split].select(range(min(data_args.max_documents, len(data[split]))))
-            documents[source_name(language, spec)] = (language, data[split], data["validation"])
+            documents[monolingual_source_name(language, spec)] = (language, data[split], data["validation"])
         if data_args.tokenizer or model_args.init_from:
             tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer or model_args.init_from)
         else:
