@@ -8,7 +8,8 @@ MarianMTModel of the same dimensions, in one process, on the same data:
 Ours trains on padding-free batches (sources packed in one row, targets in another) with sparse prediction (the LM
 head only on labelled target positions), and by default with a plain GELU MLP, so that its FLOPs per token equal
 BART's and Marian's; `--activation geglu` measures the gated MLP that the translation configs use (1.5x the MLP
-FLOPs). BART and Marian get the same pairs as padded batches, as their collators give them.
+FLOPs). BART and Marian get the same pairs as padded batches, as their collators give them. `--ours-layers 6 1`
+gives ours a deep encoder and a one-layer decoder (about the parameters of 3 + 3), the others keep theirs.
 
 `--compile` times generation as transformers compiles it: static caches for every model alike, each greedy decoding
 step compiled whole by torch.compile (inductor; transformers' beam search runs its steps eagerly on the static
@@ -43,6 +44,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--intermediate-size", type=int, default=1024)
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--activation", choices=["gelu", "geglu"], default="gelu", help="our MLP")
+    parser.add_argument("--ours-layers", type=int, nargs=2, metavar=("ENCODER", "DECODER"),
+                        help="our encoder and decoder depth, when it should differ from the others' (e.g. 6 1: a "
+                             "deep encoder and shallow decoder with about the parameters of 3 + 3)")  # fmt: skip
     parser.add_argument("--min-length", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=30)
     parser.add_argument("--train-batch-size", type=int, default=64)
@@ -109,9 +113,10 @@ def make_data(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
 
 def build_models(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, str]]:
     dims = dict(vocab_size=args.vocab_size, max_position_embeddings=128, pad_token_id=PAD, eos_token_id=EOS)
+    encoder_layers, decoder_layers = args.ours_layers or (args.encoder_layers, args.decoder_layers)
     ours = Seq2SeqConfig(
-        **dims, hidden_size=args.hidden_size, num_hidden_layers=args.encoder_layers,
-        num_decoder_layers=args.decoder_layers, num_attention_heads=args.heads,
+        **dims, hidden_size=args.hidden_size, num_hidden_layers=encoder_layers,
+        num_decoder_layers=decoder_layers, num_attention_heads=args.heads,
         intermediate_size=args.intermediate_size, hidden_activation=args.activation, bos_token_id=BOS,
         decoder_start_token_id=BOS, sparse_prediction=True, attn_implementation="sdpa",
     )  # fmt: skip
@@ -122,7 +127,8 @@ def build_models(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, s
         decoder_start_token_id=BOS, forced_eos_token_id=None, dropout=0.0, attn_implementation="sdpa",
     )  # fmt: skip
     return {  # name -> (model, training batch layout); all share width, depth, heads, FFN size and vocabulary
-        f"hf_encoders Seq2SeqForConditionalGeneration ({args.activation})": (
+        f"hf_encoders Seq2SeqForConditionalGeneration ({args.activation}"
+        + (f", {encoder_layers}+{decoder_layers} layers)" if args.ours_layers else ")"): (
             Seq2SeqForConditionalGeneration(ours),
             "packed",
         ),
@@ -206,8 +212,8 @@ def main() -> None:
     }
     print()
     for mode in modes:
-        print(f"{mode:<40} " + "  ".join(f"{name.split()[-1]}: {value:9.1f}" for name, value in median[mode].items()))
-        print(f"{'  ours is':<40} " + "  ".join(f"{name.split()[-1]}: {median[mode][ours] / value:8.2f}x"
+        print(f"{mode:<40} " + "  ".join(f"{name.split()[1]}: {value:9.1f}" for name, value in median[mode].items()))
+        print(f"{'  ours is':<40} " + "  ".join(f"{name.split()[1]}: {median[mode][ours] / value:8.2f}x"
                                                 for name, value in median[mode].items()))  # fmt: skip
     if args.output:
         write_result(

@@ -32,13 +32,14 @@ def test_cpu_benchmark_runs_and_records_its_figures(tmp_path):
 @pytest.mark.parametrize("compiled", [[], ["--compile", "--compile-backend", "eager"]], ids=["eager", "compiled"])
 def test_seq2seq_benchmark_runs_and_records_its_figures(tmp_path, compiled):
     """Also with every model's decoding steps compiled from static caches (dynamo's eager backend here: the plumbing,
-    not inductor's minutes of code generation)."""
+    not inductor's minutes of code generation); eagerly with ours deeper in the encoder than in the decoder."""
     output = tmp_path / "result.json"
     tiny = ["--hidden-size", "32", "--encoder-layers", "1", "--decoder-layers", "1", "--heads", "2",
             "--intermediate-size", "64", "--vocab-size", "64", "--train-batch-size", "4", "--train-steps", "1",
             "--generate-batch-size", "2", "--generate-batches", "1", "--new-tokens", "3", "--rounds", "1"]  # fmt: skip
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_seq2seq_cpu.py"), *tiny, *compiled, "--output", str(output)],
+        [sys.executable, str(ROOT / "benchmarks" / "bench_seq2seq_cpu.py"), *tiny, *(compiled or ["--ours-layers", "2", "1"]),
+         "--output", str(output)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -48,6 +49,8 @@ def test_seq2seq_benchmark_runs_and_records_its_figures(tmp_path, compiled):
     assert all(len(per_model) == 3 and min(per_model.values()) > 0 for per_model in result["median"].values())
     assert result["settings"]["compile"] == bool(compiled) and len(result["warm_up_generation_seconds"]) == 3
     assert all((graphs > 0) == bool(compiled) for graphs in result["compiled_graphs"].values())  # every model's
+    ours = next(iter(result["parameters"]))
+    assert ours.endswith("(gelu, 2+1 layers)") == (not compiled)
 
 
 def test_data_benchmark_runs_and_records_its_figures(tmp_path):
