@@ -422,8 +422,9 @@ def _denoising_card(
     if model.get("latent_size"):
         objective = (f"trained as a sentence variational autoencoder: a {model['latent_size']}-dimensional Gaussian "
                      f"latent, read by the decoder through {model['latent_memory_tokens']} memory vectors, "
-                     f"rebuilds the text{noised} (KL free bits {model['kl_free_bits']:g}, KL weight annealed over "
-                     f"{noise['kl_annealing_steps']:,} steps)")  # fmt: skip
+                     f"rebuilds the text{noised} (KL free bits {model['kl_free_bits']:g}, "
+                     + (f"KL weight annealed from 0 to 1 over {noise['kl_annealing_steps']:,} steps)"
+                        if noise["kl_annealing_steps"] else "full KL weight from the start)"))  # fmt: skip
         intended_use = ("Sentence embeddings (the posterior mean, `model.encode_latent(...)`), sampling sentences "
                         "from the prior and interpolating between sentences (`model.generate(latent=...)`).")  # fmt: skip
         example = "A man rides a horse on the beach."
@@ -437,7 +438,9 @@ def _denoising_card(
         library_name="transformers", pipeline_tag="text2text-generation", tags=tags + ["text2text-generation"],
         eval_results=eval_results, datasets=[data["hub_id"]] if data["hub_id"] else None,
     )  # fmt: skip
-    others = [describe_data(spec) for _, spec, _ in sources[1:]]
+    others = {
+        other["title"]: other for _, spec, _ in sources[1:] if (other := describe_data(spec))["title"] != data["title"]
+    }
     latent_note = (
         f" The latent figures come from the first {run.settings['evaluation']['reconstruction_examples']:,} clean "
         f"validation sentences of {sources[0][2]}: the KL of the posterior from the prior per sentence, the latent "
@@ -451,8 +454,7 @@ def _denoising_card(
         train_description=(f"{', '.join(name for _, _, name in sources)}: {run.results['train_segments']:,} segments "
                            f"of whole sentences, at most {settings['max_length']} tokens each "
                            f"({run.results['train_tokens_per_epoch']:,} target tokens per epoch)"),
-        eval_data=[other for other in others if other["title"] != data["title"]],
-        best_metric=run.settings["training"].get("best_metric") or "final step",
+        eval_data=list(others.values()), best_metric=run.settings["training"].get("best_metric") or "final step",
         evaluation_note=("Teacher-forced reconstruction perplexity and token accuracy on each source's validation "
                          "split, corrupted by the training noise (the same draw at every evaluation)."
                          + latent_note),

@@ -329,6 +329,7 @@ def test_variational_autoencoder_script_reports_latent_figures(handful, tmp_path
     card = build_model_card(output)
     assert {result.metric_type for result in card.data.eval_results} == {"perplexity", "accuracy", *latent}
     assert "sentence variational autoencoder: a 4-dimensional Gaussian latent" in card.text
+    assert "KL weight annealed from 0 to 1 over 2 steps" in card.text
     with pytest.raises(ValueError, match="label_smoothing replaces"):
         run_script("pretrain_denoising.py", "--config", str(ROOT / "training" / "configs" / "vae_multi30k_en.yaml"),
                    "--texts", f"en={handful}", "--label_smoothing", "0.1", "--output_dir", str(tmp_path / "no"))  # fmt: skip
