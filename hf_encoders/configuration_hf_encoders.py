@@ -164,8 +164,22 @@ class EncoderConfig(PreTrainedConfig):
 
     @property
     def sliding_window(self) -> int | None:
-        """Tokens seen on each side by local layers (what `transformers.masking_utils` reads)."""
+        """Tokens seen on each side by local layers (what `transformers.masking_utils` reads): half of
+        `local_attention`, which setting it sets (as in transformers' `ModernBertConfig`); None makes every layer
+        global."""
         return None if self.local_attention is None else self.local_attention // 2
+
+    @sliding_window.setter
+    def sliding_window(self, value: int | None) -> None:
+        if value is not None and (self.global_attn_every_n_layers is None or value <= 0):
+            raise ValueError(
+                f"`sliding_window`={value}: local attention needs a positive window and `global_attn_every_n_layers` "
+                f"(now {self.global_attn_every_n_layers}), which says which layers are local."
+            )
+        if value is None:  # no local layers: every layer global
+            self.local_attention = self.global_attn_every_n_layers = None
+        else:
+            self.local_attention = 2 * value
 
 
 @strict

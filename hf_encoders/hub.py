@@ -13,6 +13,7 @@ write the card (from the Jinja templates in `model_cards/templates/`, which ship
 """
 
 import gzip
+import importlib
 import json
 import logging
 import re
@@ -21,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx2
+import huggingface_hub
 import yaml
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError
@@ -29,6 +30,11 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from .data import _aligned_files, is_local, monolingual_source_name, parse_named_source
 from .plots import plot_training_curves
+
+# Network errors of the HTTP client huggingface_hub talks through: httpx2 from huggingface_hub 2 on, httpx before.
+TransportError = importlib.import_module(
+    "httpx2" if int(huggingface_hub.__version__.split(".")[0]) >= 2 else "httpx"
+).TransportError
 
 logger = logging.getLogger(__name__)
 
@@ -601,7 +607,7 @@ def push_to_hub(
             info = api.create_commit(repo_id, operations, commit_message=message, revision=branch,
                                      create_pr=create_pr, parent_commit=parent)  # fmt: skip
             break
-        except (HfHubHTTPError, httpx2.TransportError) as error:
+        except (HfHubHTTPError, TransportError) as error:
             status = getattr(getattr(error, "response", None), "status_code", None)
             if status == 412 and attempt:
                 raise RuntimeError(

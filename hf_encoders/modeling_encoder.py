@@ -13,6 +13,7 @@ This file is copied next to every saved checkpoint for `trust_remote_code=True`:
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,6 +45,29 @@ ENCODER_AUTO_MAP = {
     "AutoModelForSequenceClassification": "modeling_encoder.EncoderForSequenceClassification",
     "AutoModelForTokenClassification": "modeling_encoder.EncoderForTokenClassification",
 }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The user's transformers: this file runs on whatever version is installed (pyproject.toml names the tested range), so
+# an argument that transformers renames must be understood under both names, and anything not understood must fail.
+
+# The keyword arguments transformers threads through a forward (output flags, loss normalisation, flash attention's
+# variable-length offsets); `token_type_ids`, which BERT-style tokenizers return, are not read (this family has no
+# segment embeddings, as ModernBERT). Any other keyword is refused rather than dropped: transformers 5.24 renamed
+# `past_key_values` to `cache`, and a forward that swallowed the new name decoded without its history.
+KNOWN_FORWARD_KWARGS = frozenset(TransformersKwargs.__annotations__) | {"token_type_ids"}
+
+
+def checked_forward_kwargs(kwargs: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """`kwargs` less what is not read (`token_type_ids`); a TypeError for any keyword outside `KNOWN_FORWARD_KWARGS`."""
+    unknown = sorted(set(kwargs) - KNOWN_FORWARD_KWARGS)
+    if unknown:
+        raise TypeError(
+            f"{type(model).__name__}.forward() got unexpected keyword arguments {unknown}: the model does not read "
+            "them. If a transformers release passes them (a renamed cache argument, say), this version of the model "
+            "does not support that release yet; hf_encoders' pyproject.toml names the tested range."
+        )
+    return {name: value for name, value in kwargs.items() if name != "token_type_ids"}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -79,13 +103,18 @@ def check_sequence_length(length: int, max_position_embeddings: int, name: str =
         )
 
 
-def check_attention_mask(attention_mask: torch.Tensor | None, input_shape: torch.Size, name: str = "input_ids"):
-    if attention_mask is None or attention_mask.ndim == 4:  # 4D masks are prepared by the caller, used as they are
+def check_attention_mask(
+    attention_mask: torch.Tensor | None, input_shape: torch.Size, name: str = "input_ids", past_length: int = 0
+):
+    """A 2D mask covers the `past_length` cached tokens (decoding with a cache) and the new ones."""
+    if attention_mask is None or attention_mask.ndim == 4 or is_torchdynamo_compiling():  # 4D: used as given
         return
-    if tuple(attention_mask.shape) != tuple(input_shape):
+    batch_size, length = input_shape
+    if tuple(attention_mask.shape) != (batch_size, past_length + length):
+        cached = f" and {past_length} cached tokens: (batch_size, {past_length} + {length})" if past_length else ""
         raise ValueError(
             f"`attention_mask` has shape {tuple(attention_mask.shape)} but `{name}` has shape {tuple(input_shape)}; "
-            "they must match (batch_size, sequence_length)."
+            f"the mask must cover its (batch_size, sequence_length){cached}."
         )
 
 
@@ -518,6 +547,7 @@ class EncoderModel(EncoderPreTrainedModel):
         attention_mask: (batch, seq), 1 on real tokens and 0 on padding; or a prepared 4D mask.
         position_ids: positions of the tokens (default 0, 1, ...).
         """
+        kwargs = checked_forward_kwargs(kwargs, self)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         name = "input_ids" if input_ids is not None else "inputs_embeds"

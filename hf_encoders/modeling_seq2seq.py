@@ -10,11 +10,15 @@ This file is copied next to every saved checkpoint for `trust_remote_code=True`:
 `transformers` and its siblings.
 """
 
+import inspect
 import logging
-from dataclasses import dataclass
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
+import transformers
 from torch import nn
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.generation import GenerationMixin
@@ -31,6 +35,7 @@ from transformers.modeling_outputs import (
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
+from transformers.utils.import_utils import is_torchdynamo_compiling
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_hf_encoders import Seq2SeqConfig
@@ -45,6 +50,7 @@ from .modeling_encoder import (
     check_attention_mask,
     check_sequence_length,
     check_token_ids,
+    checked_forward_kwargs,
     make_norm,
     packed_batch_from_inputs,
     run_attention,
@@ -58,6 +64,81 @@ SEQ2SEQ_AUTO_MAP = {
     "AutoModel": "modeling_seq2seq.Seq2SeqModel",
     "AutoModelForSeq2SeqLM": "modeling_seq2seq.Seq2SeqForConditionalGeneration",
 }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The cache under its two names. transformers 5.24 renamed the cache argument of `generate`, of model forwards and of
+# `masking_utils`, and the cache field of the output classes, from `past_key_values` to `cache` (the old name is
+# deprecated until 5.40). The forwards here take either; outputs and masks get the name the installed release uses.
+
+
+def _cache_name(names: Iterable[str], where: str) -> str:
+    for name in ("cache", "past_key_values"):
+        if name in names:
+            return name
+    raise ImportError(
+        f"{where} in transformers {transformers.__version__} takes neither `cache` nor `past_key_values`; this "
+        "version of the model does not support that release (hf_encoders' pyproject.toml names the tested range)."
+    )
+
+
+OUTPUT_CACHE_FIELD = _cache_name([field.name for field in fields(Seq2SeqLMOutput)], "Seq2SeqLMOutput")
+MASK_CACHE_ARGUMENT = _cache_name(inspect.signature(create_causal_mask).parameters, "create_causal_mask")
+
+
+def resolve_cache(cache: EncoderDecoderCache | None, past_key_values: EncoderDecoderCache | None):
+    """The cache given under either name (`cache` from transformers 5.24 on, `past_key_values` before). Where the
+    installed release has renamed it, the old name is deprecated, as for transformers' own models."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError(
+            "Pass the cache once: as `cache` or as `past_key_values` (its name before transformers 5.24)."
+        )
+    if past_key_values is not None and OUTPUT_CACHE_FIELD == "cache" and not is_torchdynamo_compiling():
+        warnings.warn(
+            f"`past_key_values` is deprecated in transformers {transformers.__version__}: pass the cache as `cache`.",
+            FutureWarning,
+            stacklevel=3,
+        )
+    return past_key_values if cache is None else cache
+
+
+def check_generation_step(input_ids: torch.Tensor, model_inputs: dict) -> None:
+    """Refuse a decoding step that `generate` feeds only its newest tokens without the cache of the others: the
+    model would decode them without their history (what transformers 5.24's rename did to models that took the cache
+    under its old name only)."""
+    fed = model_inputs.get("decoder_input_ids")
+    history = 0 if fed is None else input_ids.shape[1] - fed.shape[1]
+    if history == 0:
+        return
+    cache = model_inputs.get("cache", model_inputs.get("past_key_values"))
+    cached = None if cache is None else int(cache.get_seq_length())
+    if cached != history:
+        found = "no cache" if cache is None else f"a cache of {cached} tokens"
+        raise RuntimeError(
+            f"generate fed {fed.shape[1]} of {input_ids.shape[1]} target tokens, {history} of them decoded before, "
+            f"with {found} under a name this model reads (`cache` or `past_key_values`; the step's inputs: "
+            f"{sorted(model_inputs)}). transformers {transformers.__version__} passes its cache otherwise: this "
+            "version of the model does not support it (hf_encoders' pyproject.toml names the tested range)."
+        )
+
+
+def decoder_causal_mask(
+    config: Seq2SeqConfig,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    cache: EncoderDecoderCache | None,
+    position_ids: torch.Tensor | None,
+) -> torch.Tensor | None:
+    """The decoder's causal self-attention mask over the cached and the new tokens. The decoder has one kind of
+    layer: the config's `layer_types` describe the encoder's local/global pattern and do not apply here."""
+    self_attention_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+    return create_causal_mask(
+        config=config,
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        **{MASK_CACHE_ARGUMENT: self_attention_cache},
+    )
 
 
 def shift_tokens_right(
@@ -97,13 +178,13 @@ class DecoderSelfAttention(EncoderAttention):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
-        past_key_values: EncoderDecoderCache | None = None,
+        cache: EncoderDecoderCache | None = None,
         packed: PackedBatch | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         query, key, value = self.project(hidden_states, position_embeddings, packed)
-        if past_key_values is not None:
-            key, value = past_key_values.self_attention_cache.update(key, value, self.layer_idx)
+        if cache is not None:
+            key, value = cache.self_attention_cache.update(key, value, self.layer_idx)
         return self.attend(query, key, value, attention_mask, hidden_states.shape[:-1], packed, **kwargs)
 
 
@@ -127,7 +208,7 @@ class DecoderCrossAttention(nn.Module):
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        past_key_values: EncoderDecoderCache | None = None,
+        cache: EncoderDecoderCache | None = None,
         packed: PackedBatch | None = None,
         source_packed: PackedBatch | None = None,
         **kwargs: Unpack[TransformersKwargs],
@@ -137,8 +218,8 @@ class DecoderCrossAttention(nn.Module):
         if packed is not None:  # padding-free: each target attends to its own source, both re-padded
             query = packed.pad(query)
         query = query.transpose(1, 2)
-        if past_key_values is not None and past_key_values.is_updated.get(self.layer_idx):
-            cached = past_key_values.cross_attention_cache.layers[self.layer_idx]
+        if cache is not None and cache.is_updated.get(self.layer_idx):
+            cached = cache.cross_attention_cache.layers[self.layer_idx]
             key, value = cached.keys, cached.values
         else:
             kv = self.kv_proj(encoder_hidden_states)
@@ -146,9 +227,9 @@ class DecoderCrossAttention(nn.Module):
             if source_packed is not None:
                 kv = source_packed.pad(kv)
             key, value = (states.transpose(1, 2) for states in kv.unbind(dim=-3))
-            if past_key_values is not None:
-                key, value = past_key_values.cross_attention_cache.update(key, value, self.layer_idx)
-                past_key_values.is_updated[self.layer_idx] = True
+            if cache is not None:
+                key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
+                cache.is_updated[self.layer_idx] = True
         attn_output, attn_weights = run_attention(self, query, key, value, attention_mask, **kwargs)
         if packed is not None:
             attn_output = packed.unpad(attn_output)
@@ -176,20 +257,20 @@ class DecoderLayer(GradientCheckpointingLayer):
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        past_key_values: EncoderDecoderCache | None = None,
+        cache: EncoderDecoderCache | None = None,
         packed: PackedBatch | None = None,
         source_packed: PackedBatch | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         attn_output, _ = self.self_attn(
-            self.self_attn_norm(hidden_states), attention_mask, position_embeddings, past_key_values, packed, **kwargs
+            self.self_attn_norm(hidden_states), attention_mask, position_embeddings, cache, packed, **kwargs
         )
         hidden_states = hidden_states + self.dropout(attn_output)
         attn_output, _ = self.cross_attn(
             self.cross_attn_norm(hidden_states),
             encoder_hidden_states,
             encoder_attention_mask,
-            past_key_values,
+            cache,
             packed,
             source_packed,
             **kwargs,
@@ -268,6 +349,13 @@ class Seq2SeqPreTrainedModel(EncoderPreTrainedModel):
     _can_compile_fullgraph = True  # padded batches and static-cache decoding steps (generate compiles those on GPU)
     _family_auto_map = SEQ2SEQ_AUTO_MAP
 
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        """`set_attn_implementation` applies: every attention here dispatches through `ALL_ATTENTION_FUNCTIONS`
+        (`run_attention` in modeling_encoder.py). transformers decides it from this file's source, where it finds an
+        attention module but not the dispatch, and would otherwise keep the old implementation with a warning."""
+        return True
+
 
 class Seq2SeqDecoder(Seq2SeqPreTrainedModel):
     """The decoder stack. Its token embeddings are tied to the encoder's when `config.tie_word_embeddings`."""
@@ -300,18 +388,24 @@ class Seq2SeqDecoder(Seq2SeqPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
-        past_key_values: EncoderDecoderCache | None = None,
+        cache: EncoderDecoderCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         position_ids: torch.LongTensor | None = None,
         encoder_position_ids: torch.LongTensor | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         r"""
+        attention_mask: (batch, cached + new tokens), 1 on real tokens and 0 on padding; or a prepared 4D mask.
+        cache: the `EncoderDecoderCache` of the tokens decoded so far (`past_key_values` is its name before
+            transformers 5.24; either is accepted).
         position_ids / encoder_position_ids: positions of the target and source tokens. For padding-free batches
             (targets in one row of shape (1, total), sources likewise), they restart at 0 with each sequence; each
             target then attends causally within itself and to its own source only.
         """
+        kwargs = checked_forward_kwargs(kwargs, self)
+        cache = resolve_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `decoder_input_ids` or `decoder_inputs_embeds`.")
         if encoder_hidden_states is None:
@@ -319,7 +413,8 @@ class Seq2SeqDecoder(Seq2SeqPreTrainedModel):
         input_shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
         if input_ids is not None:
             check_token_ids(input_ids, self.config.vocab_size, "decoder_input_ids")
-        check_attention_mask(attention_mask, input_shape, "decoder_input_ids")
+        past_length = cache.get_seq_length() if cache is not None else 0  # (a static cache's length is a tensor)
+        check_attention_mask(attention_mask, input_shape, "decoder_input_ids", past_length)
         if encoder_hidden_states.shape[0] != input_shape[0]:
             raise ValueError(
                 f"The source batch has {encoder_hidden_states.shape[0]} sequences but the target batch has "
@@ -339,21 +434,15 @@ class Seq2SeqDecoder(Seq2SeqPreTrainedModel):
                 f"{packed.num_sequences if packed else 'no packed'} targets and "
                 f"{source_packed.num_sequences if source_packed else 'no packed'} sources."
             )
-        if packed is not None and past_key_values is not None:
-            raise ValueError("Padding-free batches are for training: they take no `past_key_values`.")
+        if packed is not None and cache is not None:
+            raise ValueError("Padding-free batches are for training: they take no cache.")
 
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if (
-            use_cache
-            and past_key_values is None
-            and packed is None
-            and not (self.gradient_checkpointing and self.training)
-        ):
-            past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if use_cache and cache is None and packed is None and not (self.gradient_checkpointing and self.training):
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         longest = packed.max_length if packed is not None else past_length + input_shape[1]
         check_sequence_length(longest, self.config.max_position_embeddings, "decoder_input_ids")
-        if position_ids is None:  # (a static cache's length is a tensor)
+        if position_ids is None:
             position_ids = (torch.arange(input_shape[1], device=self.device) + past_length)[None]
 
         hidden_states = self.embeddings(input_ids, inputs_embeds, position_ids)
@@ -367,12 +456,8 @@ class Seq2SeqDecoder(Seq2SeqPreTrainedModel):
         if packed is not None:
             mask_embeds, target_mask = packed.mask_arguments(hidden_states)
             source_embeds, source_mask = source_packed.mask_arguments(hidden_states)
-        self_attention_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=mask_embeds,
-            attention_mask=target_mask,
-            past_key_values=past_key_values.self_attention_cache if past_key_values is not None else None,
-            position_ids=position_ids if packed is None else None,
+        self_attention_mask = decoder_causal_mask(
+            self.config, mask_embeds, target_mask, cache, position_ids if packed is None else None
         )
         cross_attention_mask = create_bidirectional_mask(
             config=self.config,
@@ -389,13 +474,13 @@ class Seq2SeqDecoder(Seq2SeqPreTrainedModel):
                 encoder_hidden_states,
                 cross_attention_mask,
                 position_embeddings,
-                past_key_values,
+                cache,
                 packed,
                 source_packed,
                 **kwargs,
             )
         return BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=self.final_norm(hidden_states), past_key_values=past_key_values
+            last_hidden_state=self.final_norm(hidden_states), **{OUTPUT_CACHE_FIELD: cache}
         )
 
 
@@ -447,18 +532,22 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs: BaseModelOutput | tuple | None = None,
-        past_key_values: EncoderDecoderCache | None = None,
+        cache: EncoderDecoderCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         position_ids: torch.LongTensor | None = None,
         decoder_position_ids: torch.LongTensor | None = None,
         latent: torch.Tensor | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqModelOutputWithLatent:
         r"""
-        input_ids / attention_mask: the source batch. decoder_input_ids / decoder_attention_mask: the target prefix.
+        input_ids / attention_mask: the source batch. decoder_input_ids / decoder_attention_mask: the target prefix
+            (with a cache, the mask covers the cached tokens and the new ones).
         encoder_outputs: the encoder's output, to skip running it again (as `generate` does).
+        cache: the decoder's `EncoderDecoderCache` (`past_key_values` is its name before transformers 5.24; either is
+            accepted).
         position_ids / decoder_position_ids: for padding-free batches, sources packed in one row and targets in
             another, each with positions restarting at 0 per sequence.
         latent: (batch, latent_size) a latent to decode from (variational bottleneck only); the source is then not
@@ -501,7 +590,7 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
             attention_mask=decoder_attention_mask,
             encoder_hidden_states=memory,
             encoder_attention_mask=memory_mask,
-            past_key_values=past_key_values,
+            cache=resolve_cache(cache, past_key_values),
             inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
             position_ids=decoder_position_ids,
@@ -510,7 +599,7 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
         )
         return Seq2SeqModelOutputWithLatent(
             last_hidden_state=decoder_outputs.last_hidden_state,
-            past_key_values=decoder_outputs.past_key_values,
+            **{OUTPUT_CACHE_FIELD: getattr(decoder_outputs, OUTPUT_CACHE_FIELD)},
             decoder_hidden_states=decoder_outputs.hidden_states,
             decoder_attentions=decoder_outputs.attentions,
             cross_attentions=decoder_outputs.cross_attentions,
@@ -554,33 +643,41 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
         self.config.custom_pipelines = CUSTOM_PIPELINES
         return super().save_pretrained(save_directory, *args, **kwargs)
 
-    def _reorder_cache(self, past_key_values: EncoderDecoderCache, beam_idx: torch.LongTensor) -> EncoderDecoderCache:
+    # The generation hooks below are called by transformers' `generate` with its own calling convention, which
+    # changes between releases: each accepts the conventions of every release in the tested range.
+
+    def _reorder_cache(self, cache: EncoderDecoderCache, beam_idx: torch.LongTensor) -> EncoderDecoderCache:
         """Beam search: the beams follow their parents in the self-attention cache. Beams never change source, and
         the cross-attention keys and values are the same for all beams of a source, so they stay where they are."""
-        past_key_values.self_attention_cache.reorder_cache(beam_idx)
-        return past_key_values
+        cache.self_attention_cache.reorder_cache(beam_idx)
+        return cache
 
     def create_masks_for_generate(
         self,
         config: Seq2SeqConfig,
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        past_key_values: EncoderDecoderCache | None,
+        cache: EncoderDecoderCache | None = None,
         position_ids: torch.Tensor | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
         **kwargs,
     ) -> torch.Tensor | None:
         """The decoder's causal self-attention mask, which `generate` prepares ahead of each step with a compileable
-        cache (`cache_implementation="static"`). The decoder has one kind of layer: the `layer_types` of the config
-        describe the encoder's local/global pattern, so the generic helper's per-type masks do not apply."""
-        if isinstance(past_key_values, EncoderDecoderCache):
-            past_key_values = past_key_values.self_attention_cache
-        return create_causal_mask(
-            config=config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
-        )
+        cache (`cache_implementation="static"`), given the cache as `cache` (transformers >= 5.24) or
+        `past_key_values`."""
+        cache = resolve_cache(cache, past_key_values)
+        return decoder_causal_mask(config, inputs_embeds, attention_mask, cache, position_ids)
+
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, *args, **kwargs) -> dict:
+        """`GenerationMixin`'s, in whatever calling convention the installed transformers uses, then checked: a
+        step fed only its newest tokens must come with the cache of the others. With the variational bottleneck, a
+        source is decoded from its posterior mean, so that greedy decoding of a source is deterministic."""
+        model_inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+        check_generation_step(input_ids, model_inputs)
+        bottleneck = self.model.bottleneck
+        if bottleneck is not None and model_inputs.get("latent") is None:
+            model_inputs["latent"] = bottleneck.posterior(model_inputs["encoder_outputs"].pooler_output)[0]
+        return model_inputs
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
@@ -601,26 +698,10 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
             if args or any(kwargs.get(name) is not None for name in ("inputs", "input_ids", "inputs_embeds",
                                                                         "encoder_outputs")):  # fmt: skip
                 raise ValueError("Give `generate` a source or a `latent` to decode from, not both.")
-            kwargs["latent"] = latent
+            # the latent's memory vectors stand in for an encoder output: generate expands them with the beams and
+            # runs no encoder
+            kwargs.update(latent=latent, encoder_outputs=BaseModelOutput(self.model.bottleneck.memory(latent)))
         return super().generate(*args, **kwargs)
-
-    def _prepare_text_encoder_decoder_kwargs_for_generation(self, inputs_tensor, model_kwargs, model_input_name,
-                                                             generation_config):  # fmt: skip
-        """Encode the source once; with the variational bottleneck, decode from the latent (`generate(latent=...)`,
-        or the source's posterior mean, so that greedy decoding of a source is deterministic), whose memory
-        vectors stand in for the encoder output in what generation expands and caches."""
-        if model_kwargs.get("latent") is None:
-            model_kwargs = super()._prepare_text_encoder_decoder_kwargs_for_generation(
-                inputs_tensor, model_kwargs, model_input_name, generation_config
-            )
-        bottleneck = self.model.bottleneck
-        if bottleneck is not None:
-            if model_kwargs.get("latent") is None:
-                model_kwargs["latent"] = bottleneck.posterior(model_kwargs["encoder_outputs"].pooler_output)[0]
-            model_kwargs["encoder_outputs"] = BaseModelOutput(
-                last_hidden_state=bottleneck.memory(model_kwargs["latent"])
-            )
-        return model_kwargs
 
     @can_return_tuple
     def forward(
@@ -630,7 +711,7 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs: BaseModelOutput | tuple | None = None,
-        past_key_values: EncoderDecoderCache | None = None,
+        cache: EncoderDecoderCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
@@ -638,9 +719,12 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
         position_ids: torch.LongTensor | None = None,
         decoder_position_ids: torch.LongTensor | None = None,
         latent: torch.Tensor | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqLMOutputWithLatent:
         r"""
+        cache: the decoder's `EncoderDecoderCache` (`past_key_values` is its name before transformers 5.24; either is
+            accepted).
         labels: (batch, target_len) target ids, -100 on positions to ignore. Without `decoder_input_ids`, the decoder
             reads the labels shifted right behind `config.decoder_start_token_id` (teacher forcing). With
             `config.sparse_prediction`, the LM head runs only on labelled positions and `logits` has one row for each.
@@ -669,7 +753,7 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask,
             encoder_outputs=encoder_outputs,
-            past_key_values=past_key_values,
+            cache=resolve_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             decoder_inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
@@ -698,7 +782,7 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
         return Seq2SeqLMOutputWithLatent(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{OUTPUT_CACHE_FIELD: getattr(outputs, OUTPUT_CACHE_FIELD)},
             decoder_hidden_states=outputs.decoder_hidden_states,
             decoder_attentions=outputs.decoder_attentions,
             cross_attentions=outputs.cross_attentions,

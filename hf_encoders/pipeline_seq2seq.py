@@ -42,9 +42,17 @@ class Text2TextGenerationPipeline(Pipeline):
         )
 
     def _forward(self, model_inputs: dict[str, torch.Tensor], **generate_kwargs) -> dict[str, torch.Tensor]:
-        output_ids = self.model.generate(**model_inputs, **self._prepare_generate_kwargs(generate_kwargs))
+        output_ids = self.model.generate(**model_inputs, **self.generate_kwargs(generate_kwargs))
         batch_size = model_inputs["input_ids"].shape[0]
         return {"output_ids": output_ids.reshape(batch_size, -1, output_ids.shape[-1])}
+
+    def generate_kwargs(self, generate_kwargs: dict) -> dict:
+        """The call's generation parameters over the pipeline's and the model's, as transformers' own generating
+        pipelines merge them: `Pipeline._prepare_generate_kwargs` from transformers 5.20 on; before, the pipeline's
+        `generation_config` (the model's, updated with the parameters given when the pipeline was made)."""
+        if hasattr(self, "_prepare_generate_kwargs"):
+            return self._prepare_generate_kwargs(generate_kwargs)
+        return {"generation_config": self.generation_config, **generate_kwargs}
 
     def postprocess(self, model_outputs: dict[str, torch.Tensor]) -> list[dict[str, str]]:
         texts = self.tokenizer.batch_decode(model_outputs["output_ids"][0], skip_special_tokens=True)

@@ -69,7 +69,7 @@ def test_saved_folder_is_self_contained(tmp_path):
         source = (tmp_path / code).read_text()
         imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
         assert not [line for line in imports if "hf_encoders" in line and "configuration_hf_encoders" not in line]
-        assert all(line.split()[1].split(".")[0] in {"copy", "collections", "dataclasses", "torch", "transformers",
+        assert all(line.split()[1].split(".")[0] in {"copy", "collections", "dataclasses", "typing", "torch", "transformers",
                                                      "huggingface_hub", ""} for line in imports), imports  # fmt: skip
 
 

@@ -73,6 +73,21 @@ def test_config_layer_types_alternate_and_round_trip(tmp_path):
     assert loaded.to_dict() == config.to_dict()
 
 
+def test_sliding_window_is_settable_and_stays_local_attention_halved(tmp_path):
+    """transformers' common tests (and users) set `config.sliding_window`, as on ModernBERT's config."""
+    config = tiny_config(local_attention=8, global_attn_every_n_layers=2)
+    config.sliding_window = 2
+    assert config.local_attention == 4 and config.sliding_window == 2
+    config.save_pretrained(tmp_path)
+    assert EncoderConfig.from_pretrained(tmp_path).local_attention == 4
+    model = EncoderModel(config)
+    assert [layer.attn.sliding_window for layer in model.layers] == [None, 3, None]  # flash's inclusive window
+    config.sliding_window = None
+    assert config.local_attention is None and set(config.layer_types) == {"full_attention"}
+    with pytest.raises(ValueError, match="`global_attn_every_n_layers`"):
+        config.sliding_window = 2  # no layer would be local
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Save / load, tying
 
@@ -432,6 +447,17 @@ def test_other_bad_inputs_are_refused():
     classifier = build(EncoderForSequenceClassification, num_labels=2)
     with pytest.raises(ValueError, match="`labels` contains id 2, 1 beyond"):
         classifier(torch.full((2, 4), 5), labels=torch.tensor([0, 2]))
+
+
+def test_unknown_keyword_arguments_are_refused_not_dropped():
+    """A keyword the model does not read (a renamed argument of a newer transformers, a typo) raises; BERT-style
+    tokenizers' `token_type_ids` are not read, as in ModernBERT."""
+    model = build(EncoderForMaskedLM)
+    ids = torch.full((1, 4), 5)
+    with pytest.raises(TypeError, match=r"EncoderModel.forward\(\) got unexpected keyword arguments \['atention_"):
+        model(ids, atention_mask=torch.ones(1, 4))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, token_type_ids=torch.zeros_like(ids)).logits, model(ids).logits)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from transformers import (
     AutoModel,
     AutoModelForSeq2SeqLM,
     CompileConfig,
+    GenerationMixin,
     PreTrainedTokenizerFast,
     pipeline,
 )
@@ -26,6 +27,7 @@ from hf_encoders import (
     Seq2SeqModel,
     TranslationPipeline,
 )
+from hf_encoders.modeling_seq2seq import OUTPUT_CACHE_FIELD, DecoderCrossAttention, DecoderSelfAttention
 
 SEQ2SEQ_WORDS = "<pad> <s> </s> <unk> <2de> <2en> a dog runs the cat sits ein hund rennt die katze sitzt".split()
 
@@ -136,7 +138,9 @@ def test_static_cache_decoding_steps_compile_without_graph_breaks():
     assert torch.equal(compiled, model.generate(ids, attention_mask=mask, max_new_tokens=8))
 
 
-def test_step_by_step_logits_equal_teacher_forced_logits():
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_step_by_step_logits_equal_teacher_forced_logits(name):
+    """The cache is read under its name from transformers 5.24 on (`cache`) and under the one before."""
     model = build()
     ids, mask = source_batch()
     target = torch.randint(4, 40, (3, 9), generator=torch.Generator().manual_seed(3))
@@ -146,11 +150,77 @@ def test_step_by_step_logits_equal_teacher_forced_logits():
         cache, steps = None, []
         for t in range(target.shape[1]):
             out = model(attention_mask=mask, encoder_outputs=encoder_outputs, decoder_input_ids=target[:, t : t + 1],
-                        past_key_values=cache, use_cache=True)  # fmt: skip
-            cache = out.past_key_values
+                        use_cache=True, **{name: cache})  # fmt: skip
+            cache = getattr(out, OUTPUT_CACHE_FIELD)
             steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
     assert cache.get_seq_length() == target.shape[1]
+    with pytest.raises(ValueError, match="Pass the cache once"):
+        model(ids, mask, decoder_input_ids=target[:, :1], cache=cache, past_key_values=cache)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['cache_params'\]"):
+        model(ids, mask, decoder_input_ids=target[:, :1], cache_params=cache)
+
+
+@pytest.mark.parametrize("cache", [dict(), dict(cache_implementation="static")], ids=["dynamic", "static"])
+def test_generated_logits_equal_teacher_forced_logits(cache):
+    """Each step of `generate` (one new token on the cache of the others) computes what one teacher-forced pass over
+    the generated tokens computes: a step decoded without its history fails this."""
+    model = build()
+    ids, mask = source_batch()
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=10, min_new_tokens=10, output_logits=True,
+                         return_dict_in_generate=True, **cache)  # fmt: skip
+    with torch.no_grad():
+        forced = model(ids, mask, decoder_input_ids=out.sequences[:, :-1], use_cache=False).logits
+    torch.testing.assert_close(torch.stack(out.logits, dim=1), forced, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("passed", ["cache", "past_key_values", "renamed", "dropped"])
+def test_generate_reads_the_cache_under_either_name_and_stops_without_it(monkeypatch, passed):
+    """Whichever name `generate` passes its cache under, `cache` (transformers 5.24 on) or `past_key_values`
+    (before), decoding is the same. A cache under a name the model does not know, or none at all on a step fed only
+    its newest token, stops generation with an error instead of decoding without the history."""
+    model = build()
+    ids, mask = source_batch()
+    expected = model.generate(ids, attention_mask=mask, max_new_tokens=8, use_cache=False)
+    prepare = GenerationMixin.prepare_inputs_for_generation
+
+    def passing_the_cache_otherwise(self, *args, **kwargs):
+        model_inputs = prepare(self, *args, **kwargs)
+        for name in ("cache", "past_key_values"):
+            if name in model_inputs:
+                cache = model_inputs.pop(name)
+                if passed != "dropped":
+                    model_inputs["kv_cache" if passed == "renamed" else passed] = cache
+        return model_inputs
+
+    monkeypatch.setattr(GenerationMixin, "prepare_inputs_for_generation", passing_the_cache_otherwise)
+    if passed == "renamed":
+        with pytest.raises(TypeError, match=r"unexpected keyword arguments \['kv_cache'\]"):
+            model.generate(ids, attention_mask=mask, max_new_tokens=8)
+    elif passed == "dropped":
+        with pytest.raises(RuntimeError, match="1 of them decoded before, with no cache under a name this model"):
+            model.generate(ids, attention_mask=mask, max_new_tokens=8)
+    else:
+        assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=8), expected)
+
+
+def test_generation_continues_from_a_returned_cache():
+    """A second `generate` continues the first from its cache; the decoder mask then covers the cached tokens and the
+    new ones."""
+    model = build()
+    ids, mask = source_batch()
+    whole = model.generate(ids, attention_mask=mask, max_new_tokens=10, min_new_tokens=10)
+    first = model.generate(ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4, return_dict_in_generate=True)
+    assert torch.equal(first.sequences, whole[:, :5])
+    cache = getattr(first, OUTPUT_CACHE_FIELD)
+    assert cache.get_seq_length() == 4  # the newest token is not decoded yet
+    continued = model.generate(ids, attention_mask=mask, decoder_input_ids=first.sequences,
+                               decoder_attention_mask=torch.ones_like(first.sequences), max_new_tokens=6,
+                               min_new_tokens=6, **{OUTPUT_CACHE_FIELD: cache})  # fmt: skip
+    assert torch.equal(continued, whole)
+    cached = cache.get_seq_length()  # the second generate decoded into the same cache
+    with pytest.raises(ValueError, match=rf"and {cached} cached tokens: \(batch_size, {cached} \+ 1\)"):
+        model(ids, mask, decoder_input_ids=whole[:, -1:], decoder_attention_mask=torch.ones(3, cached), cache=cache)
 
 
 def test_cross_attention_keys_and_values_are_computed_once_per_source():
@@ -283,10 +353,13 @@ def test_attention_implementations_agree_with_eager(implementation):
     model = build(initializer_range=0.02)
     ids, mask = source_batch()
     target = torch.randint(4, 40, (3, 6), generator=torch.Generator().manual_seed(2))
+    attention = [m for m in model.modules() if isinstance(m, (DecoderSelfAttention, DecoderCrossAttention))]
     with torch.no_grad():
         model.set_attn_implementation("eager")
+        assert {m.config._attn_implementation for m in attention} == {"eager"}
         expected = model(ids, mask, decoder_input_ids=target).logits
         model.set_attn_implementation(implementation)
+        assert {m.config._attn_implementation for m in attention} == {implementation}  # switched, not only warned
         actual = model(ids, mask, decoder_input_ids=target).logits
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
 

@@ -1,0 +1,15 @@
+"""Print pip constraints that pin every dependency in pyproject.toml at its declared floor (`name>=X` -> `name==X`),
+for the floor environment of the version matrix (.ci/matrix). torch is left out: it is installed first, at
+TORCH_SPEC (the CPU build here)."""
+
+import re
+import tomllib
+from pathlib import Path
+
+project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+for requirement in project["dependencies"]:
+    match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([^,;]+)(,<[^,;]+)?", requirement)
+    if match is None:
+        raise SystemExit(f"pyproject.toml: {requirement!r} declares no floor (`name>=version`) to test.")
+    if match.group(1) != "torch":
+        print(f"{match.group(1)}=={match.group(2)}")

@@ -1,0 +1,136 @@
+"""transformers' own common model and config tests (`ModelTesterMixin`, `ConfigTester`, from the sdist of the
+installed release; see transformers_sdist.py) run against both families, the way transformers tests its own models.
+
+A common test that cannot apply to this architecture is skipped where it is overridden below, with the reason."""
+
+import unittest
+from unittest import mock
+
+import torch
+from transformers.models.auto import modeling_auto
+from transformers_sdist import import_common_tests
+
+from hf_encoders import (
+    EncoderConfig,
+    EncoderForMaskedLM,
+    EncoderForSequenceClassification,
+    EncoderForTokenClassification,
+    EncoderModel,
+    Seq2SeqConfig,
+    Seq2SeqForConditionalGeneration,
+    Seq2SeqModel,
+)
+
+test_modeling_common, test_configuration_common = import_common_tests()
+ModelTesterMixin = test_modeling_common.ModelTesterMixin
+GenerationTesterMixin = test_modeling_common.GenerationTesterMixin
+ConfigTester = test_configuration_common.ConfigTester
+ids_tensor, random_attention_mask = test_modeling_common.ids_tensor, test_modeling_common.random_attention_mask
+
+
+# The common tests know transformers' own heads by name (labels for the training tests, which classes are bare
+# models): while they run, ours are named in the same tables, as if they were transformers' own.
+OUR_NAMES = {
+    "MODEL_MAPPING_NAMES": {"hf_encoder": "EncoderModel", "hf_seq2seq": "Seq2SeqModel"},
+    "MODEL_FOR_MASKED_LM_MAPPING_NAMES": {"hf_encoder": "EncoderForMaskedLM"},
+    "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES": {"hf_encoder": "EncoderForSequenceClassification"},
+    "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES": {"hf_encoder": "EncoderForTokenClassification"},
+    "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES": {"hf_seq2seq": "Seq2SeqForConditionalGeneration"},
+}
+
+
+class NamedLikeTransformersModels:
+    @classmethod
+    def setUpClass(cls):
+        cls.patches = [mock.patch.dict(getattr(modeling_auto, table), names) for table, names in OUR_NAMES.items()]
+        for patch in cls.patches:
+            patch.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        for patch in cls.patches:
+            patch.stop()
+
+
+class EncoderModelTester:
+    """Tiny encoders with a global and a local layer, batches of 13 sequences of 7 tokens with random padding."""
+
+    def __init__(self, parent, batch_size=13, seq_length=7, vocab_size=99, num_labels=3):
+        self.parent = parent
+        self.batch_size, self.seq_length = batch_size, seq_length
+        self.vocab_size, self.num_labels = vocab_size, num_labels
+        self.is_training = True
+        self.hidden_size, self.num_hidden_layers, self.num_attention_heads = 32, 2, 4
+
+    def get_config(self) -> EncoderConfig:
+        return EncoderConfig(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            intermediate_size=37,
+            max_position_embeddings=512,
+            local_attention=4,
+            global_attn_every_n_layers=2,
+            num_labels=self.num_labels,
+        )
+
+    def prepare_config_and_inputs_for_common(self):
+        input_ids = ids_tensor([self.batch_size, self.seq_length], self.vocab_size)
+        attention_mask = random_attention_mask([self.batch_size, self.seq_length])
+        return self.get_config(), {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+class Seq2SeqModelTester(EncoderModelTester):
+    """Tiny encoder-decoders (the encoder with a global and a local layer), sources and targets of 7 tokens."""
+
+    def get_config(self) -> Seq2SeqConfig:
+        return Seq2SeqConfig(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            intermediate_size=37,
+            max_position_embeddings=512,
+            local_attention=4,
+            global_attn_every_n_layers=2,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+            decoder_start_token_id=0,
+        )
+
+    def prepare_config_and_inputs_for_common(self):
+        config, inputs = super().prepare_config_and_inputs_for_common()
+        inputs["input_ids"] = inputs["input_ids"].clamp(min=3)  # no special tokens inside the source
+        inputs["decoder_input_ids"] = ids_tensor([self.batch_size, self.seq_length], self.vocab_size)
+        inputs["decoder_attention_mask"] = torch.ones_like(inputs["decoder_input_ids"])
+        return config, inputs
+
+
+class EncoderModelTest(NamedLikeTransformersModels, ModelTesterMixin, unittest.TestCase):
+    all_model_classes = (
+        EncoderModel,
+        EncoderForMaskedLM,
+        EncoderForSequenceClassification,
+        EncoderForTokenClassification,
+    )
+
+    def setUp(self):
+        self.model_tester = EncoderModelTester(self)
+        self.config_tester = ConfigTester(self, config_class=EncoderConfig, hidden_size=48)
+
+    def test_config(self):
+        self.config_tester.run_common_tests()
+
+
+class Seq2SeqModelTest(NamedLikeTransformersModels, ModelTesterMixin, GenerationTesterMixin, unittest.TestCase):
+    all_model_classes = (Seq2SeqModel, Seq2SeqForConditionalGeneration)
+    is_encoder_decoder = True
+
+    def setUp(self):
+        self.model_tester = Seq2SeqModelTester(self)
+        self.config_tester = ConfigTester(self, config_class=Seq2SeqConfig, hidden_size=48)
+
+    def test_config(self):
+        self.config_tester.run_common_tests()
