@@ -55,15 +55,16 @@ class NamedLikeTransformersModels:
 class EncoderModelTester:
     """Tiny encoders with a global and a local layer, batches of 13 sequences of 7 tokens with random padding."""
 
-    def __init__(self, parent, batch_size=13, seq_length=7, vocab_size=99, num_labels=3):
+    config_class = EncoderConfig
+
+    def __init__(self, parent, batch_size=13, seq_length=7, vocab_size=99):
         self.parent = parent
-        self.batch_size, self.seq_length = batch_size, seq_length
-        self.vocab_size, self.num_labels = vocab_size, num_labels
+        self.batch_size, self.seq_length, self.vocab_size = batch_size, seq_length, vocab_size
         self.is_training = True
         self.hidden_size, self.num_hidden_layers, self.num_attention_heads = 32, 2, 4
 
-    def get_config(self) -> EncoderConfig:
-        return EncoderConfig(
+    def config_fields(self) -> dict:
+        return dict(
             vocab_size=self.vocab_size,
             hidden_size=self.hidden_size,
             num_hidden_layers=self.num_hidden_layers,
@@ -72,8 +73,11 @@ class EncoderModelTester:
             max_position_embeddings=512,
             local_attention=4,
             global_attn_every_n_layers=2,
-            num_labels=self.num_labels,
+            num_labels=3,
         )
+
+    def get_config(self):
+        return self.config_class(**self.config_fields())
 
     def prepare_config_and_inputs_for_common(self):
         input_ids = ids_tensor([self.batch_size, self.seq_length], self.vocab_size)
@@ -84,21 +88,11 @@ class EncoderModelTester:
 class Seq2SeqModelTester(EncoderModelTester):
     """Tiny encoder-decoders (the encoder with a global and a local layer), sources and targets of 7 tokens."""
 
-    def get_config(self) -> Seq2SeqConfig:
-        return Seq2SeqConfig(
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            intermediate_size=37,
-            max_position_embeddings=512,
-            local_attention=4,
-            global_attn_every_n_layers=2,
-            pad_token_id=1,
-            bos_token_id=0,
-            eos_token_id=2,
-            decoder_start_token_id=0,
-        )
+    config_class = Seq2SeqConfig
+
+    def config_fields(self) -> dict:
+        special_ids = dict(pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=0)
+        return {**super().config_fields(), **special_ids}
 
     def prepare_config_and_inputs_for_common(self):
         config, inputs = super().prepare_config_and_inputs_for_common()
