@@ -2,6 +2,9 @@ import contextlib
 import gzip
 import importlib
 import io
+import json
+import os
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +41,16 @@ class RefuseHfEncoders(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, RefuseHfEncoders())
 """
+
+
+def run_without_the_package(script: str, *args, modules: Path, python: str = sys.executable) -> dict:
+    """Run `script` (which begins with REFUSE_HF_ENCODERS) as `python -c script ARGS`, offline, with its remote code
+    kept in the folder `modules`; return the JSON object that its last line prints."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(modules)}
+    done = subprocess.run([python, "-c", script, *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, f"{python}:\n{done.stderr[-3000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def tiny_config(**overrides) -> EncoderConfig:

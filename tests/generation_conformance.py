@@ -17,6 +17,8 @@ from transformers import CompileConfig, GenerationMixin
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.testing_utils import set_config_for_less_flaky_test, set_model_for_less_flaky_test
 
+from hf_encoders.modeling_seq2seq import OUTPUT_CACHE_FIELD
+
 
 def assert_similar_generate_outputs(first, second, atol: float = 1e-5, rtol: float = 1e-5) -> None:
     """Equal sequences, or, where a row differs, equal scores at the first step where it does (a near tie)."""
@@ -30,7 +32,7 @@ def assert_similar_generate_outputs(first, second, atol: float = 1e-5, rtol: flo
 
 def cache_of(output):
     """The cache of an output, under its name in the installed transformers (`cache` from 5.24 on)."""
-    return output.get("cache", output.get("past_key_values"))
+    return getattr(output, OUTPUT_CACHE_FIELD)
 
 
 class GenerationTesterMixin:
@@ -247,9 +249,8 @@ class GenerationTesterMixin:
             prompt = part.sequences
             mask = torch.ones_like(prompt)
             mask[:, : inputs["decoder_attention_mask"].shape[1]] = inputs["decoder_attention_mask"]
-            cache_name = "cache" if "cache" in part else "past_key_values"
             continued = model.generate(**{**inputs, "decoder_input_ids": prompt, "decoder_attention_mask": mask},
-                                       max_new_tokens=1, **{cache_name: cache_of(part)}, **kwargs)  # fmt: skip
+                                       max_new_tokens=1, **{OUTPUT_CACHE_FIELD: cache_of(part)}, **kwargs)  # fmt: skip
             continued.scores = part.scores + continued.scores
             assert_similar_generate_outputs(whole, continued)
             self._check_caches_are_equal(cache_of(whole), cache_of(continued))

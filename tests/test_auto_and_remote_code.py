@@ -1,14 +1,11 @@
 """The ecosystem's entry points: Auto classes, trust_remote_code without the package, pipelines."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
-from conftest import REFUSE_HF_ENCODERS, random_batch, tiny_config
+from conftest import REFUSE_HF_ENCODERS, random_batch, run_without_the_package, tiny_config
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -118,13 +115,7 @@ def test_trust_remote_code_without_the_package(tmp_path, tokenizer):
             "AutoModel": ("last_hidden_state", masked_lm.model(**inputs).last_hidden_state),
         }
     torch.save({"inputs": inputs, "outputs": outputs}, tmp_path / "expected.pt")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    done = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(tmp_path / "expected.pt")],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+    results = run_without_the_package(REMOTE_SCRIPT, folder, tmp_path / "expected.pt", modules=tmp_path / "modules")
     assert results["AutoModelForMaskedLM"] < 1e-5 and results["AutoModel"] < 1e-5, results
     assert len(results["fill_mask"]) == 3
 
@@ -141,13 +132,10 @@ def test_trust_remote_code_classification_heads(head, tmp_path):
     torch.save({"inputs": {"input_ids": ids, "attention_mask": mask}, "outputs": {head: ("logits", logits)}},
                tmp_path / "expected.pt")  # fmt: skip
     script = REMOTE_SCRIPT.split("fill = pipeline")[0] + "print(json.dumps(results))\n"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "model"), str(tmp_path / "expected.pt")],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1])[head] < 1e-5
+    results = run_without_the_package(
+        script, tmp_path / "model", tmp_path / "expected.pt", modules=tmp_path / "modules"
+    )
+    assert results[head] < 1e-5
 
 
 def test_fill_mask_and_feature_extraction_pipelines(tmp_path, tokenizer):

@@ -5,16 +5,14 @@ The checkpoints are trained by the scripts (the `translation_run` and `mlm_run` 
 interpreter and by those named in HF_ENCODERS_MATRIX_PYTHONS (separated by `:`): `make matrix` names the
 interpreters of its floor and newest environments, so that CI loads them under both."""
 
-import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REFUSE_HF_ENCODERS
+from conftest import REFUSE_HF_ENCODERS, run_without_the_package
 from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 INTERPRETERS = [sys.executable, *filter(None, os.environ.get("HF_ENCODERS_MATRIX_PYTHONS", "").split(":"))]
@@ -59,11 +57,8 @@ def expected_outputs(kind: str, folder, tmp_path, sources: list[str], targets: l
 
 
 def load_elsewhere(python: str, kind: str, folder, tmp_path) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / f"modules-{abs(hash(python))}")}
-    done = subprocess.run([python, "-c", LOAD_SCRIPT, str(folder), kind, str(tmp_path / "expected.pt")],
-                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
-    assert done.returncode == 0, f"{python}:\n{done.stderr[-3000:]}"
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_without_the_package(LOAD_SCRIPT, folder, kind, tmp_path / "expected.pt", modules=tmp_path / "modules",
+                                   python=python)  # fmt: skip
 
 
 @pytest.mark.parametrize("python", INTERPRETERS, ids=VENV_NAMES)

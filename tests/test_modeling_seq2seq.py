@@ -1,14 +1,11 @@
 """The encoder-decoder family: generation with and without cache, teacher forcing, padding, round trips, warm start."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
-from conftest import REFUSE_HF_ENCODERS, tiny_config
+from conftest import REFUSE_HF_ENCODERS, run_without_the_package, tiny_config
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
     AutoConfig,
@@ -460,11 +457,7 @@ def test_trust_remote_code_without_the_package(tmp_path):
         logits = model(**inputs).logits
     generated = model.generate(ids, attention_mask=mask, num_beams=2, max_new_tokens=8)
     torch.save({"inputs": inputs, "logits": logits, "generated": generated}, tmp_path / "expected.pt")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    done = subprocess.run([sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(tmp_path / "expected.pt")],
-                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_without_the_package(REMOTE_SCRIPT, folder, tmp_path / "expected.pt", modules=tmp_path / "modules")
     assert result["logits"] < 1e-5 and result["generate_equal"] and result["base"] == "Seq2SeqModel", result
     assert isinstance(result["translation"], str)
 
