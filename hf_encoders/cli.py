@@ -104,12 +104,26 @@ def read_sentences(sentences: list[str], file: str | None) -> list[str]:
     return lines
 
 
+def check_model_location(model: str) -> None:
+    """Refuse a model argument that names a local path (absolute, `./`, `~/`, deeper than ORG/NAME, a file, or a
+    folder whose parent exists) without being a folder: it is not a Hub id either, whatever the Hub would say."""
+    path = Path(model)
+    if path.is_dir():
+        return
+    path_like = (path.is_absolute() or model.startswith((".", "~")) or model.count(os.sep) > 1 or path.exists()
+                 or (path.parent != Path(".") and path.parent.is_dir()))  # fmt: skip
+    if path_like:
+        raise CommandError(f"{model}: no such model folder, and not a Hub id (ORG/NAME) either; give the folder of a "
+                           "saved model (e.g. RUN_DIR/best) or a Hub repository id.")  # fmt: skip
+
+
 def translate_command(args: argparse.Namespace) -> None:
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from .translation import translate
 
+    check_model_location(args.model)
     sentences = read_sentences(args.sentences, args.file)
     model = AutoModelForSeq2SeqLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
@@ -172,8 +186,10 @@ def demo_command(args: argparse.Namespace) -> dict:
     times: dict[str, float] = {}
     started = time.perf_counter()
     print(f"[1/4] training the joint tokenizer and a {args.src}->{args.tgt} model on {args.data} ({args.config})")
+    # the demo's folder holds the latest demo: a new one replaces it, unless it is asked to continue (--resume)
+    fresh = [] if "--resume" in args.training_args else ["--overwrite_output_dir"]
     results = run_script("train_translation", ["--config", args.config, "--data", args.data, "--src", args.src,
-                                               "--tgt", args.tgt, "--output_dir", str(output_dir),
+                                               "--tgt", args.tgt, "--output_dir", str(output_dir), *fresh,
                                                *args.training_args])  # fmt: skip
     times["train + evaluate"] = time.perf_counter() - started
 
@@ -241,7 +257,11 @@ def demo_command(args: argparse.Namespace) -> dict:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse's errors in the command's one-line form (sub-commands' parsers are of the same class)."""
+    """argparse's errors in the command's one-line form, and no abbreviations (`--to` is not `--token`); the
+    sub-commands' parsers are of the same class."""
+
+    def __init__(self, *args, allow_abbrev: bool = False, **kwargs):
+        super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
 
     def error(self, message: str):
         raise CommandError(message)
@@ -265,7 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--data", default="../shared/data/multi30k", help="Parallel data: a folder or a Hub id.")
     sub.add_argument("--src", default="en", help="Source language (default: en).")
     sub.add_argument("--tgt", default="de", help="Target language (default: de).")
-    sub.add_argument("--output-dir", default="runs/demo", help="The run folder (default: runs/demo).")
+    sub.add_argument(
+        "--output-dir",
+        default="runs/demo",
+        help="The run folder (default: runs/demo); a new demo replaces the one there.",
+    )
     sub.add_argument("--repo-id", default="demo/hf-seq2seq-multi30k-en-de", help="The repository to push to.")
     sub.add_argument("--push-to", default="local",
                      help="local (a local Hub for the demo's length; default), hub (the Hub at HF_ENDPOINT, as a "
@@ -346,6 +370,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(command: str) -> None:
+    """Warnings and errors on stderr. A training script's own progress and the library's ("Resumed from ...") are
+    shown too, at INFO, as `python training/<script>.py` shows them; other libraries' INFO lines are not. (The
+    script's own `logging.basicConfig` does nothing here: this one came first.)"""
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    if command in SCRIPTS:
+        for name in ("hf_encoders", SCRIPTS[command]):  # the scripts log as their name, e.g. "pretrain_mlm"
+            logging.getLogger(name).setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     name = "hf-encoders"
@@ -355,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         if rest and not getattr(args, "passthrough", False):
             raise CommandError(f"unrecognized arguments: {' '.join(rest)}")
         args.script_args = args.training_args = rest  # the scripts' own arguments
-        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+        configure_logging(args.command)
         args.handler(args)
     except Exception as error:  # every failure is one line, unless --debug
         if "--debug" in argv:

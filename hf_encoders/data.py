@@ -8,7 +8,9 @@
   `load_monolingual_dataset` reads one language: a side of aligned parallel files, or any text data.
 - Preparation: `pack_for_mlm` tokenizes documents and packs them into blocks that remember where each document
   starts; `prepare_translation` tokenizes pairs and truncates or drops over-long ones, saying how many;
-  `prepare_denoising` cuts documents into segments of whole sentences for denoising autoencoders.
+  `prepare_denoising` cuts documents into segments of whole sentences for denoising autoencoders. Each result is
+  cached under a fingerprint of the data, the tokenizer's content and the settings, so a later run reads it back and
+  a different tokenizer never does. Empty data is refused by source and split, not passed on.
 - Collators: `MLMCollator` (dynamic masking, 80/10/10, optional whole-word masking, padded or padding-free
   batches), `Seq2SeqCollator` (labels padded with -100, or padding-free) and `DenoisingCollator` (BART's sentence
   permutation and text infilling); `build_dataloader` batches, optionally grouping examples of similar length.
@@ -19,18 +21,27 @@ Nothing is dropped or cut silently: every such step logs its count.
 import csv
 import glob
 import gzip
+import inspect
+import json
 import logging
 import os
 import re
 import socket
+import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import datasets.config
+import pyarrow
+import pyarrow.parquet
+import tokenizers
 import torch
+import transformers
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset
+from datasets.fingerprint import Hasher
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
@@ -81,11 +92,16 @@ def _local_files(spec: str | os.PathLike) -> list[Path]:
     return files
 
 
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE, as huggingface_hub or datasets read it (each when imported)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE)
+
+
 def _hub_reachable(timeout: float = 3.0) -> bool:
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE:
-        return False
     endpoint = urlparse(constants.ENDPOINT)
     try:
         socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
@@ -95,21 +111,52 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _load_hub(spec: str, name: str | None, split: str | None) -> DatasetDict:
-    if not _hub_reachable():
+    """A Hub data set; offline (HF_HUB_OFFLINE=1), the copy in the datasets cache."""
+    if _hub_offline():
+        try:
+            loaded = load_dataset(spec, name, split=split)
+        except (ConnectionError, FileNotFoundError, ValueError) as error:
+            raise ConnectionError(
+                f"Cannot load the data set {spec!r} offline (HF_HUB_OFFLINE is set): it is no local path, and it is "
+                f"not in the datasets cache ({datasets.config.HF_DATASETS_CACHE}; {error}). Load it once with the "
+                "Hub reachable, or give a local directory or files instead (e.g. ../shared/data/multi30k)."
+            ) from error
+    elif not _hub_reachable():
         raise ConnectionError(
             f"Cannot load the data set {spec!r}: it is no local path, and the Hugging Face Hub cannot be reached "
-            "(offline, or no network). Give a local directory or files instead (e.g. ../shared/data/multi30k); a data "
-            "set already in your datasets cache loads with HF_HUB_OFFLINE=1."
+            "(no network, or a firewall). Give a local directory or files instead (e.g. ../shared/data/multi30k); a "
+            "data set already in your datasets cache loads with HF_HUB_OFFLINE=1."
         )
-    loaded = load_dataset(spec, name, split=split)
+    else:
+        loaded = load_dataset(spec, name, split=split)
     return DatasetDict({split: loaded}) if split is not None else loaded
 
 
-def _check_utf8(files: list[Path]) -> None:
-    """Name the file and line of the first undecodable bytes."""
-    for path in files:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as handle:
+def _open_bytes(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+
+
+def _unreadable(path: Path, error: Exception) -> ValueError:
+    """The error to raise for a file that cannot be read through (its cause: `error`)."""
+    what = "a truncated or corrupt gzip file" if path.suffix == ".gz" else "corrupt, or not what its name says"
+    return ValueError(
+        f"Cannot read {path}: it is {what} ({type(error).__name__}: {error}). Download or write it again."
+    )
+
+
+def _check_file(path: Path, builder: str) -> None:
+    """Read `path` through and raise a ValueError naming it (and the line of the first undecodable bytes of a text
+    file) where it is truncated or corrupt: `datasets` says what went wrong, but not in which file."""
+    try:
+        if builder == "parquet":
+            if path.suffix == ".gz":
+                with _open_bytes(path) as handle:
+                    while handle.read(1 << 20):
+                        pass
+            else:
+                pyarrow.parquet.ParquetFile(path).close()
+            return
+        with _open_bytes(path) as handle:
             for number, line in enumerate(handle, start=1):
                 try:
                     line.decode("utf-8")
@@ -117,6 +164,8 @@ def _check_utf8(files: list[Path]) -> None:
                     raise ValueError(
                         f"{path}: line {number} is not valid UTF-8 ({error.reason} at byte {error.start} of the line)."
                     ) from None
+    except (EOFError, OSError, zlib.error, pyarrow.ArrowException) as error:
+        raise _unreadable(path, error) from error
 
 
 def _load_files(files: list[Path], builder: str | None = None) -> Dataset:
@@ -129,20 +178,35 @@ def _load_files(files: list[Path], builder: str | None = None) -> Dataset:
         )
     builder = formats.pop()
     for path in files:  # `datasets` fails on an empty file with a bare StopIteration
-        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as handle:
-            if not handle.read(1):
-                raise ValueError(f"{path} is empty: its split would hold no examples.")
+        try:
+            with _open_bytes(path) as handle:
+                empty = not handle.read(1)
+        except (EOFError, OSError, zlib.error) as error:
+            raise _unreadable(path, error) from error
+        if empty:
+            raise ValueError(f"{path} is empty: its split would hold no examples.")
     options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "keep_default_na": False} if builder == "csv" else {}
     try:
         return load_dataset(builder, data_files=[str(path) for path in files], split="train", **options)
-    except Exception:
-        _check_utf8([path for path in files if builder in ("text", "csv", "json")])
-        raise
+    except Exception as error:
+        for path in files:
+            _check_file(path, builder)
+        names = ", ".join(str(path) for path in files)
+        cause = error.__cause__ or error
+        raise ValueError(f"Cannot load {names} as {builder} data: {type(cause).__name__}: {cause}") from error
 
 
 def _drop_empty(dataset: DatasetDict, columns: list[str], what: str) -> DatasetDict:
+    """Drop (and count) the rows with an empty text in `columns`; refuse a split left with none."""
     for split, data in dataset.items():
         kept = data.filter(lambda row: all(row[c] is not None and str(row[c]).strip() for c in columns))
+        if len(kept) == 0:
+            held = (
+                f"all its {len(data)} rows have an empty {' or '.join(map(repr, columns))}" if len(data) else "no rows"
+            )
+            raise ValueError(
+                f"{what}: split {split!r} holds no text ({held}); give data with text, or leave the split out."
+            )
         if len(kept) < len(data):
             logger.warning("%s %s: dropped %d empty rows of %d", what, split, len(data) - len(kept), len(data))
         dataset[split] = kept
@@ -337,11 +401,61 @@ def load_monolingual_dataset(spec: str | os.PathLike, language: str, split: str 
 # Preparation
 
 
-def _map_splits(dataset: DatasetDict | Dataset, function: Callable, **options) -> DatasetDict | Dataset:
-    """`Dataset.map` on each split, replacing the split's own columns (splits may differ: test sets lack labels)."""
-    if isinstance(dataset, Dataset):
-        return dataset.map(function, batched=True, remove_columns=dataset.column_names, **options)
-    return DatasetDict({name: _map_splits(split, function, **options) for name, split in dataset.items()})
+def _tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of what decides the ids that `tokenizer` gives: its class, its backend's whole state (normalizer,
+    pre-tokenizer, model, post-processor, added tokens) less the truncation and padding that each call sets anew, its
+    special tokens, and the tokenizers and transformers releases. Copies of one tokenizer hash alike, wherever they
+    were loaded from and however they were used; two tokenizers that differ in one id do not."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow (Python) tokenizer: `datasets`' hash of the object
+        return Hasher.hash(tokenizer)
+    state = json.loads(backend.to_str())
+    state["truncation"] = state["padding"] = None
+    return Hasher.hash([
+        type(tokenizer).__module__, type(tokenizer).__qualname__, json.dumps(state, sort_keys=True),
+        tokenizer.special_tokens_map, getattr(tokenizer, "split_special_tokens", None),
+        tokenizers.__version__, transformers.__version__,
+    ])  # fmt: skip
+
+
+def _step_fingerprint(data: Dataset, function: Callable, fn_kwargs: dict, **options) -> str:
+    """The fingerprint of `data.map(function, fn_kwargs=...)` (or of a filter), from what decides its result: the
+    input's fingerprint, the function's source, its arguments (tokenizers by content, see `_tokenizer_fingerprint`)
+    and `options` (batch size, processes: packing is per batch). `datasets`' own hashes the tokenizer object, which
+    differs between copies of one tokenizer (loaded from another folder, or trained and then loaded); with this one a
+    later run reads the cache whatever copy it holds, and any change to data, tokenizer or settings misses it."""
+    try:
+        source = inspect.getsource(function)
+    except OSError:  # no source files (a frozen install): the byte code
+        source = function.__code__.co_code.hex()
+    arguments = {
+        name: _tokenizer_fingerprint(value) if isinstance(value, PreTrainedTokenizerBase) else value
+        for name, value in fn_kwargs.items()
+    }
+    return Hasher.hash([data._fingerprint, function.__module__, function.__qualname__, source, arguments, options])
+
+
+def _map_splits(
+    dataset: DatasetDict | Dataset, function: Callable, fn_kwargs: dict, batch_size: int = 1000,
+    num_proc: int | None = None, desc: str | None = None,
+) -> DatasetDict | Dataset:  # fmt: skip
+    """Batched `Dataset.map` on each split, replacing the split's own columns (splits may differ: test sets lack
+    labels), under a fingerprint that a later run with the same data, tokenizer and settings finds in the cache."""
+    if isinstance(dataset, DatasetDict):
+        return DatasetDict({name: _map_splits(split, function, fn_kwargs, batch_size, num_proc, desc)
+                            for name, split in dataset.items()})  # fmt: skip
+    fingerprint = _step_fingerprint(dataset, function, fn_kwargs, batch_size=batch_size, processes=num_proc or 1)
+    return dataset.map(function, batched=True, batch_size=batch_size, remove_columns=dataset.column_names,
+                       fn_kwargs=fn_kwargs, num_proc=num_proc, desc=desc, new_fingerprint=fingerprint)  # fmt: skip
+
+
+def _refuse_empty(dataset: DatasetDict | Dataset, what: str) -> None:
+    """A ValueError for a split without rows (`datasets` maps it to a table without columns)."""
+    for name, data in dataset.items() if isinstance(dataset, DatasetDict) else [("data", dataset)]:
+        if len(data) == 0:
+            raise ValueError(
+                f"Nothing to tokenize: split {name!r} has no {what} (0 rows). Give it data, or leave the split out."
+            )
 
 
 def _pack_documents(batch: dict, tokenizer: PreTrainedTokenizerBase, block_size: int, text_column: str) -> dict:
@@ -377,12 +491,12 @@ def pack_for_mlm(
         raise ValueError("pack_for_mlm needs an encoder tokenizer with [CLS] and [SEP] tokens.")
     if block_size < 3:
         raise ValueError(f"block_size={block_size} leaves no room for a token between [CLS] and [SEP].")
+    _refuse_empty(dataset, "documents")
     packed = _map_splits(
         dataset,
         _pack_documents,
-        batch_size=1000,
+        {"tokenizer": tokenizer, "block_size": block_size, "text_column": text_column},
         num_proc=num_proc,
-        fn_kwargs={"tokenizer": tokenizer, "block_size": block_size, "text_column": text_column},
         desc="Tokenizing and packing",
     )
     for split_name, data in packed.items() if isinstance(packed, DatasetDict) else [("data", packed)]:
@@ -391,6 +505,21 @@ def pack_for_mlm(
             logger.info("%s: %d documents longer than %d tokens were cut into pieces", split_name, split_documents,
                         block_size)  # fmt: skip
     return packed.remove_columns("split_documents")
+
+
+def _tokenize_pairs(batch: dict, tokenizer: PreTrainedTokenizerBase, src: str, tgt: str, tag: int) -> dict:
+    sources = tokenizer(batch[src])["input_ids"]
+    targets = [[tag, *ids] for ids in tokenizer(batch[tgt])["input_ids"]]
+    return {"input_ids": sources, "labels": targets}
+
+
+def _pair_fits(row: dict, max_source_length: int, max_target_length: int) -> bool:
+    return len(row["input_ids"]) <= max_source_length and len(row["labels"]) <= max_target_length
+
+
+def _truncate_pair(row: dict, max_source_length: int, max_target_length: int) -> dict:  # keeps the final </s>
+    cut = {"input_ids": max_source_length, "labels": max_target_length}
+    return {key: ids if len(ids) <= cut[key] else ids[: cut[key] - 1] + ids[-1:] for key, ids in row.items()}
 
 
 def prepare_translation(
@@ -413,30 +542,22 @@ def prepare_translation(
     tag = target_language_token(tokenizer, tgt)
     if tag is None:
         raise ValueError(f"Unknown target language {tgt!r}: the tokenizer has no {language_tag(tgt)!r} tag.")
-
-    def tokenize(batch: dict) -> dict:
-        sources = tokenizer(batch[src])["input_ids"]
-        targets = [[tag, *ids] for ids in tokenizer(batch[tgt])["input_ids"]]
-        return {"input_ids": sources, "labels": targets}
-
-    tokenized = _map_splits(dataset, tokenize, num_proc=num_proc, desc="Tokenizing pairs")
-
-    def fits(row: dict) -> bool:
-        return len(row["input_ids"]) <= max_source_length and len(row["labels"]) <= max_target_length
-
-    def truncate(row: dict) -> dict:  # keep the final </s>
-        cut = {"input_ids": max_source_length, "labels": max_target_length}
-        return {key: ids if len(ids) <= cut[key] else ids[: cut[key] - 1] + ids[-1:] for key, ids in row.items()}
-
+    _refuse_empty(dataset, "pairs")
+    tokenized = _map_splits(dataset, _tokenize_pairs, {"tokenizer": tokenizer, "src": src, "tgt": tgt, "tag": tag},
+                            num_proc=num_proc, desc="Tokenizing pairs")  # fmt: skip
+    limits = {"max_source_length": max_source_length, "max_target_length": max_target_length}
     splits = tokenized.items() if isinstance(tokenized, DatasetDict) else [(None, tokenized)]
     result = {}
     for split_name, data in splits:
-        too_long = len(data) - len(kept := data.filter(fits, num_proc=num_proc))
-        if too_long:
+        kept = data.filter(_pair_fits, fn_kwargs=limits, num_proc=num_proc,
+                           new_fingerprint=_step_fingerprint(data, _pair_fits, limits))  # fmt: skip
+        if too_long := len(data) - len(kept):
             logger.warning("%s: %d of %d pairs exceed %d source / %d target tokens and were %s", split_name or "data",
                            too_long, len(data), max_source_length, max_target_length,
                            "truncated" if overlong == "truncate" else "dropped")  # fmt: skip
-            kept = data.map(truncate, num_proc=num_proc) if overlong == "truncate" else kept
+            if overlong == "truncate":
+                kept = data.map(_truncate_pair, fn_kwargs=limits, num_proc=num_proc,
+                                new_fingerprint=_step_fingerprint(data, _truncate_pair, limits))  # fmt: skip
         result[split_name] = kept
     return DatasetDict(result) if isinstance(tokenized, DatasetDict) else result[None]
 
@@ -445,12 +566,13 @@ SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def _denoising_segments(
-    batch: dict, tokenizer: PreTrainedTokenizerBase, tag: int, max_length: int, text_column: str
-) -> dict:
+    batch: dict, tokenizer: PreTrainedTokenizerBase, tag: int, max_length: int, text_column: str,
+    sentence_end: re.Pattern,
+) -> dict:  # fmt: skip
     room = max_length - 2  # the target's language tag and </s>
     segments, cut = {"input_ids": [], "labels": [], "sentence_lengths": []}, 0
     for text in batch[text_column]:
-        sentences = tokenizer(SENTENCE_END.split(text.strip()), add_special_tokens=False, verbose=False)["input_ids"]
+        sentences = tokenizer(sentence_end.split(text.strip()), add_special_tokens=False, verbose=False)["input_ids"]
         pieces = []
         for ids in sentences:
             cut += len(ids) > room
@@ -494,14 +616,15 @@ def prepare_denoising(
         raise ValueError(f"Unknown language {language!r}: the tokenizer has no {language_tag(language)!r} tag.")
     if max_length < 3:
         raise ValueError(f"max_length={max_length} leaves no room for a token beside the tag and </s>.")
+    _refuse_empty(dataset, "documents")
     segments = _map_splits(
         dataset,
         _denoising_segments,
-        batch_size=1000,
+        {"tokenizer": tokenizer, "tag": tag, "max_length": max_length, "text_column": text_column,
+         "sentence_end": SENTENCE_END},
         num_proc=num_proc,
-        fn_kwargs={"tokenizer": tokenizer, "tag": tag, "max_length": max_length, "text_column": text_column},
         desc=f"Segmenting {language} text",
-    )
+    )  # fmt: skip
     for split_name, data in segments.items() if isinstance(segments, DatasetDict) else [("data", segments)]:
         if cut := sum(data["cut_sentences"]):
             logger.info("%s: %d sentences longer than %d tokens were cut into pieces", split_name, cut, max_length - 2)

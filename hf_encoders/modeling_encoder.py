@@ -74,13 +74,22 @@ def checked_forward_kwargs(kwargs: dict[str, Any], model: nn.Module) -> dict[str
 # Input checks: bad input gets a ValueError that says what is wrong, never an index error from deep inside torch.
 
 
-def check_token_ids(ids: torch.Tensor, vocab_size: int, name: str = "input_ids", ignore_index: int | None = None):
-    """Raise a ValueError if `ids` (ignoring `ignore_index`) fall outside `[0, vocab_size)`. One host sync."""
+def _id_range(ids: torch.Tensor, ignore_index: int | None) -> tuple[int, int] | None:
+    """(smallest, largest) of `ids` leaving out `ignore_index`, in one host sync; None where there is nothing to check
+    (no ids, or compiling: dynamo cannot read tensor values on the host)."""
     if is_torchdynamo_compiling() or ids.numel() == 0:
-        return
+        return None
     if ignore_index is not None:
         ids = ids.masked_fill(ids == ignore_index, 0)
     low, high = torch.stack(torch.aminmax(ids)).tolist()
+    return low, high
+
+
+def check_token_ids(ids: torch.Tensor, vocab_size: int, name: str = "input_ids", ignore_index: int | None = None):
+    """Raise a ValueError if `ids` (ignoring `ignore_index`) fall outside `[0, vocab_size)`. One host sync."""
+    if (bounds := _id_range(ids, ignore_index)) is None:
+        return
+    low, high = bounds
     if low < 0:
         raise ValueError(f"`{name}` contains negative ids (smallest {low}); ids must lie in [0, {vocab_size}).")
     if high >= vocab_size:
@@ -88,6 +97,26 @@ def check_token_ids(ids: torch.Tensor, vocab_size: int, name: str = "input_ids",
             f"`{name}` contains id {high}, {high - vocab_size + 1} beyond the vocabulary: vocab_size is {vocab_size}, "
             f"so ids must lie in [0, {vocab_size})."
         )
+
+
+def check_class_labels(labels: torch.Tensor, num_labels: int, ignore_index: int = -100):
+    """Raise a ValueError if class ids in `labels` fall outside `[0, num_labels)` (`ignore_index` is ignored)."""
+    if (bounds := _id_range(labels, ignore_index)) is None:
+        return
+    low, high = bounds
+    if low < 0 or high >= num_labels:
+        raise ValueError(
+            f"`labels` contains label {low if low < 0 else high}, which is out of range: num_labels is {num_labels} "
+            f"(labels must be 0..{num_labels - 1}, or {ignore_index} to ignore)."
+        )
+
+
+def check_input_shape(shape: torch.Size, name: str = "input_ids", dims: str = "(batch_size, sequence_length)"):
+    """Raise a ValueError unless `shape` is 2D with at least one sequence."""
+    if len(shape) != 2:
+        raise ValueError(f"`{name}` must be 2D {dims}, got shape {tuple(shape)}.")
+    if not is_torchdynamo_compiling() and shape[0] == 0:
+        raise ValueError(f"`{name}` is an empty batch (shape {tuple(shape)}): give at least one sequence.")
 
 
 def check_sequence_length(length: int, max_position_embeddings: int, name: str = "input_ids") -> None:
@@ -552,8 +581,7 @@ class EncoderModel(EncoderPreTrainedModel):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         name = "input_ids" if input_ids is not None else "inputs_embeds"
         input_shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
-        if len(input_shape) != 2:
-            raise ValueError(f"`{name}` must be 2D (batch_size, sequence_length), got shape {tuple(input_shape)}.")
+        check_input_shape(input_shape, name)
         if input_ids is not None:
             check_token_ids(input_ids, self.config.vocab_size)
         check_attention_mask(attention_mask, input_shape, name)
@@ -707,7 +735,7 @@ class EncoderForSequenceClassification(EncoderPreTrainedModel):
             if labels.shape[0] != logits.shape[0]:
                 raise ValueError(f"`labels` has {labels.shape[0]} rows for {logits.shape[0]} sequences.")
             if not labels.is_floating_point() and self.num_labels > 1:
-                check_token_ids(labels, self.num_labels, "labels")
+                check_class_labels(labels, self.num_labels)
             loss = self.loss_function(labels, logits, self.config, **kwargs)
         return SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
@@ -747,7 +775,7 @@ class EncoderForTokenClassification(EncoderPreTrainedModel):
                 raise ValueError(
                     f"`labels` has shape {tuple(labels.shape)} but the input has shape {tuple(logits.shape[:-1])}."
                 )
-            check_token_ids(labels, self.num_labels, "labels", ignore_index=-100)
+            check_class_labels(labels, self.num_labels)
             loss = self.loss_function(logits, labels, self.config, **kwargs)
         return TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions

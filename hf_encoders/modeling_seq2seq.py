@@ -48,6 +48,7 @@ from .modeling_encoder import (
     EncoderRotaryEmbedding,
     PackedBatch,
     check_attention_mask,
+    check_input_shape,
     check_sequence_length,
     check_token_ids,
     checked_forward_kwargs,
@@ -411,6 +412,7 @@ class Seq2SeqDecoder(Seq2SeqPreTrainedModel):
         if encoder_hidden_states is None:
             raise ValueError("The decoder needs `encoder_hidden_states` (the encoder's output) to attend to.")
         input_shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
+        check_input_shape(input_shape, "decoder_input_ids" if input_ids is not None else "decoder_inputs_embeds")
         if input_ids is not None:
             check_token_ids(input_ids, self.config.vocab_size, "decoder_input_ids")
         past_length = cache.get_seq_length() if cache is not None else 0  # (a static cache's length is a tensor)
@@ -736,6 +738,7 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
         latent dimensions, max(`config.kl_free_bits`, the dimension's KL averaged over the batch) x batch size.
         """
         if labels is not None:
+            check_input_shape(labels.shape, "labels", "(batch_size, target_length)")
             check_token_ids(labels, self.config.vocab_size, "labels", ignore_index=-100)
             if decoder_input_ids is not None and decoder_input_ids.shape != labels.shape:
                 raise ValueError(

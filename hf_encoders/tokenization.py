@@ -108,7 +108,11 @@ def train_tokenizer(
     backend, trainer = _backend(model, vocab_size, special_tokens, specials["unk_token"], min_frequency, show_progress)
     steps = [getattr(normalizers, normalization)()] if normalization else []
     backend.normalizer = normalizers.Sequence([*steps, *([normalizers.Lowercase()] if lowercase else [])])
-    backend.train_from_iterator(_strings(texts), trainer=trainer, length=length)
+    checked = _CheckedTexts(texts)
+    backend.train_from_iterator(checked, trainer=trainer, length=length)
+    if not checked.any_text:
+        given = f"all {checked.count} texts given are empty or whitespace" if checked.count else "no texts were given"
+        raise ValueError(f"No text to train a tokenizer on: {given}; give a corpus with words in it.")
 
     def ids(*tokens):
         return [(token, backend.token_to_id(token)) for token in tokens]
@@ -133,12 +137,19 @@ def train_tokenizer(
     return tokenizer
 
 
-def _strings(texts: Iterable[str] | Iterable[list[str]]) -> Iterator[str]:
-    for item in texts:
-        if isinstance(item, str):
-            yield item
-        else:
-            yield from item
+class _CheckedTexts:
+    """The strings of `texts` (strings, or batches of them), one at a time, counting them and noting whether any has
+    text: the corpus is read once, by the trainer, and still checked."""
+
+    def __init__(self, texts: Iterable[str] | Iterable[list[str]]):
+        self.texts, self.count, self.any_text = texts, 0, False
+
+    def __iter__(self) -> Iterator[str]:
+        for item in self.texts:
+            for text in [item] if isinstance(item, str) else item:
+                self.count += 1
+                self.any_text = self.any_text or (isinstance(text, str) and bool(text.strip()))
+                yield text
 
 
 __all__ = [

@@ -10,9 +10,9 @@ is the same. What it does:
   process counts once), so 4 x 2 accumulation equals a batch of 8 and two processes equal one;
 - a budget in steps, epochs and/or wall-clock minutes; evaluation every N steps; a non-finite loss stops the run
   with the step named, before any checkpoint is written from the broken weights;
-- checkpoints every N steps with `save_state`, written to a temporary folder and renamed when complete (a crash
-  mid-save leaves the previous one), the K newest kept; `resume` continues from the newest, skipping the batches
-  already seen;
+- checkpoints every N steps with `save_state`, verified by a manifest and renamed when complete (a crash mid-save
+  leaves the previous one), the K newest kept; `resume` continues from the newest intact one, skipping the batches
+  already seen, and steps, tokens and time go on counting (the run folder's rules: hf_encoders/run_folder.py);
 - the final and the best model (by the chosen validation metric) exported with `save_pretrained` and the tokenizer;
 - a progress bar on the main process, metrics to tensorboard and to `metrics.jsonl`, their curves in `curves.png`,
   the resolved config beside them.
@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import platform
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -40,9 +39,11 @@ from transformers import HfArgumentParser, PreTrainedModel, PreTrainedTokenizerB
 
 from .data import MLMCollator, build_dataloader
 from .plots import plot_training_curves
+from .run_folder import RunFolder, checkpoints
 
 logger = logging.getLogger(__name__)
 
+LOSS_METRICS = ("loss", "perplexity", "accuracy")  # what `evaluate_loss` reports
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "wsd": "warmup_stable_decay", "constant": "constant_with_warmup"}
 PRECISIONS = ("no", "bf16", "fp16")
 
@@ -83,9 +84,29 @@ class TrainingConfig:
         default=0.0, metadata={"help": "Label-smoothed cross-entropy on the model's logits (0: the model's own loss)."}
     )
     group_by_length: bool = field(default=False, metadata={"help": "Batch examples of similar length together."})
-    resume: bool = field(default=False, metadata={"help": "Continue from the newest checkpoint in output_dir."})
+    resume: bool = field(
+        default=False, metadata={"help": "Continue the run in output_dir from its newest intact checkpoint."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Delete the run that output_dir holds and start a new one there."}
+    )
 
     def __post_init__(self):
+        at_least = {"per_device_batch_size": 1, "gradient_accumulation_steps": 1, "keep_checkpoints": 1,
+                    "log_every": 1, "max_steps": 0, "warmup_steps": 0, "eval_every": 0, "save_every": 0,
+                    "num_epochs": 0, "max_minutes": 0, "weight_decay": 0, "max_grad_norm": 0}  # fmt: skip
+        for name, minimum in at_least.items():
+            if getattr(self, name) < minimum:
+                raise ValueError(f"{name}={getattr(self, name)!r}: it must be at least {minimum}.")
+        if not self.learning_rate > 0 or not self.adam_epsilon > 0:
+            raise ValueError(
+                f"learning_rate and adam_epsilon must be positive ({self.learning_rate}, {self.adam_epsilon})."
+            )
+        for name in ("adam_beta1", "adam_beta2", "decay_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)!r}: it must lie in [0, 1].")
+        if self.resume and self.overwrite_output_dir:
+            raise ValueError("resume continues the run in output_dir, overwrite_output_dir deletes it: choose one.")
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"mixed_precision={self.mixed_precision!r}: choose one of {', '.join(PRECISIONS)}.")
         if self.lr_schedule not in SCHEDULES:
@@ -115,6 +136,11 @@ def parse_config(dataclass_types: tuple[type, ...], argv: list[str] | None = Non
         if not Path(config_file).is_file():
             raise FileNotFoundError(f"No config file {config_file!r}.")
         settings = yaml.safe_load(Path(config_file).read_text()) or {}
+        if not isinstance(settings, dict):
+            raise ValueError(
+                f"{config_file}: a config file is a mapping of settings (`name: value` lines), not a "
+                f"{type(settings).__name__}."
+            )
         known = {f.name for dataclass_type in dataclass_types for f in fields(dataclass_type)}
         if unknown := sorted(set(settings) - known):
             raise ValueError(f"{config_file}: unknown settings {unknown}; known ones are {sorted(known)}.")
@@ -127,14 +153,6 @@ def parse_config(dataclass_types: tuple[type, ...], argv: list[str] | None = Non
 
 class NonFiniteLossError(RuntimeError):
     """Raised when a training loss is NaN or infinite."""
-
-
-def resolve_mixed_precision(requested: str, device_type: str) -> str:
-    """fp16 autocast does not exist on CPUs (Accelerate ignores it there): run bf16 instead, and say so."""
-    if requested == "fp16" and device_type == "cpu":
-        logger.warning("fp16 mixed precision was asked for on a CPU, which cannot run it: training in bf16 instead.")
-        return "bf16"
-    return requested
 
 
 def device_description() -> str:
@@ -151,12 +169,6 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         if parameter.requires_grad:
             (no_decay if parameter.ndim < 2 or "norm" in name else decay).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (folders still being written end in .tmp and are not listed)."""
-    found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
 def logits_for_labels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,7 +213,8 @@ def evaluate_loss(
     loss_sum, correct, count = accelerator.reduce(totals, reduction="sum").tolist()
     model.train()
     loss = loss_sum / max(count, 1.0)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / max(count, 1.0)}
+    scores = loss, math.exp(min(loss, 50.0)), correct / max(count, 1.0)
+    return dict(zip(LOSS_METRICS, scores, strict=True))
 
 
 def evaluate_masked_lm(
@@ -237,24 +250,24 @@ def train(
     model: PreTrainedModel,
     train_dataset,
     collator: Callable[[list[dict]], dict],
-    config: TrainingConfig,
+    run: RunFolder,
     tokenizer: PreTrainedTokenizerBase | None = None,
     evaluate: Callable[[PreTrainedModel, Accelerator], dict[str, float]] | None = None,
-    run_config: dict | None = None,
     before_step: Callable[[int], dict[str, float] | None] | None = None,
 ) -> TrainResult:
-    """Train `model` on `train_dataset` batched by `collator`, as `config` says.
+    """Train `model` on `train_dataset` batched by `collator`, as `run.config` says, in the run folder `run`
+    (`start_run(config, settings)`; its settings are written to `config.json` with the training's).
 
     Args:
         evaluate: called every `config.eval_every` steps and at the end with the (prepared) model and the
             accelerator; returns flat metrics such as `{"imdb/loss": ..., "imdb/accuracy": ...}`.
-        run_config: everything that describes the run (model, data, training), written to `config.json`.
         before_step: called with the number of the optimizer step about to run (0, 1, ...; resumed runs go on
             counting) for schedules of the script's own, such as a KL weight; what it returns is logged as `train/*`.
     """
-    output_dir = Path(config.output_dir)
-    cpu_only = not torch.cuda.is_available()
-    precision = resolve_mixed_precision(config.mixed_precision, "cpu" if cpu_only else "cuda")
+    config, output_dir = run.config, run.path
+    if config.best_metric and evaluate is None:
+        raise ValueError(f"best_metric={config.best_metric!r} needs an evaluation, and this run has none.")
+    precision = run.precision
     accelerator = Accelerator(
         mixed_precision=precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -262,14 +275,13 @@ def train(
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
-    set_seed(config.seed)
+    set_seed(config.seed)  # the training's own randomness does not depend on what the data preparation drew
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {**(run_config or {}), "training": {**asdict(config), "mixed_precision": precision},
-                    "num_processes": accelerator.num_processes, "device": device_description(),
-                    "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                                 "accelerate": accelerate.__version__}}  # fmt: skip
-        (output_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
+        run.write_settings({**run.settings, "parameters": sum(p.numel() for p in model.parameters()),
+                            "training": {**asdict(config), "mixed_precision": precision},
+                            "num_processes": accelerator.num_processes, "device": device_description(),
+                            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                                         "accelerate": accelerate.__version__}})  # fmt: skip
 
     dataloader = build_dataloader(train_dataset, collator, config.per_device_batch_size,
                                   group_by_length=config.group_by_length, seed=config.seed)  # fmt: skip
@@ -297,26 +309,30 @@ def train(
     model, optimizer, dataloader, scheduler = accelerator.prepare(model, optimizer, dataloader, scheduler)
     accelerator.init_trackers("tb")
 
-    step, best = 0, None
-    if config.resume and (found := checkpoints(output_dir)):
-        accelerator.load_state(str(found[-1]))
-        progress_state = json.loads((found[-1] / "progress.json").read_text())
-        step, best = progress_state["step"], progress_state["best"]
-        logger.info("Resumed from %s (step %d)", found[-1], step)
-    elif config.resume:
-        logger.warning("resume was asked for, but %s holds no checkpoint: starting afresh", output_dir)
+    # what earlier segments of a resumed run did: steps, the best value, tokens and training time
+    progress = {"step": 0, "best": None, "tokens_seen": 0, "seconds": 0.0}
+    if checkpoint := run.resume_from():
+        accelerator.load_state(str(checkpoint))
+        progress.update(json.loads((checkpoint / "progress.json").read_text()))
+        logger.info("Resumed from %s (step %d)", checkpoint, progress["step"])
+    if config.resume and accelerator.is_main_process:
+        run.truncate_metrics(progress["step"])
+    step, best = progress["step"], progress["best"]
+    if step >= total_steps:
+        raise ValueError(
+            f"The run in {output_dir} is already at step {step} of {total_steps}: give a larger --max_steps (or "
+            "--num_epochs) to train on."
+        )
 
-    def save_checkpoint():
-        final, temporary = output_dir / f"checkpoint-{step}", output_dir / f"checkpoint-{step}.tmp"
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(temporary))
-        if accelerator.is_main_process:
-            (temporary / "progress.json").write_text(json.dumps({"step": step, "best": best}))
-            shutil.rmtree(final, ignore_errors=True)
-            temporary.rename(final)  # complete, or absent: resume never sees half a checkpoint
-            for old in checkpoints(output_dir)[: -config.keep_checkpoints]:
-                shutil.rmtree(old)
-        accelerator.wait_for_everyone()
+    def tokens_so_far() -> int:
+        return progress["tokens_seen"] + int(accelerator.reduce(tokens_seen, reduction="sum").item())
+
+    def seconds_so_far() -> float:
+        return progress["seconds"] + time.perf_counter() - start
+
+    def save_checkpoint(seconds: float | None = None):
+        run.write_checkpoint(accelerator, step, {"best": best, "tokens_seen": tokens_so_far(),
+                                                 "seconds": seconds or seconds_so_far()})  # fmt: skip
 
     def export(name: str):
         accelerator.wait_for_everyone()
@@ -343,12 +359,9 @@ def train(
                             output_dir / "best")  # fmt: skip
         return metrics
 
-    metrics_file = output_dir / "metrics.jsonl"
-
     def record(values: dict):
         if accelerator.is_main_process:
-            with metrics_file.open("a") as handle:
-                handle.write(json.dumps({"step": step, **values}) + "\n")
+            run.record(step, values)
 
     model.train()
     bar = tqdm(total=total_steps, initial=step, disable=not accelerator.is_local_main_process, desc="training")
@@ -429,14 +442,14 @@ def train(
                 total_steps = step
         epoch += 1
     bar.close()
-    seconds = time.perf_counter() - start
+    seconds = seconds_so_far()
     metrics = run_evaluation()
     record(metrics)
-    save_checkpoint()
+    save_checkpoint(seconds)
     export("final")
     if accelerator.is_main_process:
-        plot_training_curves(metrics_file, output_dir / "curves.png", title=output_dir.name)
-    tokens_total = accelerator.reduce(tokens_seen, reduction="sum").item()
+        plot_training_curves(run.metrics_file, output_dir / "curves.png", title=output_dir.name)
+    tokens_total = tokens_so_far()
     for tracker in accelerator.trackers:  # not `end_training()`: it ends the process group that DDP still needs
         tracker.finish()
     return TrainResult(step, last_loss, metrics, seconds, tokens_total, tokens_total / max(seconds, 1e-9), stopped_by)
@@ -445,6 +458,7 @@ def train(
 __all__ = [
     "TrainingConfig",
     "TrainResult",
+    "LOSS_METRICS",
     "NonFiniteLossError",
     "parse_config",
     "train",

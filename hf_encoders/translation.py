@@ -6,6 +6,7 @@ Scores are sacreBLEU (cased and lowercased) and chrF through the offline `evalua
 """
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -13,7 +14,26 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import metrics
-from .tokenization import target_language_token
+from .tokenization import language_tag, target_language_token
+
+LANGUAGE_TAG = re.compile(r"<2([^<>\s]+)>")
+
+
+def tagged_languages(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The languages the tokenizer has a `<2xx>` tag for, sorted; none for a tokenizer without tags (Marian's)."""
+    return sorted(match[1] for token in tokenizer.get_vocab() if (match := LANGUAGE_TAG.fullmatch(token)))
+
+
+def target_language_start(tokenizer: PreTrainedTokenizerBase, target_language: str) -> dict[str, int]:
+    """`generate`'s `forced_bos_token_id` for the target language's tag; nothing for a tokenizer without tags. A
+    language that a tokenizer with tags has no tag for is an error: its output would be in some other language."""
+    tag = target_language_token(tokenizer, target_language)
+    if tag is not None:
+        return {"forced_bos_token_id": tag}
+    if known := tagged_languages(tokenizer):
+        raise ValueError(f"The tokenizer has no {language_tag(target_language)!r} tag for the target language "
+                         f"{target_language!r}; it has tags for {', '.join(known)}: translate into one of those.")  # fmt: skip
+    return {}
 
 
 @torch.no_grad()
@@ -29,9 +49,9 @@ def translate(
     show_progress: bool = True,
 ) -> list[str]:
     """Translate `sources` with `model.generate`, in batches of similar lengths (less padding); the order of the
-    output follows `sources`. When the tokenizer has the target-language tag (`<2de>`), generation starts with it."""
-    tag = target_language_token(tokenizer, target_language)
-    forced = {} if tag is None else {"forced_bos_token_id": tag}
+    output follows `sources`. When the tokenizer has language tags, generation starts with the target language's
+    (`<2de>`), and a language without one is a ValueError; a tokenizer without tags (Marian's) needs none."""
+    forced = target_language_start(tokenizer, target_language)
     was_training = model.training
     model.eval()
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
@@ -45,6 +65,9 @@ def translate(
             hypotheses[i] = text.strip()
     model.train(was_training)
     return hypotheses
+
+
+TRANSLATION_SCORES = ("bleu", "bleu_lowercased", "chrf")  # what `score_translations` reports
 
 
 def score_translations(hypotheses: list[str], references: list[str]) -> dict[str, dict]:
@@ -74,4 +97,4 @@ def write_translations(
     return hypotheses_file, scores_file
 
 
-__all__ = ["translate", "score_translations", "write_translations"]
+__all__ = ["translate", "tagged_languages", "target_language_start", "score_translations", "write_translations"]

@@ -25,6 +25,7 @@ from hf_encoders import (
 )
 from hf_encoders.data import word_start_table
 from hf_encoders.hub import build_model_card
+from hf_encoders.run_folder import start_run
 from hf_encoders.training import TrainingConfig, train
 
 
@@ -246,7 +247,7 @@ def autoencoder(english, joint, tmp_path_factory):
     model = Seq2SeqForConditionalGeneration(config)
     settings = TrainingConfig(output_dir=str(tmp_path_factory.mktemp("autoencoder")), max_steps=80,
                               per_device_batch_size=32, learning_rate=4e-3, warmup_steps=10, log_every=40)  # fmt: skip
-    train(model, segments, DenoisingCollator(joint, padding_free=True, seed=0), settings, joint)
+    train(model, segments, DenoisingCollator(joint, padding_free=True, seed=0), start_run(settings), joint)
     return model.eval()
 
 

@@ -1,6 +1,7 @@
 """The `hf-encoders` command: every sub-command's --help, one-line errors with a non-zero status, the tokenizer,
 translate and the main job (`demo`) end to end in a reduced mode."""
 
+import argparse
 import io
 import json
 import subprocess
@@ -8,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
-from transformers import AutoTokenizer
+from conftest import ROOT, run_main
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from hf_encoders.cli import main
+from hf_encoders.cli import build_parser, main
 
 COMMANDS = ["demo", "train-tokenizer", "pretrain", "train-translation", "finetune", "evaluate-translation",
             "pretrain-denoising", "evaluate-anomaly", "translate", "card", "push"]  # fmt: skip
@@ -46,12 +47,74 @@ def test_the_console_script_is_installed():
         (["demo", "--output_dir", "x"], 2, "--output_dir: give the demo's own"),
         (["card", "no/such/run"], 1, "No run folder 'no/such/run'"),
         (["translate", "m", "--tgt-lang", "de", "--file", "no/such/file"], 2, "--file no/such/file: no such file"),
+        (["push", "run", "org/name", "--to", "/some/folder"], 2, "unrecognized arguments: --to /some/folder"),
+        (["push", "run", "org/name", "--dry"], 2, "unrecognized arguments: --dry"),
+        (["--deb", "card", "run"], 2, "unrecognized arguments: --deb"),
+        (["translate", "/no/such/model", "Hallo", "--tgt-lang", "de"], 2,
+         "/no/such/model: no such model folder, and not a Hub id (ORG/NAME) either"),
+        (["translate", "./model", "Hallo", "--tgt-lang", "de"], 2, "./model: no such model folder"),
+        (["translate", "runs/demo/bst", "Hallo", "--tgt-lang", "de"], 2, "runs/demo/bst: no such model folder"),
     ],
 )  # fmt: skip
 def test_bad_arguments_give_one_line_and_a_non_zero_status(argv, status, message, capsys):
     assert main(argv) == status
     error = capsys.readouterr().err
     assert len(error.strip().splitlines()) == 1 and error.startswith("hf-encoders") and message in error, error
+
+
+def all_parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from all_parsers(sub)
+
+
+def test_no_parser_takes_abbreviations():
+    parsers = list(all_parsers(build_parser()))
+    assert len(parsers) == len(COMMANDS) + 1 and not any(parser.allow_abbrev for parser in parsers)
+
+
+def test_translate_tells_a_missing_local_folder_from_a_hub_id(tmp_path, monkeypatch, capsys):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "notes.txt").write_text("not a model")
+    monkeypatch.chdir(tmp_path)
+    for model in ("runs/typo", "notes.txt"):  # partly there, or a file: not a Hub id
+        assert main(["translate", model, "Hallo", "--tgt-lang", "de"]) == 2
+        assert f"{model}: no such model folder" in capsys.readouterr().err
+    asked = []
+
+    def from_pretrained(name, **kwargs):
+        asked.append(name)
+        raise OSError("offline")
+
+    monkeypatch.setattr(AutoModelForSeq2SeqLM, "from_pretrained", from_pretrained)
+    assert main(["translate", "some-org/some-model", "Hallo", "--tgt-lang", "de"]) == 1
+    assert asked == ["some-org/some-model"] and "offline" in capsys.readouterr().err
+
+
+def test_translate_refuses_a_language_the_tokenizer_has_no_tag_for(translation_run, capsys):
+    assert main(["translate", str(translation_run[0] / "best"), "Hallo", "--tgt-lang", "xx"]) == 1
+    error = capsys.readouterr().err
+    assert "no '<2xx>' tag" in error and "de, en" in error, error
+
+
+def test_a_resumed_training_command_says_so_on_stderr(mlm_corpus, tmp_path):
+    """The training loop's INFO lines ("Resumed from ...") reach the command's stderr; other libraries' do not."""
+    run = tmp_path / "run"
+    flags = ["pretrain", "--config", "mlm_tiny", "--train_data", str(mlm_corpus), "--train_split", "train",
+             "--eval_data", f"corpus={mlm_corpus}:validation", "--output_dir", str(run), "--vocab_size", "200",
+             "--block_size", "64", "--max_steps", "2", "--eval_every", "2", "--save_every", "2", "--num_proc", "1",
+             "--best_metric", "corpus/loss"]  # fmt: skip
+    assert run_main(main, *flags).result == 0
+    done = subprocess.run([str(ENTRY_POINT), *flags, "--max_steps", "3", "--resume", "true"], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert f"INFO hf_encoders.training: Resumed from {run / 'checkpoint-2'} (step 2)" in done.stderr, done.stderr
+    assert "INFO pretrain_mlm: done:" in done.stderr
+    others = [line for line in done.stderr.splitlines() if line.startswith("INFO ")
+              and not line.startswith(("INFO hf_encoders", "INFO pretrain_mlm"))]  # fmt: skip
+    assert not others, others
 
 
 def test_debug_shows_the_traceback():

@@ -3,14 +3,21 @@
 import gzip
 import json
 import logging
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
+import datasets.config
 import pytest
 import torch
-from datasets import Dataset
+from datasets import Dataset, DatasetInfo, SplitDict, SplitInfo
+from datasets.arrow_writer import ArrowWriter
 from huggingface_hub import constants
-from tokenizers import Tokenizer, models
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from hf_encoders import Seq2SeqConfig, Seq2SeqForConditionalGeneration
@@ -18,9 +25,11 @@ from hf_encoders.data import (
     MLMCollator,
     Seq2SeqCollator,
     build_dataloader,
+    load_monolingual_dataset,
     load_parallel_dataset,
     load_text_dataset,
     pack_for_mlm,
+    prepare_denoising,
     prepare_translation,
 )
 from hf_encoders.tokenization import train_tokenizer
@@ -102,6 +111,18 @@ def test_tokenizer_arguments_are_checked():
         train_tokenizer(CORPUS, 100, languages=["de"])
     with pytest.raises(ValueError, match="leaves no room"):
         train_tokenizer(CORPUS, 5)
+
+
+def test_a_tokenizer_is_not_trained_on_texts_without_text():
+    with pytest.raises(ValueError, match="No text to train a tokenizer on: all 3 texts given are empty or whitespace"):
+        train_tokenizer(["", "  ", "\n"], 100, show_progress=False)
+    batches = (batch for batch in [["", " "], ["\t"]])  # a generator of batches, as the command line feeds it
+    with pytest.raises(ValueError, match="all 3 texts given are empty"):
+        train_tokenizer(batches, 100, kind="seq2seq", languages=["en"], show_progress=False)
+    with pytest.raises(ValueError, match="no texts were given"):
+        train_tokenizer(iter([]), 100, show_progress=False)
+    texts = (text for text in ["", *CORPUS])  # read once: what the check reads, the trainer reads too
+    assert train_tokenizer(texts, 150, show_progress=False).tokenize("A dog") == ["A", "dog"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -282,6 +303,93 @@ def test_length_grouped_batches_hold_less_padding(multi30k, joint_tokenizer):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# The datasets cache across runs
+
+PREPARE = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from transformers import AutoTokenizer
+    from hf_encoders.data import (load_parallel_dataset, load_text_dataset, pack_for_mlm, prepare_denoising,
+                                  prepare_translation)
+
+    data, cache, folders = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+
+    def arrow_files():
+        return {str(path): path.stat().st_mtime_ns for path in cache.rglob("*.arrow")}
+
+    documents, pairs = load_text_dataset(data / "documents"), load_parallel_dataset(data / "pairs", "en", "de")
+    runs = []
+    for folder in folders:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer(["a dog"], truncation=True, max_length=2, padding="max_length")  # leaves settings in its backend
+        before = arrow_files()
+        prepared = {
+            "mlm": pack_for_mlm(documents, tokenizer, 16)["train"],
+            "denoising": prepare_denoising(documents, tokenizer, "en", 16)["train"],
+            "translation": prepare_translation(pairs, tokenizer, "en", "de", 8, 8)["train"],
+        }
+        runs.append({
+            "written": sorted(path for path, mtime in arrow_files().items() if before.get(path) != mtime),
+            "fingerprints": {name: split._fingerprint for name, split in prepared.items()},
+            "cache_files": {name: split.cache_files for name, split in prepared.items()},
+            "first_ids": {name: split[0]["input_ids"] for name, split in prepared.items()},
+        })
+    print(json.dumps(runs))
+    """
+)
+BOTH_WORDS = "the a dog cat sat on mat ran in park der die das hund katze sass auf matte lief im".split()
+
+
+def save_tagged_tokenizer(folder: Path, words: list[str]) -> None:
+    """A word-level tokenizer with what all three preparations need: [CLS]/[SEP], </s> and language tags."""
+    specials = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]", "</s>", "<2de>", "<2en>"]
+    backend = Tokenizer(models.WordLevel({token: i for i, token in enumerate(specials + words)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 5)])
+    PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+                            mask_token="[MASK]", unk_token="[UNK]", eos_token="</s>",
+                            additional_special_tokens=["<2de>", "<2en>"]).save_pretrained(folder)  # fmt: skip
+
+
+def prepare_in_a_new_process(data: Path, cache: Path, *tokenizers: Path) -> list[dict]:
+    env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", PREPARE, str(data), str(cache), *map(str, tokenizers)],
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_second_run_reads_its_tokenization_from_the_cache_and_another_tokenizer_does_not(tmp_path):
+    """What the README promises: a later run with the same data, tokenizer and settings tokenizes nothing again, even
+    with its copy of the tokenizer loaded from elsewhere; and a tokenizer that differs in two ids never reads what
+    another one wrote."""
+    lines = ["the dog sat on the mat. a cat ran in the park.", "the cat sat. a dog ran on the mat in the park."] * 20
+    (tmp_path / "documents").mkdir()
+    (tmp_path / "documents" / "train.txt").write_text("".join(line + "\n" for line in lines))
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / "train.en").write_text("the dog ran\na cat sat on the mat\n" * 20)
+    (tmp_path / "pairs" / "train.de").write_text("der hund lief\ndie katze sass auf der matte\n" * 20)
+    save_tagged_tokenizer(tmp_path / "tokenizer", BOTH_WORDS)
+    shutil.copytree(tmp_path / "tokenizer", tmp_path / "copy_of_the_tokenizer")
+    swapped = [{"dog": "cat", "cat": "dog"}.get(word, word) for word in BOTH_WORDS]  # "dog" and "cat" swap ids
+    save_tagged_tokenizer(tmp_path / "other_tokenizer", swapped)
+    cache = tmp_path / "cache"
+
+    (first,) = prepare_in_a_new_process(tmp_path, cache, tmp_path / "tokenizer")
+    same, other = prepare_in_a_new_process(tmp_path, cache, tmp_path / "copy_of_the_tokenizer",
+                                           tmp_path / "other_tokenizer")  # fmt: skip
+    assert first["written"], "the first run wrote its tokenization to the cache"
+    assert same["written"] == [], "the second run read the cache instead of tokenizing again"
+    assert same["fingerprints"] == first["fingerprints"] and same["cache_files"] == first["cache_files"]
+    assert other["written"], "another tokenizer tokenizes afresh"
+    for name in ("mlm", "denoising", "translation"):
+        assert other["fingerprints"][name] != first["fingerprints"][name], name
+        assert other["cache_files"][name] != first["cache_files"][name], name
+        assert other["first_ids"][name] != first["first_ids"][name], name  # its own ids, not the cached ones
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Bad data
 
 
@@ -317,6 +425,72 @@ def test_undecodable_bytes_name_the_file_and_line(tmp_path):
         load_text_dataset(path)
 
 
+def _gzip_cut_in_half(path: Path, text: str) -> None:
+    compressed = gzip.compress(text.encode())
+    path.write_bytes(compressed[: len(compressed) // 2])
+
+
+def test_truncated_or_corrupt_files_are_named(tmp_path):
+    lines = "".join(f"line {i} of a long enough file\n" for i in range(5000))
+    truncated = tmp_path / "text" / "train.txt.gz"
+    truncated.parent.mkdir()
+    _gzip_cut_in_half(truncated, lines)
+    with pytest.raises(ValueError, match=rf"Cannot read {truncated}: it is a truncated or corrupt gzip file") as error:
+        load_text_dataset(truncated.parent)
+    assert isinstance(error.value.__cause__, EOFError)
+
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / "train.en").write_text(lines)
+    _gzip_cut_in_half(tmp_path / "pairs" / "train.de.gz", lines)
+    with pytest.raises(ValueError, match=r"Cannot read \S*pairs/train\.de\.gz: it is a truncated or corrupt gzip"):
+        load_parallel_dataset(tmp_path / "pairs", "en", "de")
+
+    not_gzip = tmp_path / "train.jsonl.gz"
+    not_gzip.write_text('{"text": "plain text under a .gz name"}\n')
+    with pytest.raises(ValueError, match=rf"Cannot read {not_gzip}: it is a truncated or corrupt gzip") as error:
+        load_text_dataset(not_gzip)
+    assert isinstance(error.value.__cause__, OSError)
+
+    parquet = tmp_path / "train.parquet"
+    Dataset.from_dict({"text": ["a", "b"] * 100}).to_parquet(parquet)
+    parquet.write_bytes(parquet.read_bytes()[:-40])
+    with pytest.raises(ValueError, match=rf"Cannot read {parquet}: it is corrupt, or not what its name says"):
+        load_text_dataset(parquet)
+
+
+def test_data_without_text_is_refused_by_source_and_split(tmp_path):
+    (tmp_path / "blank").mkdir()
+    (tmp_path / "blank" / "train.txt").write_text("\n  \n\t\n")
+    with pytest.raises(
+        ValueError, match=r"blank: split 'train' holds no text \(all its 3 rows have an empty 'text'\)"
+    ):
+        load_text_dataset(tmp_path / "blank")
+    (tmp_path / "blank_test").mkdir()  # one good split does not excuse an empty one
+    (tmp_path / "blank_test" / "train.jsonl").write_text('{"text": "a review"}\n')
+    (tmp_path / "blank_test" / "test.jsonl").write_text('{"text": ""}\n{"text": " "}\n')
+    with pytest.raises(ValueError, match=r"blank_test: split 'test' holds no text"):
+        load_text_dataset(tmp_path / "blank_test")
+
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / "train.en").write_text("a dog\n\n")
+    (tmp_path / "pairs" / "train.de").write_text("\nein hund\n")
+    with pytest.raises(ValueError, match=r"pairs: split 'train' holds no text \(all its 2 rows have an empty 'en' or"):
+        load_parallel_dataset(tmp_path / "pairs", "en", "de")
+    (tmp_path / "pairs" / "train.en").write_text("\n\n")
+    with pytest.raises(ValueError, match=r"pairs: split 'train' holds no text \(all its 2 rows have an empty 'text'"):
+        load_monolingual_dataset(tmp_path / "pairs", "en")
+
+
+def test_preparing_an_empty_split_is_refused(encoder_tokenizer, joint_tokenizer):
+    empty = Dataset.from_dict({"text": []})
+    with pytest.raises(ValueError, match=r"Nothing to tokenize: split 'data' has no documents \(0 rows\)"):
+        pack_for_mlm(empty, encoder_tokenizer)
+    with pytest.raises(ValueError, match=r"Nothing to tokenize: split 'data' has no documents"):
+        prepare_denoising(empty, joint_tokenizer, "en")
+    with pytest.raises(ValueError, match=r"Nothing to tokenize: split 'data' has no pairs"):
+        prepare_translation(Dataset.from_dict({"en": [], "de": []}), joint_tokenizer, "en", "de")
+
+
 def test_jsonl_parquet_and_globs(tmp_path):
     rows = [{"text": f"review number {i}", "label": i % 2} for i in range(40)]
     with gzip.open(tmp_path / "train.jsonl.gz", "wt") as handle:
@@ -341,13 +515,44 @@ def test_missing_paths_and_unreachable_hub_say_so(tmp_path, monkeypatch):
         load_text_dataset(str(tmp_path / "no-such-*.jsonl"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     start = time.perf_counter()
-    with pytest.raises(ConnectionError, match="'someone/no-such-dataset'.*Hugging Face Hub cannot be reached"):
+    with pytest.raises(ConnectionError, match="'someone/no-such-dataset' offline.*not in the datasets cache"):
         load_parallel_dataset("someone/no-such-dataset", "en", "de")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     with pytest.raises(ConnectionError, match="Hub cannot be reached"):
         load_text_dataset("someone/no-such-dataset")
     assert time.perf_counter() - start < 10  # says so, instead of hanging
+
+
+def _put_in_cache_as_if_downloaded(cache: Path, repo_id: str, texts: list[str]) -> None:
+    """What `load_dataset(repo_id)` leaves in a datasets cache: {namespace}___{name}/{config}/{version}/{commit}/,
+    holding {name}-{split}.arrow and dataset_info.json."""
+    namespace, name = repo_id.split("/")
+    folder = cache / f"{namespace}___{name}" / "default" / "0.0.0" / ("0" * 40)
+    folder.mkdir(parents=True)
+    data = Dataset.from_dict({"text": texts})
+    with ArrowWriter(path=str(folder / f"{name}-train.arrow")) as writer:
+        writer.write_table(data.data.table)
+        writer.finalize()
+    splits = SplitDict(dataset_name=name)
+    splits.add(SplitInfo("train", num_examples=len(texts), dataset_name=name))
+    info = DatasetInfo(features=data.features, builder_name="parquet", dataset_name=name, config_name="default",
+                       splits=splits)  # fmt: skip
+    info.write_to_directory(str(folder))
+
+
+def test_a_hub_data_set_in_the_datasets_cache_loads_offline(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE=1 (which huggingface_hub and datasets read when imported) with a data set in the cache."""
+    _put_in_cache_as_if_downloaded(tmp_path, "someone/reviews", ["a fine film", "", "a dull film"] * 10)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # were the Hub asked, it could not answer
+    reviews = load_text_dataset("someone/reviews", validation_fraction=0.25)
+    assert len(reviews["train"]) + len(reviews["validation"]) == 20  # the blank ones dropped, as for local files
+    assert set(reviews["train"]["text"]) == {"a fine film", "a dull film"}
+    with pytest.raises(ConnectionError, match=r"'someone/other' offline \(HF_HUB_OFFLINE is set\).*not in the data"):
+        load_text_dataset("someone/other")
 
 
 def test_parallel_data_from_a_translation_column_or_language_columns(tmp_path):

@@ -183,10 +183,28 @@ def test_bad_data_is_refused_with_a_clear_message(checkpoint, tmp_path, rows, fl
 def test_an_empty_training_split_is_refused(checkpoint, tmp_path):
     blank = write_splits(tmp_path / "blank", {"train": [{"text": " ", "label": 1}] * 4,
                                               "validation": [{"text": "a dog", "label": 0}]})  # fmt: skip
-    with pytest.raises(ValueError, match=r"The training split 'train' of .* is empty"):
+    with pytest.raises(
+        ValueError, match=r"blank: split 'train' holds no text \(all its 4 rows have an empty 'text'\)"
+    ):
         finetune_classification.main(["--model", checkpoint, "--data", str(blank), "--text_column", "text",
                                        "--output_dir", str(tmp_path / "run"), "--test_split", ""])  # fmt: skip
     empty = write_splits(tmp_path / "empty", {"train": [], "validation": [{"text": "a dog", "label": 0}]})
     with pytest.raises(ValueError, match=r"train.jsonl is empty: its split would hold no examples"):
         finetune_classification.main(["--model", checkpoint, "--data", str(empty), "--text_column", "text",
                                        "--output_dir", str(tmp_path / "run"), "--test_split", ""])  # fmt: skip
+
+
+@pytest.mark.parametrize("task", finetune_classification.TASKS)
+def test_the_declared_metric_names_are_what_each_task_reports(task):
+    """start_run checks best_metric against TASK_METRICS before any data is read: they must be the real names."""
+    if task == "token":
+        logits, labels = [torch.tensor([[2.0, 0.0], [0.0, 1.0]])], [[0, 1]]
+    elif task == "multi_label":
+        logits, labels = [torch.tensor([1.0, -1.0]), torch.tensor([-1.0, 1.0])], [[1, 0], [0, 0]]
+    elif task == "regression":
+        logits, labels = [torch.tensor([0.5]), torch.tensor([1.5]), torch.tensor([0.1])], [0.4, 1.2, 0.3]
+    else:
+        logits, labels = [torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0])], [0, 0]
+    assert sorted(finetune_classification.scores(task, logits, labels)) == sorted(
+        finetune_classification.TASK_METRICS[task]
+    )

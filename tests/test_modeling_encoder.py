@@ -444,9 +444,32 @@ def test_other_bad_inputs_are_refused():
         model(torch.full((1, 4), 5), labels=torch.tensor([[-100, 120, -100, 5]]))
     with pytest.raises(ValueError, match="cu_seq_lens_q` must rise strictly from 0 to the number of tokens"):
         model(torch.full((1, 8), 5), cu_seq_lens_q=torch.tensor([0, 3, 7]))
-    classifier = build(EncoderForSequenceClassification, num_labels=2)
-    with pytest.raises(ValueError, match="`labels` contains id 2, 1 beyond"):
-        classifier(torch.full((2, 4), 5), labels=torch.tensor([0, 2]))
+
+
+@pytest.mark.parametrize("model_class", ALL_MODEL_CLASSES)
+def test_an_empty_batch_is_refused_by_name(model_class):
+    model = build(model_class)
+    with pytest.raises(ValueError, match=r"`input_ids` is an empty batch \(shape \(0, 5\)\)"):
+        model(torch.zeros((0, 5), dtype=torch.long))
+    with pytest.raises(ValueError, match=r"`inputs_embeds` is an empty batch \(shape \(0, 5\)\)"):
+        model(inputs_embeds=torch.zeros((0, 5, model.config.hidden_size)))
+
+
+@pytest.mark.parametrize(
+    "model_class, labels",
+    [
+        (EncoderForSequenceClassification, torch.tensor([0, 5])),
+        (EncoderForTokenClassification, torch.tensor([[0, 1, -100, 2], [5, 0, 1, 2]])),
+    ],
+)
+def test_class_labels_out_of_range_are_refused_in_terms_of_num_labels(model_class, labels):
+    model = build(model_class, num_labels=3)
+    message = r"`labels` contains label 5, which is out of range: num_labels is 3 \(labels must be 0\.\.2, or -100 to"
+    with pytest.raises(ValueError, match=message):
+        model(torch.full((2, 4), 5), labels=labels)
+    with pytest.raises(ValueError, match=r"contains label -3, which is out of range: num_labels is 3"):
+        model(torch.full((2, 4), 5), labels=labels.masked_fill(labels == 5, -3))
+    assert model(torch.full((2, 4), 5), labels=labels.masked_fill(labels == 5, -100)).loss.isfinite()
 
 
 def test_unknown_keyword_arguments_are_refused_not_dropped():

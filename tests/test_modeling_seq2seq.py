@@ -544,3 +544,19 @@ def test_bad_inputs_are_refused():
     no_start = build(decoder_start_token_id=None)
     with pytest.raises(ValueError, match="no `decoder_start_token_id`"):
         no_start(ids, mask, labels=torch.full((3, 2), 5))
+
+
+def test_labels_of_the_wrong_shape_and_empty_batches_are_refused():
+    model = build()
+    ids, mask = source_batch()
+    with pytest.raises(ValueError, match=r"`labels` must be 2D \(batch_size, target_length\), got shape \(3,\)"):
+        model(ids, mask, labels=torch.full((3,), 5))
+    empty_source, empty_target = torch.zeros((0, 5), dtype=torch.long), torch.full((0, 3), 5)
+    for model_class in (Seq2SeqModel, Seq2SeqForConditionalGeneration):
+        with pytest.raises(ValueError, match=r"`input_ids` is an empty batch \(shape \(0, 5\)\)"):
+            build(model_class=model_class)(empty_source, decoder_input_ids=empty_target)
+    with pytest.raises(ValueError, match=r"`labels` is an empty batch \(shape \(0, 3\)\)"):
+        model(empty_source, labels=empty_target)
+    encoded = model.get_encoder()(ids, mask)  # a target batch that is empty although the source is not
+    with pytest.raises(ValueError, match=r"`decoder_input_ids` is an empty batch \(shape \(0, 3\)\)"):
+        model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=empty_target)

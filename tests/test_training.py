@@ -14,13 +14,12 @@ import torch
 from conftest import ScriptRun, run_main
 from transformers import AutoModelForMaskedLM
 
+from hf_encoders.run_folder import checkpoints, resolve_mixed_precision
 from hf_encoders.training import (
     NonFiniteLossError,
     TrainingConfig,
-    checkpoints,
     parameter_groups,
     parse_config,
-    resolve_mixed_precision,
     smoothed_cross_entropy,
 )
 
@@ -44,7 +43,10 @@ def launch_job(output_dir: Path, *flags: str, launcher: list[str], env: dict) ->
 
 
 def losses(output_dir: Path) -> dict[int, float]:
+    """The train loss of every logged step; a step logged twice (a resumed run repeating itself) is an error."""
     rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [row["step"] for row in rows if "train/loss" in row]
+    assert len(steps) == len(set(steps)), f"steps logged twice in {output_dir}: {steps}"
     return {row["step"]: row["train/loss"] for row in rows if "train/loss" in row}
 
 
@@ -84,7 +86,7 @@ def test_resume_after_a_kill_and_after_a_crash_mid_checkpoint(tmp_path):
     flags = ["--per_device_batch_size", "4", "--max_steps", "8", "--save_every", "3", "--lr_schedule", "cosine",
              "--warmup_steps", "2"]  # fmt: skip
     dynamic = {"HF_ENCODERS_TEST_MASKING": "dynamic"}
-    run_job(tmp_path / "straight", *flags, env=dynamic)
+    uninterrupted = run_job(tmp_path / "straight", *flags, env=dynamic).result
     straight = losses(tmp_path / "straight")
     assert len(straight) == 8
 
@@ -92,10 +94,14 @@ def test_resume_after_a_kill_and_after_a_crash_mid_checkpoint(tmp_path):
     with pytest.raises(SystemExit, match="killed"):
         run_job(tmp_path / "killed", *flags, env={**dynamic, "HF_ENCODERS_TEST_CRASH_AT_BATCH": "5"})
     assert [p.name for p in checkpoints(tmp_path / "killed")] == ["checkpoint-3"]
-    run_job(tmp_path / "killed", *flags, "--resume", env=dynamic)
-    resumed = losses(tmp_path / "killed")
+    result = run_job(tmp_path / "killed", *flags, "--resume", env=dynamic).result
+    resumed = losses(tmp_path / "killed")  # steps 4 (logged before the kill) and 5-8 once each
     for step in range(4, 9):
         assert resumed[step] == pytest.approx(straight[step], rel=1e-5), (step, straight, resumed)
+    # the whole run is counted, not only its last segment
+    assert (result.steps, result.tokens_seen) == (uninterrupted.steps, uninterrupted.tokens_seen)
+    progress = json.loads((tmp_path / "killed" / "checkpoint-6" / "progress.json").read_text())
+    assert 0 < progress["seconds"] < result.seconds
 
     # crashed while writing checkpoint-6: its folder stays .tmp and resume starts from checkpoint-3
     with pytest.raises(SystemExit, match="crashed while writing a checkpoint"):
@@ -132,9 +138,10 @@ def test_bf16_on_cpu_trains_and_the_export_loads(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_an_unknown_best_metric_is_an_error(tmp_path):
-    with pytest.raises(ValueError, match=r"best_metric='imdb/loss' is not among the evaluation metrics \[\]"):
+def test_a_best_metric_without_an_evaluation_is_refused_before_the_first_step(tmp_path):
+    with pytest.raises(ValueError, match=r"best_metric='imdb/loss' needs an evaluation, and this run has none"):
         run_job(tmp_path, "--max_steps", "2", "--best_metric", "imdb/loss")
+    assert not (tmp_path / "metrics.jsonl").exists()
 
 
 def test_training_curves_plot(tmp_path):

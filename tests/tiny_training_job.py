@@ -23,7 +23,8 @@ from transformers import PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hf_encoders import EncoderConfig, EncoderForMaskedLM, MLMCollator  # noqa: E402
-from hf_encoders.training import TrainingConfig, parse_config, train  # noqa: E402
+from hf_encoders.run_folder import start_run  # noqa: E402
+from hf_encoders.training import TrainingConfig, TrainResult, parse_config, train  # noqa: E402
 
 VOCAB = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"] + [f"t{i}" for i in range(59)]
 
@@ -48,9 +49,9 @@ def fixed_masking(batch: list[dict]) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> TrainResult:
     (config,) = parse_config((TrainingConfig,), argv)
-    torch.manual_seed(0)
+    run = start_run(config, {"script": "tiny_training_job"})
     model = EncoderForMaskedLM(EncoderConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                              intermediate_size=64, max_position_embeddings=32, sparse_prediction=True))  # fmt: skip
     tokenizer = PreTrainedTokenizerFast(
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         model.head.register_forward_hook(poison)
 
     with failing_save:
-        train(model, examples(), collator, config, tokenizer=tokenizer)
+        return train(model, examples(), collator, run, tokenizer=tokenizer)
 
 
 if __name__ == "__main__":

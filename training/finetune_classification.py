@@ -33,10 +33,18 @@ from transformers import (
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # running from a checkout without installing
 from hf_encoders import load_text_dataset, metrics  # noqa: E402
 from hf_encoders.data import build_dataloader  # noqa: E402
+from hf_encoders.run_folder import start_run  # noqa: E402
 from hf_encoders.training import TrainingConfig, parse_config, train  # noqa: E402
 
 logger = logging.getLogger("finetune_classification")
 TASKS = ("single_label", "multi_label", "regression", "token")
+# what the "classification" metric reports for each task (on the validation split: validation/NAME)
+TASK_METRICS = {
+    "single_label": ("accuracy", "f1", "f1_macro", "matthews_correlation"),
+    "multi_label": ("exact_match", "f1_micro", "f1_macro"),
+    "regression": ("pearson", "spearman", "mse"),
+}
+TASK_METRICS["token"] = TASK_METRICS["single_label"]  # every labelled token is one example
 
 
 @dataclass
@@ -196,6 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
     task = model_args.task
     if task != "token" and training.token_level_loss:
         training.token_level_loss = False  # one label per example: the loss is the mean over the batch's examples
+    settings = {"script": "finetune_classification", "model": asdict(model_args), "data": asdict(data_args)}
+    run = start_run(training, settings, [f"validation/{name}" for name in TASK_METRICS[task]])
     state = PartialState()
     with state.main_process_first():
         splits = load_text_dataset(data_args.data, text_column=None if task == "token" else data_args.text_column)
@@ -242,11 +252,10 @@ def main(argv: list[str] | None = None) -> dict:
         return {f"validation/{key}": value for key, value in scores(task, logits, labels).items()}
 
     parameters = sum(p.numel() for p in model.parameters())
-    run_config = {"script": "finetune_classification", "model": asdict(model_args), "data": asdict(data_args),
-                  "labels": names, "parameters": parameters}  # fmt: skip
-    result = train(model, encoded[data_args.train_split], collator, training, tokenizer, evaluate, run_config)
+    run.settings["labels"] = names
+    result = train(model, encoded[data_args.train_split], collator, run, tokenizer, evaluate)
 
-    output_dir = Path(training.output_dir)
+    output_dir = run.path
     chosen = output_dir / ("best" if training.best_metric else "final")
     summary = {"model": str(chosen), "task": task, "labels": names, "parameters": parameters,
                "train": asdict(result), "train_examples": len(encoded[data_args.train_split])}  # fmt: skip

@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from datasets import concatenate_datasets
-from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # running from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling recipe whose model arguments this one shares
@@ -47,7 +46,8 @@ from hf_encoders import (  # noqa: E402
 )
 from hf_encoders.data import monolingual_source_name, parse_named_source  # noqa: E402
 from hf_encoders.modeling_seq2seq import gaussian_kl  # noqa: E402
-from hf_encoders.training import TrainingConfig, evaluate_loss, parse_config, train  # noqa: E402
+from hf_encoders.run_folder import start_run  # noqa: E402
+from hf_encoders.training import LOSS_METRICS, TrainingConfig, evaluate_loss, parse_config, train  # noqa: E402
 
 logger = logging.getLogger("pretrain_denoising")
 
@@ -84,6 +84,9 @@ class EvaluationArguments:
     max_new_tokens: int = 128
 
 
+LATENT_METRICS = ("kl_per_sentence", "active_units", "reconstruction_bleu", "reconstruction_chrf")
+
+
 def latent_report(model: Seq2SeqForConditionalGeneration, tokenizer, texts: list[str], language: str, batch_size: int,
                   max_new_tokens: int) -> dict[str, float]:  # fmt: skip
     """KL per sentence, active units and greedy reconstruction BLEU/chrF of held-out sentences."""
@@ -99,8 +102,9 @@ def latent_report(model: Seq2SeqForConditionalGeneration, tokenizer, texts: list
                                 max_new_tokens=max_new_tokens)  # fmt: skip
     scores = score_translations(reconstructions, texts)
     model.train()
-    return {"kl_per_sentence": torch.cat(kls).mean().item(), "active_units": active_units(torch.cat(means)),
-            "reconstruction_bleu": scores["bleu"]["score"], "reconstruction_chrf": scores["chrf"]["score"]}  # fmt: skip
+    values = (torch.cat(kls).mean().item(), active_units(torch.cat(means)), scores["bleu"]["score"],
+              scores["chrf"]["score"])  # fmt: skip
+    return dict(zip(LATENT_METRICS, values, strict=True))
 
 
 def decode_latents(model, tokenizer, latents: torch.Tensor, language: str, max_new_tokens: int) -> list[str]:
@@ -142,6 +146,13 @@ def main(argv: list[str] | None = None) -> dict:
     sources = [parse_named_source(entry, default_split="train", what="language") for entry in data_args.texts]
     if not sources:
         raise ValueError("Give at least one monolingual source in `texts`.")
+    names = [
+        f"{monolingual_source_name(language, spec)}/{key}" for language, spec, _ in sources for key in LOSS_METRICS
+    ]
+    names += [f"latent/{key}" for key in LATENT_METRICS] if model_args.latent_size else []
+    settings = {"script": "pretrain_denoising", "model": asdict(model_args), "data": asdict(data_args),
+                "noise": asdict(noise_args), "evaluation": asdict(eval_args)}  # fmt: skip
+    run = start_run(training, settings, names)
     state = PartialState()
     with state.main_process_first():  # one process reads and tokenizes, filling the datasets cache for the others
         documents = {}
@@ -150,15 +161,16 @@ def main(argv: list[str] | None = None) -> dict:
             if data_args.max_documents:
                 data[split] = data[split].select(range(min(data_args.max_documents, len(data[split]))))
             documents[monolingual_source_name(language, spec)] = (language, data[split], data["validation"])
-        if data_args.tokenizer or model_args.init_from:
-            tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer or model_args.init_from)
-        else:
-            tokenizer = train_tokenizer(
+
+        def new_tokenizer():
+            return train_tokenizer(
                 (batch["text"] for _, train_texts, _ in documents.values() for batch in train_texts.iter(1000)),
                 data_args.vocab_size, kind="seq2seq", model=data_args.tokenizer_model,
                 languages=sorted({language for language, _, _ in sources}), model_max_length=data_args.max_length,
                 show_progress=state.is_main_process,
             )  # fmt: skip
+
+        tokenizer = run.tokenizer(data_args.tokenizer or model_args.init_from, new_tokenizer)
         segments, validation = [], {}
         for name, (language, train_texts, validation_texts) in documents.items():
             segments.append(prepare_denoising(train_texts, tokenizer, language, data_args.max_length,
@@ -195,13 +207,11 @@ def main(argv: list[str] | None = None) -> dict:
         return {"kl_weight": model.kl_weight}
 
     parameters = sum(p.numel() for p in model.parameters())
-    run_config = {"script": "pretrain_denoising", "model": asdict(model_args), "data": asdict(data_args),
-                  "noise": asdict(noise_args), "evaluation": asdict(eval_args), "parameters": parameters}  # fmt: skip
-    result = train(model, train_segments, collator, training, tokenizer, evaluate, run_config,
+    result = train(model, train_segments, collator, run, tokenizer, evaluate,
                    before_step=anneal_kl if model_args.latent_size else None)  # fmt: skip
     summary = {**asdict(result), "parameters": parameters, "train_segments": len(train_segments),
                "train_tokens_per_epoch": sum(map(len, train_segments["labels"]))}  # fmt: skip
-    output_dir = Path(training.output_dir)
+    output_dir = run.path
     if model_args.latent_size and state.is_main_process:
         final = Seq2SeqForConditionalGeneration.from_pretrained(output_dir / "final").to(state.device)
         summary["latent_examples"] = latent_examples(final, tokenizer, sentences, first_language,

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from accelerate import PartialState
-from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM, PreTrainedModel
+from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM, PreTrainedModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # running from a checkout without installing
 from hf_encoders import (  # noqa: E402
@@ -34,7 +34,8 @@ from hf_encoders import (  # noqa: E402
     train_tokenizer,
 )
 from hf_encoders.data import parse_named_source  # noqa: E402
-from hf_encoders.training import TrainingConfig, evaluate_masked_lm, parse_config, train  # noqa: E402
+from hf_encoders.run_folder import start_run  # noqa: E402
+from hf_encoders.training import LOSS_METRICS, TrainingConfig, evaluate_masked_lm, parse_config, train  # noqa: E402
 
 logger = logging.getLogger("pretrain_mlm")
 ARCHITECTURES = ("hf_encoder", "bert")
@@ -129,21 +130,22 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training = parse_config((ModelArguments, DataArguments, TrainingConfig), argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logging.getLogger("accelerate").setLevel(logging.WARNING)
+    eval_names = [parse_named_source(entry)[0] for entry in data_args.eval_data]
+    run = start_run(training, {"script": "pretrain_mlm", "model": asdict(model_args), "data": asdict(data_args)},
+                    metric_names=[f"{name}/{key}" for name in eval_names for key in LOSS_METRICS])  # fmt: skip
     state = PartialState()
-    output_dir = Path(training.output_dir)
     with state.main_process_first():  # one process tokenizes and fills the datasets cache, the others read it
         corpus = load_text_dataset(data_args.train_data, text_column=data_args.text_column)
         if data_args.train_split not in corpus:
             raise ValueError(f"{data_args.train_data!r} has no split {data_args.train_split!r}: {list(corpus)}.")
         train_documents = corpus[data_args.train_split]
-        if data_args.tokenizer:
-            tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer)
-        elif model_args.init_from:
-            tokenizer = AutoTokenizer.from_pretrained(model_args.init_from)
-        else:
+
+        def new_tokenizer():
             sample = train_documents.select(range(min(len(train_documents), data_args.tokenizer_training_documents)))
-            tokenizer = train_tokenizer(sample[data_args.text_column], data_args.vocab_size,
-                                        model_max_length=data_args.block_size, show_progress=state.is_main_process)  # fmt: skip
+            return train_tokenizer(sample[data_args.text_column], data_args.vocab_size,
+                                   model_max_length=data_args.block_size, show_progress=state.is_main_process)  # fmt: skip
+
+        tokenizer = run.tokenizer(data_args.tokenizer or model_args.init_from, new_tokenizer)
         blocks = pack_for_mlm(
             train_documents, tokenizer, data_args.block_size, data_args.text_column, data_args.num_proc
         )
@@ -162,13 +164,11 @@ def main(argv: list[str] | None = None) -> dict:
             metrics.update({f"{name}/{key}": value for key, value in scores.items()})
         return metrics
 
-    run_config = {"script": "pretrain_mlm", "model": asdict(model_args), "data": asdict(data_args),
-                  "parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip
-    result = train(model, blocks, collator, training, tokenizer, evaluate, run_config)
-    summary = {**asdict(result), "parameters": run_config["parameters"],
+    result = train(model, blocks, collator, run, tokenizer, evaluate)
+    summary = {**asdict(result), "parameters": sum(p.numel() for p in model.parameters()),
                "train_tokens_per_epoch": sum(map(len, blocks["input_ids"]))}  # fmt: skip
     if state.is_main_process:
-        (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (run.path / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
         logger.info("done: %s", json.dumps(summary))
     return summary
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, MarianConfig, MarianMTModel
+from transformers import AutoModelForSeq2SeqLM, MarianConfig, MarianMTModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # running from a checkout without installing
 from hf_encoders import (  # noqa: E402
@@ -37,7 +37,9 @@ from hf_encoders import (  # noqa: E402
     translate,
     write_translations,
 )
-from hf_encoders.training import TrainingConfig, evaluate_loss, parse_config, train  # noqa: E402
+from hf_encoders.run_folder import start_run  # noqa: E402
+from hf_encoders.training import LOSS_METRICS, TrainingConfig, evaluate_loss, parse_config, train  # noqa: E402
+from hf_encoders.translation import TRANSLATION_SCORES  # noqa: E402
 
 logger = logging.getLogger("train_translation")
 ARCHITECTURES = ("hf_seq2seq", "marian")
@@ -139,6 +141,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logging.getLogger("accelerate").setLevel(logging.WARNING)
+    settings = {"script": "train_translation", "model": asdict(model_args), "data": asdict(data_args),
+                "evaluation": asdict(eval_args)}  # fmt: skip
+    run = start_run(training, settings, [f"validation/{key}" for key in (*LOSS_METRICS, *TRANSLATION_SCORES)])
     state = PartialState()
     src, tgt = data_args.src, data_args.tgt
     with state.main_process_first():  # one process reads and tokenizes, filling the datasets cache for the others
@@ -148,15 +153,15 @@ def main(argv: list[str] | None = None) -> dict:
                 raise ValueError(f"{data_args.data!r} has no {split!r} split of {src}-{tgt} pairs: {sorted(pairs)}.")
         if data_args.max_train_examples:
             pairs["train"] = pairs["train"].select(range(min(data_args.max_train_examples, len(pairs["train"]))))
-        if data_args.tokenizer or model_args.init_from:
-            tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer or model_args.init_from)
-        else:
-            train_pairs = pairs["train"]
-            tokenizer = train_tokenizer(
-                (batch[language] for language in (src, tgt) for batch in train_pairs.iter(batch_size=1000)),
+
+        def new_tokenizer():
+            return train_tokenizer(
+                (batch[language] for language in (src, tgt) for batch in pairs["train"].iter(batch_size=1000)),
                 data_args.vocab_size, kind="seq2seq", model=data_args.tokenizer_model, languages=sorted((src, tgt)),
                 model_max_length=data_args.max_source_length, show_progress=state.is_main_process,
             )  # fmt: skip
+
+        tokenizer = run.tokenizer(data_args.tokenizer or model_args.init_from, new_tokenizer)
         tokenized = prepare_translation(
             pairs, tokenizer, src, tgt, data_args.max_source_length, data_args.max_target_length,
             data_args.overlong, data_args.num_proc,
@@ -182,12 +187,10 @@ def main(argv: list[str] | None = None) -> dict:
                 **{f"validation/{name}": score["score"] for name, score in scores.items()}}  # fmt: skip
 
     parameters = sum(p.numel() for p in model.parameters())
-    run_config = {"script": "train_translation", "model": asdict(model_args), "data": asdict(data_args),
-                  "evaluation": asdict(eval_args), "parameters": parameters}  # fmt: skip
-    result = train(model, tokenized["train"], collator, training, tokenizer, evaluate, run_config)
+    result = train(model, tokenized["train"], collator, run, tokenizer, evaluate)
 
     # the test set, once, with the model chosen on validation
-    output_dir = Path(training.output_dir)
+    output_dir = run.path
     chosen = output_dir / ("best" if training.best_metric else "final")
     best = AutoModelForSeq2SeqLM.from_pretrained(chosen).to(state.device)
     started = time.perf_counter()

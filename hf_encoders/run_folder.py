@@ -1,0 +1,299 @@
+"""One run per folder: what a training run keeps in its `output_dir`, and the rules that keep it from being corrupted.
+
+    run = start_run(training, {"script": "pretrain_mlm", "model": ..., "data": ...}, metric_names=[...])
+    tokenizer = run.tokenizer(data.tokenizer, lambda: train_tokenizer(...))
+    train(model, dataset, collator, run, tokenizer, evaluate)
+
+- A folder holds one run. Without `resume`, a folder that already holds a run is refused; `overwrite_output_dir`
+  deletes that run's files first (and only those: anything else in the folder is left alone, and named).
+- `resume` continues the run in the folder with the settings it was started with: a setting that changes the run
+  (model, data, tokenizer, batch size, seed, evaluation, ...) is refused by name; the budget (`max_steps`,
+  `num_epochs`, `max_minutes`) and the bookkeeping (`eval_every`, `save_every`, `keep_checkpoints`, `log_every`) may
+  change. `metrics.jsonl` is cut back to the resumed step, so no step is logged twice.
+- A run saves its tokenizer once, in `tokenizer/`; every resume (and every other process) loads that one.
+- Every checkpoint gets a manifest (each file's size and SHA-256) written last; resume takes the newest checkpoint
+  whose files match it, and says which newer ones it skipped and why.
+- The seed is set before anything random happens (tokenizer training, model initialisation, data order, masks).
+"""
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Collection
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import broadcast_object_list, parse_flag_from_env, set_seed
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+# what a run writes into its folder (the demo adds its summary and Hub cache); `overwrite_output_dir` deletes these
+RUN_FILES = ("config.json", "metrics.jsonl", "results.json", "curves.png", "README.md", "demo_summary.json")
+RUN_FOLDERS = ("tokenizer", "final", "best", "logs", "hub_cache")
+# training settings a resumed run may change: its budget and its bookkeeping
+RESUMABLE_SETTINGS = frozenset(
+    {"output_dir", "resume", "overwrite_output_dir", "max_steps", "num_epochs", "max_minutes", "eval_every",
+     "save_every", "keep_checkpoints", "log_every"}
+)  # fmt: skip
+# data settings that change how fast the data is prepared, not what it is
+NOT_THE_RUN = frozenset({"num_proc"})
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written, or no intact one is left to resume from."""
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (folders still being written end in .tmp and are not listed)."""
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def run_entries(output_dir: Path) -> list[Path]:
+    """The files and folders of a run in `output_dir` (empty when it holds none)."""
+    named = [output_dir / name for name in (*RUN_FILES, *RUN_FOLDERS)]
+    return [p for p in named if p.exists()] + sorted(output_dir.glob("checkpoint-*"))
+
+
+def write_manifest(folder: Path) -> None:
+    """Record every file's size and SHA-256; written last, so a checkpoint with a manifest was written whole."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = {}
+    for path in files:
+        with path.open("rb") as handle:
+            entries[path.relative_to(folder).as_posix()] = {
+                "size": path.stat().st_size,
+                "sha256": hashlib.file_digest(handle, "sha256").hexdigest(),
+            }
+    (folder / MANIFEST).write_text(json.dumps(entries, indent=1) + "\n")
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why the checkpoint `folder` cannot be trusted, or None when every file matches its manifest."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return f"it has no {MANIFEST} (it was not written whole)"
+    try:
+        entries = json.loads(manifest.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return f"its {MANIFEST} is unreadable ({error})"
+    for name, expected in entries.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if (size := path.stat().st_size) != expected["size"]:
+            return f"{name} is {size:,} bytes, the manifest says {expected['size']:,}"
+        with path.open("rb") as handle:
+            if hashlib.file_digest(handle, "sha256").hexdigest() != expected["sha256"]:
+                return f"{name} does not match its SHA-256 in the manifest"
+    return None
+
+
+def write_failure(folder: Path, error: BaseException) -> CheckpointError:
+    """A clear error for a checkpoint that could not be written (a full disk names itself)."""
+    chain, cause = [], error
+    while cause is not None:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    full = any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain)
+    free = shutil.disk_usage(folder.parent).free
+    if full or free < 64 * 2**20:
+        return CheckpointError(
+            f"No space left on device while writing the checkpoint {folder} ({free:,} bytes free on that disk). "
+            "Free some space (or lower keep_checkpoints) and continue with --resume."
+        )
+    return CheckpointError(f"Writing the checkpoint {folder} failed: {error}")
+
+
+class RunFolder:
+    """A training run's folder: its settings, tokenizer, checkpoints and metrics. Open one with `start_run`."""
+
+    def __init__(self, config, settings: dict, metric_names: Collection[str] | None = None):
+        self.config = config
+        self.path = Path(config.output_dir)
+        self.settings = settings
+        self.metric_names = None if metric_names is None else sorted(metric_names)
+        self.resuming = bool(config.resume) and (self.path / "config.json").is_file()
+        self.precision = resolve_mixed_precision(
+            config.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu"
+        )
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def check(self) -> None:
+        """Refuse a folder that holds another run, or a resume that changes the run's settings."""
+        if self.config.resume:
+            if self.resuming:
+                self.check_resumed_settings()
+            return
+        if (entries := run_entries(self.path)) and not self.config.overwrite_output_dir:
+            names = ", ".join(p.name for p in entries[:6]) + (", ..." if len(entries) > 6 else "")
+            raise FileExistsError(
+                f"output_dir {self.path} already holds a run ({names}). Continue it with --resume, delete it with "
+                "--overwrite_output_dir, or choose another --output_dir."
+            )
+
+    def check_resumed_settings(self) -> None:
+        saved = json.loads((self.path / "config.json").read_text())
+        current = {**self.settings, "training": {**asdict(self.config), "mixed_precision": self.precision},
+                   "num_processes": PartialState().num_processes}  # fmt: skip
+        changed = []
+        for section, values in current.items():
+            before = saved.get(section)
+            if isinstance(values, dict) and isinstance(before, dict):
+                skip = RESUMABLE_SETTINGS if section == "training" else NOT_THE_RUN
+                changed += [f"{section}.{key}: {before.get(key)!r} -> {value!r}" for key, value in values.items()
+                            if key not in skip and json_value(value) != before.get(key)]  # fmt: skip
+            elif json_value(values) != before:
+                changed.append(f"{section}: {before!r} -> {values!r}")
+        if changed:
+            raise ValueError(
+                f"--resume continues the run in {self.path} with its own settings, but these differ from its "
+                f"config.json: {'; '.join(changed)}. Drop them, or start a new run in another --output_dir."
+            )
+
+    def prepare(self) -> None:
+        """The main process makes the folder (deleting the old run with overwrite_output_dir) and checks that it
+        can write there."""
+        if self.config.overwrite_output_dir and not self.config.resume and (entries := run_entries(self.path)):
+            for entry in entries:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            logger.warning("overwrite_output_dir: deleted the run that was in %s", self.path)
+            if others := sorted(p.name for p in self.path.iterdir()):
+                logger.warning("%s also holds files that are not a run's, left alone: %s", self.path, others)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as error:
+            raise PermissionError(
+                f"Cannot write to output_dir {self.path}: {error.strerror}. Choose another --output_dir."
+            ) from error
+
+    def tokenizer(self, source: str | None, train: Callable[[], PreTrainedTokenizerBase]) -> PreTrainedTokenizerBase:
+        """The run's tokenizer: on resume (and in every process but the main one) the one saved in the run's
+        `tokenizer/`; else loaded from `source`, or trained by `train()`, and saved there once."""
+        saved = self.path / "tokenizer"
+        state = PartialState()
+        with state.main_process_first():
+            if (self.resuming or not state.is_main_process) and saved.is_dir():
+                logger.info("tokenizer: the run's own, %s", saved)
+                return AutoTokenizer.from_pretrained(saved)
+            if self.resuming:
+                logger.warning("%s has no tokenizer/ (a run of an older hf_encoders?): making it again", self.path)
+            tokenizer = AutoTokenizer.from_pretrained(source) if source else train()
+            tokenizer.save_pretrained(saved)
+            origin = f"from {source}" if source else "trained"
+            logger.info("tokenizer: %s, %d tokens; saved to %s", origin, len(tokenizer), saved)
+            return tokenizer
+
+    def write_settings(self, settings: dict) -> None:
+        (self.path / "config.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
+
+    def newest_intact_checkpoint(self) -> Path | None:
+        """The newest checkpoint whose files match its manifest; the newer ones that do not are named and
+        skipped. An error if there are checkpoints but none is intact."""
+        found = checkpoints(self.path)
+        for folder in reversed(found):
+            if (problem := checkpoint_problem(folder)) is None:
+                return folder
+            logger.warning("resume: skipping %s: %s", folder, problem)
+        if found:
+            raise CheckpointError(f"No intact checkpoint to resume from in {self.path}: all {len(found)} are damaged.")
+        return None
+
+    def resume_from(self) -> Path | None:
+        """The checkpoint to resume from (checked by the main process, the same for all), or None to start."""
+        if not self.config.resume:
+            return None
+        state = PartialState()
+        chosen = [self.newest_intact_checkpoint() if state.is_main_process else None]
+        if state.num_processes > 1:
+            broadcast_object_list(chosen)
+        if chosen[0] is None:
+            logger.warning("resume was asked for, but %s holds no checkpoint: starting afresh", self.path)
+        return chosen[0]
+
+    def write_checkpoint(self, accelerator: Accelerator, step: int, progress: dict) -> None:
+        """`save_state` into checkpoint-STEP.tmp, progress and manifest, then the rename that makes it complete
+        (a crash mid-save leaves the previous checkpoints); the `keep_checkpoints` newest are kept."""
+        final, temporary = self.path / f"checkpoint-{step}", self.path / f"checkpoint-{step}.tmp"
+        accelerator.wait_for_everyone()
+        try:
+            accelerator.save_state(str(temporary))
+            if accelerator.is_main_process:
+                (temporary / "progress.json").write_text(json.dumps({"step": step, **progress}))
+                write_manifest(temporary)
+        except (OSError, RuntimeError) as error:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise write_failure(temporary, error) from error
+        if accelerator.is_main_process:
+            shutil.rmtree(final, ignore_errors=True)
+            temporary.rename(final)  # complete, or absent: resume never sees half a checkpoint
+            for old in checkpoints(self.path)[: -self.config.keep_checkpoints]:
+                shutil.rmtree(old)
+        accelerator.wait_for_everyone()
+
+    def record(self, step: int, values: dict) -> None:
+        with self.metrics_file.open("a") as handle:
+            handle.write(json.dumps({"step": step, **values}) + "\n")
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop the rows logged after `step` (by a run killed before its next checkpoint): resumed, they come again."""
+        if not self.metrics_file.is_file():
+            return
+        lines = self.metrics_file.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        if len(kept) < len(lines):
+            logger.info(
+                "resume: dropped %d rows after step %d from %s", len(lines) - len(kept), step, self.metrics_file
+            )
+        self.metrics_file.write_text("".join(line + "\n" for line in kept))
+
+
+def json_value(value):
+    """`value` as config.json stores it (tuples as lists, paths as strings)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def resolve_mixed_precision(requested: str, device_type: str) -> str:
+    """fp16 autocast does not exist on CPUs (Accelerate ignores it there): run bf16 instead, and say so."""
+    if requested == "fp16" and device_type == "cpu":
+        logger.warning("fp16 mixed precision was asked for on a CPU, which cannot run it: training in bf16 instead.")
+        return "bf16"
+    return requested
+
+
+def start_run(config, settings: dict | None = None, metric_names: Collection[str] | None = None) -> RunFolder:
+    """Open the run in `config.output_dir`, before anything expensive or random happens: seed every generator,
+    refuse a folder that holds another run (or delete it, with overwrite_output_dir), check a resume's settings
+    against the run's config.json, check that the best metric is one the evaluation reports, and check that the
+    folder is writable. `settings` describe the run (script, model, data, ...); `metric_names` are the names the
+    evaluation returns."""
+    if config.best_metric and metric_names is not None and config.best_metric not in metric_names:
+        raise ValueError(
+            f"best_metric={config.best_metric!r} is not among the evaluation's metrics {sorted(metric_names)}."
+        )
+    # the first state of the process: on CPUs `accelerate launch` asks for it in ACCELERATE_USE_CPU, which a plain
+    # PartialState() ignores (every process would then train alone, as if it were the only one)
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    run = RunFolder(config, dict(settings or {}), metric_names)
+    run.check()
+    if state.is_main_process:
+        run.prepare()
+    state.wait_for_everyone()
+    set_seed(config.seed)
+    return run
+
+
+__all__ = ["RunFolder", "start_run", "checkpoints", "CheckpointError", "resolve_mixed_precision"]

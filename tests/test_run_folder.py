@@ -1,0 +1,165 @@
+"""One run per folder: refused reuse, overwrite, resume with the run's own settings and tokenizer, seeds, verified
+checkpoints, and bad settings refused before the first step."""
+
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+from unittest import mock
+
+import pretrain_mlm  # training/pretrain_mlm.py (conftest puts training/ on sys.path)
+import pytest
+from accelerate import Accelerator
+from conftest import ROOT, run_script
+from safetensors.torch import load_file
+from test_training import ACCELERATE, losses, run_job
+
+from hf_encoders import run_folder
+from hf_encoders.run_folder import CheckpointError, checkpoints, start_run
+from hf_encoders.training import TrainingConfig, parse_config
+
+CONSTANT = ["--per_device_batch_size", "4", "--lr_schedule", "constant", "--save_every", "2"]
+
+
+def test_a_folder_that_holds_a_run_is_refused_and_overwrite_deletes_only_that_run(tmp_path):
+    run_job(tmp_path, *CONSTANT, "--max_steps", "4")
+    with pytest.raises(FileExistsError, match=f"output_dir {tmp_path} already holds a run .*--resume.*--overwrite"):
+        run_job(tmp_path, *CONSTANT, "--max_steps", "2")
+    (tmp_path / "notes.txt").write_text("mine")
+    run_job(tmp_path, *CONSTANT, "--max_steps", "2", "--overwrite_output_dir")
+    assert sorted(losses(tmp_path)) == [1, 2]  # only the new run's rows
+    assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-2"]
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    with pytest.raises(ValueError, match="resume continues the run in output_dir, overwrite_output_dir deletes it"):
+        TrainingConfig(resume=True, overwrite_output_dir=True)
+
+
+def test_resume_refuses_settings_that_change_the_run_and_allows_a_longer_budget(tmp_path):
+    run_job(tmp_path, *CONSTANT, "--max_steps", "4")
+    with pytest.raises(ValueError, match=r"training.seed: 0 -> 3; training.per_device_batch_size: 4 -> 8\. Drop"):
+        run_job(tmp_path, *CONSTANT, "--max_steps", "6", "--resume", "--per_device_batch_size", "8", "--seed", "3")
+    with pytest.raises(ValueError, match="is already at step 4 of 4: give a larger --max_steps"):
+        run_job(tmp_path, *CONSTANT, "--max_steps", "4", "--resume")
+    result = run_job(tmp_path, *CONSTANT, "--max_steps", "6", "--resume", "--eval_every", "3").result
+    assert result.steps == 6 and sorted(losses(tmp_path)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_skips_a_damaged_checkpoint_and_says_why(tmp_path, caplog):
+    run_job(tmp_path / "straight", *CONSTANT, "--max_steps", "6")
+    run_job(tmp_path / "run", *CONSTANT, "--max_steps", "4")
+    weights = tmp_path / "run" / "checkpoint-4" / "model.safetensors"
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[: size // 2])  # a truncated file, as a full disk or a kill leaves it
+    with caplog.at_level(logging.INFO):
+        run_job(tmp_path / "run", *CONSTANT, "--max_steps", "6", "--resume")
+    assert f"skipping {weights.parent}: model.safetensors is {size // 2:,} bytes, the manifest says {size:,}" in (
+        caplog.text
+    )
+    assert f"Resumed from {tmp_path / 'run' / 'checkpoint-2'} (step 2)" in caplog.text
+    straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "run")
+    assert resumed.keys() == straight.keys()
+    for step in straight:
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-5), (step, straight, resumed)
+
+    for folder in checkpoints(tmp_path / "run"):
+        (folder / "optimizer.bin").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"No intact checkpoint to resume from in .*: all 2 are damaged"):
+        run_job(tmp_path / "run", *CONSTANT, "--max_steps", "8", "--resume")
+
+
+def test_a_full_disk_while_saving_says_so_and_leaves_no_half_checkpoint(tmp_path):
+    def full_disk(self, output_dir=None, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1024 vs 896")
+
+    with (
+        mock.patch.object(Accelerator, "save_state", full_disk),
+        mock.patch.object(run_folder.shutil, "disk_usage", return_value=mock.Mock(free=4096)),
+        pytest.raises(
+            CheckpointError, match=r"No space left on device while writing the checkpoint .*checkpoint-2\.tmp"
+        ),
+    ):
+        run_job(tmp_path, *CONSTANT, "--max_steps", "4")
+    assert not list(tmp_path.glob("checkpoint-*"))
+
+
+def test_bad_settings_are_refused_before_the_first_step(tmp_path):
+    for flag, value, message in [
+        ("max_steps", "-1", "max_steps=-1: it must be at least 0"),
+        ("keep_checkpoints", "-1", "keep_checkpoints=-1: it must be at least 1"),
+        ("gradient_accumulation_steps", "0", "gradient_accumulation_steps=0: it must be at least 1"),
+        ("save_every", "-5", "save_every=-5: it must be at least 0"),
+        ("learning_rate", "0", "learning_rate and adam_epsilon must be positive"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_config((TrainingConfig,), [f"--{flag}", value])
+    for text, kind in [("- 1\n- 2\n", "list"), ("a string\n", "str")]:
+        (tmp_path / "run.yaml").write_text(text)
+        with pytest.raises(ValueError, match=f"a config file is a mapping of settings .*, not a {kind}"):
+            parse_config((TrainingConfig,), ["--config", str(tmp_path / "run.yaml")])
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("")
+    with pytest.raises(PermissionError, match=f"Cannot write to output_dir {in_the_way / 'run'}"):
+        start_run(TrainingConfig(output_dir=str(in_the_way / "run")))
+    with pytest.raises(
+        ValueError, match=r"best_metric='imdb/loss' is not among the evaluation's metrics \['c/loss'\]"
+    ):
+        start_run(TrainingConfig(output_dir=str(tmp_path / "run"), best_metric="imdb/loss"), metric_names=["c/loss"])
+
+
+def mlm_flags(corpus: Path, output: Path, *extra: str) -> list[str]:
+    return ["--config", str(ROOT / "training" / "configs" / "mlm_tiny.yaml"), "--train_data", str(corpus),
+            "--train_split", "train", "--eval_data", f"corpus={corpus}:validation", "--output_dir", str(output),
+            "--vocab_size", "200", "--block_size", "64", "--num_proc", "1", "--best_metric", "corpus/loss", *extra]  # fmt: skip
+
+
+def test_a_resumed_script_keeps_the_tokenizer_it_trained(mlm_corpus, tmp_path, caplog):
+    output = tmp_path / "run"
+    run_script("pretrain_mlm.py", *mlm_flags(mlm_corpus, output, "--max_steps", "4", "--save_every", "2"))
+    trained = (output / "tokenizer" / "tokenizer.json").read_text()
+    with (
+        mock.patch.object(pretrain_mlm, "train_tokenizer", side_effect=AssertionError("trained a tokenizer again")),
+        caplog.at_level(logging.INFO),
+    ):
+        done = run_script("pretrain_mlm.py", *mlm_flags(mlm_corpus, output, "--max_steps", "6", "--resume"))
+    assert f"tokenizer: the run's own, {output / 'tokenizer'}" in caplog.text
+    assert done.result["steps"] == 6
+    assert (output / "final" / "tokenizer.json").read_text() == trained
+    with pytest.raises(ValueError, match=r"data.vocab_size: 200 -> 300"):
+        run_script("pretrain_mlm.py", *mlm_flags(mlm_corpus, output, "--max_steps", "8", "--resume",
+                                                 "--vocab_size", "300"))  # fmt: skip
+
+
+def test_a_best_metric_the_evaluation_does_not_report_stops_the_script_at_once(mlm_corpus, tmp_path):
+    with pytest.raises(ValueError, match=r"best_metric='imdb/loss' is not among the evaluation's metrics"):
+        run_script("pretrain_mlm.py", *mlm_flags(mlm_corpus, tmp_path, "--best_metric", "imdb/loss"))
+    assert not any(tmp_path.iterdir())  # nothing prepared, nothing written
+
+
+def test_one_seed_gives_the_same_run(mlm_run, mlm_corpus, tmp_path):
+    def weights(name: str, seed: str) -> dict:
+        flags = mlm_flags(mlm_corpus, tmp_path / name, "--tokenizer", str(mlm_run / "final"), "--max_steps", "1",
+                          "--seed", seed, "--learning_rate", "1e-9")  # fmt: skip
+        run_script("pretrain_mlm.py", *flags)
+        return load_file(tmp_path / name / "final" / "model.safetensors")
+
+    first, again, other = weights("first", "3"), weights("again", "3"), weights("other", "4")
+    assert first.keys() == again.keys()
+    assert all((first[key] == again[key]).all() for key in first)
+    assert any((first[key] != other[key]).any() for key in first)
+
+
+def test_a_script_under_two_cpu_processes_trains_as_one_run_with_one_tokenizer(mlm_corpus, tmp_path):
+    """`accelerate launch` on CPUs: the script's processes form one run (a plain PartialState() would leave each
+    training alone), and the tokenizer the main process trained is the one every process reads."""
+    output = tmp_path / "run"
+    launcher = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519"]  # fmt: skip
+    done = subprocess.run(
+        [*launcher, str(ROOT / "training" / "pretrain_mlm.py"), *mlm_flags(mlm_corpus, output, "--max_steps", "2")],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "ACCELERATE_USE_CPU": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert json.loads((output / "config.json").read_text())["num_processes"] == 2
+    assert done.stderr.count(f"tokenizer: the run's own, {output / 'tokenizer'}") == 1  # the second process's
+    assert (output / "final" / "tokenizer.json").read_text() == (output / "tokenizer" / "tokenizer.json").read_text()
