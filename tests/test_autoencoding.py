@@ -3,6 +3,10 @@
 import gzip
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -334,6 +338,25 @@ def test_variational_autoencoder_script_reports_latent_figures(handful, tmp_path
     with pytest.raises(ValueError, match="label_smoothing replaces"):
         run_script("pretrain_denoising.py", "--config", str(ROOT / "training" / "configs" / "vae_multi30k_en.yaml"),
                    "--texts", f"en={handful}", "--label_smoothing", "0.1", "--output_dir", str(tmp_path / "no"))  # fmt: skip
+
+
+def test_a_latent_best_metric_works_across_two_cpu_processes(handful, tmp_path):
+    """The latent figures are decoded on the main process and shared, so every process can pick the best model."""
+    output = tmp_path / "vae"
+    launcher = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", "29521"]  # fmt: skip
+    flags = ["--config", str(ROOT / "training" / "configs" / "vae_multi30k_en.yaml"), "--texts", f"en={handful}",
+             "--best_metric", "latent/reconstruction_chrf", "--greater_is_better", "--output_dir", str(output),
+             "--vocab_size", "100", "--hidden_size", "32", "--intermediate_size", "64", "--num_hidden_layers", "1",
+             "--num_decoder_layers", "1", "--latent_size", "4", "--max_steps", "2", "--eval_every", "0",
+             "--per_device_batch_size", "4", "--reconstruction_examples", "4", "--max_new_tokens", "8"]  # fmt: skip
+    done = subprocess.run([*launcher, str(ROOT / "training" / "pretrain_denoising.py"), *flags], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, env={**os.environ, "ACCELERATE_USE_CPU": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads((output / "results.json").read_text())
+    assert "latent/reconstruction_chrf" in results["metrics"] and (output / "best" / "model.safetensors").is_file()
+    assert json.loads((output / "config.json").read_text())["num_processes"] == 2
 
 
 def test_anomaly_script_writes_auroc_scores_and_histograms(autoencoder, joint, tmp_path):

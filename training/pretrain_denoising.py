@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from datasets import concatenate_datasets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # running from a checkout without installing
@@ -194,10 +195,13 @@ def main(argv: list[str] | None = None) -> dict:
         metrics = {f"{name}/{key}": value for name, dataset in validation.items()
                    for key, value in evaluate_loss(model, dataset, held_out, accelerator,
                                                    eval_args.eval_batch_size).items()}  # fmt: skip
-        if model_args.latent_size and accelerator.is_main_process:
-            report = latent_report(accelerator.unwrap_model(model), tokenizer, sentences, first_language,
-                                   eval_args.eval_batch_size, eval_args.max_new_tokens)  # fmt: skip
-            metrics.update({f"latent/{key}": value for key, value in report.items()})
+        if model_args.latent_size:  # decoded on the main process; every process gets the figures (best_metric)
+            report = [latent_report(accelerator.unwrap_model(model), tokenizer, sentences, first_language,
+                                    eval_args.eval_batch_size, eval_args.max_new_tokens)
+                      if accelerator.is_main_process else None]  # fmt: skip
+            if accelerator.num_processes > 1:
+                broadcast_object_list(report)
+            metrics.update({f"latent/{key}": value for key, value in report[0].items()})
         return metrics
 
     def anneal_kl(step: int) -> dict[str, float]:
