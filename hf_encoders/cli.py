@@ -186,8 +186,9 @@ def demo_command(args: argparse.Namespace) -> dict:
     times: dict[str, float] = {}
     started = time.perf_counter()
     print(f"[1/4] training the joint tokenizer and a {args.src}->{args.tgt} model on {args.data} ({args.config})")
-    # the demo's folder holds the latest demo: a new one replaces it, unless it is asked to continue (--resume)
-    fresh = [] if "--resume" in args.training_args else ["--overwrite_output_dir"]
+    # a finished demo in the folder is replaced by the new one; any other run there is the training rules' to refuse
+    again = (output_dir / "demo_summary.json").is_file() and "--resume" not in args.training_args
+    fresh = ["--overwrite_output_dir"] if again else []
     results = run_script("train_translation", ["--config", args.config, "--data", args.data, "--src", args.src,
                                                "--tgt", args.tgt, "--output_dir", str(output_dir), *fresh,
                                                *args.training_args])  # fmt: skip
@@ -288,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--output-dir",
         default="runs/demo",
-        help="The run folder (default: runs/demo); a new demo replaces the one there.",
+        help="The run folder (default: runs/demo); a new demo replaces a finished one there.",
     )
     sub.add_argument("--repo-id", default="demo/hf-seq2seq-multi30k-en-de", help="The repository to push to.")
     sub.add_argument("--push-to", default="local",

@@ -175,14 +175,18 @@ def test_the_demo_runs_end_to_end_and_its_summary_names_real_files(tmp_path):
     assert "Multi30k" in (output / "README.md").read_text()  # the card, from the shared data's SOURCE.md
 
 
-def test_the_demo_can_push_to_a_folder(handful, tmp_path):
+def test_the_demo_can_push_to_a_folder_and_replaces_only_a_finished_demo(handful, tmp_path):
     output, folder = tmp_path / "demo", tmp_path / "exported"
-    done = subprocess.run(
-        [str(ENTRY_POINT), "demo", "--config", "translation_tiny", "--data", str(handful), "--src", "de", "--tgt",
-         "en", "--output-dir", str(output), "--push-to", str(folder), "--max_steps", "2", "--vocab_size", "120",
-         "--max_new_tokens", "8"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )  # fmt: skip
+
+    def demo(push_to: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(ENTRY_POINT), "demo", "--config", "translation_tiny", "--data", str(handful), "--src", "de", "--tgt",
+             "en", "--output-dir", str(output), "--push-to", str(push_to), "--max_steps", "2", "--vocab_size", "120",
+             "--max_new_tokens", "8"],
+            capture_output=True, text=True, timeout=600, cwd=ROOT,
+        )  # fmt: skip
+
+    done = demo(folder)
     assert done.returncode == 0, done.stderr[-4000:]
     summary = json.loads((output / "demo_summary.json").read_text())
     assert summary["pushed_to"] == str(folder)
@@ -190,3 +194,8 @@ def test_the_demo_can_push_to_a_folder(handful, tmp_path):
     assert {"README.md", "model.safetensors", "modeling_seq2seq.py", "eval_results.json"} <= set(
         summary["pushed_files"]
     )
+    again = demo(tmp_path / "exported_again")  # a finished demo is replaced ...
+    assert again.returncode == 0, again.stderr[-4000:]
+    (output / "demo_summary.json").unlink()  # ... any other run (here: an unfinished demo) is refused
+    refused = demo(tmp_path / "exported_never")
+    assert refused.returncode != 0 and f"output_dir {output} already holds a run" in refused.stderr
