@@ -115,11 +115,10 @@ def write_failure(folder: Path, error: BaseException) -> CheckpointError:
 class RunFolder:
     """A training run's folder: its settings, tokenizer, checkpoints and metrics. Open one with `start_run`."""
 
-    def __init__(self, config, settings: dict, metric_names: Collection[str] | None = None):
+    def __init__(self, config, settings: dict):
         self.config = config
         self.path = Path(config.output_dir)
         self.settings = settings
-        self.metric_names = None if metric_names is None else sorted(metric_names)
         self.resuming = bool(config.resume) and (self.path / "config.json").is_file()
         self.precision = resolve_mixed_precision(
             config.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu"
@@ -287,7 +286,7 @@ def start_run(config, settings: dict | None = None, metric_names: Collection[str
     # the first state of the process: on CPUs `accelerate launch` asks for it in ACCELERATE_USE_CPU, which a plain
     # PartialState() ignores (every process would then train alone, as if it were the only one)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    run = RunFolder(config, dict(settings or {}), metric_names)
+    run = RunFolder(config, dict(settings or {}))
     run.check()
     if state.is_main_process:
         run.prepare()

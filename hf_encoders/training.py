@@ -332,7 +332,7 @@ def train(
 
     def save_checkpoint(seconds: float | None = None):
         run.write_checkpoint(accelerator, step, {"best": best, "tokens_seen": tokens_so_far(),
-                                                 "seconds": seconds or seconds_so_far()})  # fmt: skip
+                                                 "seconds": seconds_so_far() if seconds is None else seconds})  # fmt: skip
 
     def export(name: str):
         accelerator.wait_for_everyone()
