@@ -57,11 +57,15 @@ def main() -> None:
     fill = tokens / (blocks * args.block_size)
 
     total = load_seconds + pack_seconds
-    print(f"{documents:,} reviews, {characters / 1e6:.1f} M characters -> {tokens:,} tokens in {blocks:,} blocks "
-          f"of {args.block_size} ({fill:.1%} full)")  # fmt: skip
-    print(f"load {load_seconds:.1f} s + tokenize & pack {pack_seconds:.1f} s = {total:.1f} s "
-          f"({tokens / pack_seconds / 1e6:.2f} M tokens/s); tokenizer training on {len(sample):,} reviews: "
-          f"{tokenizer_seconds:.1f} s")  # fmt: skip
+    print(
+        f"{documents:,} reviews, {characters / 1e6:.1f} M characters -> {tokens:,} tokens in {blocks:,} blocks "
+        f"of {args.block_size} ({fill:.1%} full)"
+    )
+    print(
+        f"load {load_seconds:.1f} s + tokenize & pack {pack_seconds:.1f} s = {total:.1f} s "
+        f"({tokens / pack_seconds / 1e6:.2f} M tokens/s); tokenizer training on {len(sample):,} reviews: "
+        f"{tokenizer_seconds:.1f} s"
+    )
     if args.output:
         write_result(
             args.output,

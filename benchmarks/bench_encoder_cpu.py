@@ -83,13 +83,25 @@ def make_batches(args: argparse.Namespace, count: int) -> list[dict]:
 
 def build_models(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, str]]:
     """name -> (model, batch layout). All share width, depth, heads, FFN size and vocabulary."""
-    common = dict(vocab_size=args.vocab_size, hidden_size=args.hidden_size, num_hidden_layers=args.layers,
-                  num_attention_heads=args.heads, intermediate_size=args.intermediate_size)  # fmt: skip
+    common = dict(
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        intermediate_size=args.intermediate_size,
+    )
     special = dict(pad_token_id=PAD, bos_token_id=CLS, eos_token_id=SEP, cls_token_id=CLS, sep_token_id=SEP)
     ours = EncoderConfig(
-        **common, **special, mask_token_id=MASK, max_position_embeddings=512, hidden_activation="geglu",
-        local_attention=128, global_attn_every_n_layers=3, sparse_prediction=True, attn_implementation="sdpa",
-    )  # fmt: skip
+        **common,
+        **special,
+        mask_token_id=MASK,
+        max_position_embeddings=512,
+        hidden_activation="geglu",
+        local_attention=128,
+        global_attn_every_n_layers=3,
+        sparse_prediction=True,
+        attn_implementation="sdpa",
+    )
     bert = BertConfig(**common, max_position_embeddings=512, hidden_act="gelu", attn_implementation="sdpa")
     modernbert = dict(**common, **special, max_position_embeddings=512, attn_implementation="sdpa")
     return {

@@ -40,10 +40,26 @@ from benchmarks.common import device_name, write_result  # noqa: E402
 from benchmarks.flops import encoder_forward_flops, mfu, peak_bf16_flops, seq2seq_forward_flops  # noqa: E402
 from hf_encoders import EncoderConfig, EncoderForMaskedLM, Seq2SeqConfig, Seq2SeqForConditionalGeneration  # noqa: E402
 
-TINY = {"hidden_size": 64, "layers": 2, "heads": 2, "intermediate_size": 96, "vocab_size": 256, "batch_size": 4,
-        "min_length": 8, "max_length": 32, "steps": 2, "warmup": 1, "rounds": 1, "s2s_hidden_size": 64,
-        "s2s_layers": 1, "s2s_intermediate_size": 128, "s2s_vocab_size": 256, "s2s_batch_size": 4,
-        "s2s_max_source": 24, "s2s_max_target": 12}  # fmt: skip
+TINY = {
+    "hidden_size": 64,
+    "layers": 2,
+    "heads": 2,
+    "intermediate_size": 96,
+    "vocab_size": 256,
+    "batch_size": 4,
+    "min_length": 8,
+    "max_length": 32,
+    "steps": 2,
+    "warmup": 1,
+    "rounds": 1,
+    "s2s_hidden_size": 64,
+    "s2s_layers": 1,
+    "s2s_intermediate_size": 128,
+    "s2s_vocab_size": 256,
+    "s2s_batch_size": 4,
+    "s2s_max_source": 24,
+    "s2s_max_target": 12,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,39 +106,73 @@ def encoder_batches(args: argparse.Namespace, device: str) -> list[dict]:
     for batch in make_encoder_batches(args, args.steps):
         sizes = batch["padded"]["attention_mask"].sum(1).tolist()
         predicted = int((batch["packed"]["labels"] != -100).sum())
-        flops = 3 * encoder_forward_flops(sizes, args.hidden_size, args.layers, args.intermediate_size,
-                                          args.vocab_size, predicted, gated_mlp=True, local_window=args.local_window,
-                                          global_every=3)  # fmt: skip
-        batches.append({"tokens": batch["tokens"], "flops": flops, "packed": on_device(batch["packed"], device),
-                        "padded": on_device(batch["padded"], device)})  # fmt: skip
+        flops = 3 * encoder_forward_flops(
+            sizes,
+            args.hidden_size,
+            args.layers,
+            args.intermediate_size,
+            args.vocab_size,
+            predicted,
+            gated_mlp=True,
+            local_window=args.local_window,
+            global_every=3,
+        )
+        batches.append(
+            {
+                "tokens": batch["tokens"],
+                "flops": flops,
+                "packed": on_device(batch["packed"], device),
+                "padded": on_device(batch["padded"], device),
+            }
+        )
     return batches
 
 
 def seq2seq_batches(args: argparse.Namespace, device: str) -> list[dict]:
     """Pairs drawn as bench_seq2seq_cpu draws them (sources, targets), padded and packed, with their training FLOPs."""
     generator = torch.Generator().manual_seed(args.seed + 1)
-    sides = [argparse.Namespace(min_length=max(longest // 8, 2), max_length=longest, vocab_size=args.s2s_vocab_size)
-             for longest in (args.s2s_max_source, args.s2s_max_target)]  # fmt: skip
+    sides = [
+        argparse.Namespace(min_length=max(longest // 8, 2), max_length=longest, vocab_size=args.s2s_vocab_size)
+        for longest in (args.s2s_max_source, args.s2s_max_target)
+    ]
     batches = []
     for _ in range(args.steps):
-        (source, source_mask), (target, target_mask) = (random_pair_side(side, args.s2s_batch_size, generator)
-                                                        for side in sides)  # fmt: skip
+        (source, source_mask), (target, target_mask) = (
+            random_pair_side(side, args.s2s_batch_size, generator) for side in sides
+        )
         (source_flat, source_positions), (target_flat, target_positions) = (
             pack(source, source_mask),
             pack(target, target_mask),
         )
         source_sizes, target_sizes = source_mask.sum(1).tolist(), target_mask.sum(1).tolist()
-        flops = 3 * seq2seq_forward_flops(source_sizes, target_sizes, args.s2s_hidden_size, args.s2s_layers,
-                                          args.s2s_layers, args.s2s_intermediate_size, args.s2s_vocab_size)  # fmt: skip
+        flops = 3 * seq2seq_forward_flops(
+            source_sizes,
+            target_sizes,
+            args.s2s_hidden_size,
+            args.s2s_layers,
+            args.s2s_layers,
+            args.s2s_intermediate_size,
+            args.s2s_vocab_size,
+        )
         padded = {
             "input_ids": source,
             "attention_mask": source_mask,
             "labels": target.masked_fill(target_mask == 0, -100),
         }
-        packed = {"input_ids": source_flat, "position_ids": source_positions, "labels": target_flat,
-                  "decoder_position_ids": target_positions}  # fmt: skip
-        batches.append({"tokens": sum(source_sizes) + sum(target_sizes), "flops": flops,
-                        "packed": on_device(packed, device), "padded": on_device(padded, device)})  # fmt: skip
+        packed = {
+            "input_ids": source_flat,
+            "position_ids": source_positions,
+            "labels": target_flat,
+            "decoder_position_ids": target_positions,
+        }
+        batches.append(
+            {
+                "tokens": sum(source_sizes) + sum(target_sizes),
+                "flops": flops,
+                "packed": on_device(packed, device),
+                "padded": on_device(padded, device),
+            }
+        )
     return batches
 
 
@@ -131,19 +181,43 @@ def best_attention() -> str:
 
 
 def encoder_models(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, str]]:
-    common = dict(vocab_size=args.vocab_size, hidden_size=args.hidden_size, num_hidden_layers=args.layers,
-                  num_attention_heads=args.heads)  # fmt: skip
+    common = dict(
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+    )
     special = dict(pad_token_id=PAD, bos_token_id=CLS, eos_token_id=SEP, cls_token_id=CLS, sep_token_id=SEP)
     attention = best_attention()
-    ours = EncoderConfig(**common, **special, mask_token_id=MASK, intermediate_size=args.intermediate_size,
-                         max_position_embeddings=max(args.max_length, 512), hidden_activation="geglu",
-                         local_attention=args.local_window, global_attn_every_n_layers=3, sparse_prediction=True,
-                         attn_implementation=attention)  # fmt: skip
-    modernbert = ModernBertConfig(**common, **special, intermediate_size=args.intermediate_size,
-                                  max_position_embeddings=max(args.max_length, 512), local_attention=args.local_window,
-                                  global_attn_every_n_layers=3, sparse_prediction=True, attn_implementation=attention)  # fmt: skip
-    bert = BertConfig(**common, intermediate_size=args.intermediate_size * 3 // 2, hidden_act="gelu",
-                      max_position_embeddings=max(args.max_length, 512), attn_implementation="sdpa")  # fmt: skip
+    ours = EncoderConfig(
+        **common,
+        **special,
+        mask_token_id=MASK,
+        intermediate_size=args.intermediate_size,
+        max_position_embeddings=max(args.max_length, 512),
+        hidden_activation="geglu",
+        local_attention=args.local_window,
+        global_attn_every_n_layers=3,
+        sparse_prediction=True,
+        attn_implementation=attention,
+    )
+    modernbert = ModernBertConfig(
+        **common,
+        **special,
+        intermediate_size=args.intermediate_size,
+        max_position_embeddings=max(args.max_length, 512),
+        local_attention=args.local_window,
+        global_attn_every_n_layers=3,
+        sparse_prediction=True,
+        attn_implementation=attention,
+    )
+    bert = BertConfig(
+        **common,
+        intermediate_size=args.intermediate_size * 3 // 2,
+        hidden_act="gelu",
+        max_position_embeddings=max(args.max_length, 512),
+        attn_implementation="sdpa",
+    )
     return {
         f"hf_encoders EncoderForMaskedLM (packed, {attention})": (EncoderForMaskedLM(ours), "packed"),
         f"transformers ModernBertForMaskedLM ({attention})": (ModernBertForMaskedLM(modernbert), "padded"),
@@ -154,14 +228,32 @@ def encoder_models(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module,
 def seq2seq_models(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, str]]:
     d, layers, i, vocab = args.s2s_hidden_size, args.s2s_layers, args.s2s_intermediate_size, args.s2s_vocab_size
     longest = max(args.s2s_max_source, args.s2s_max_target, 512)
-    ours = Seq2SeqConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, num_decoder_layers=layers,
-                         num_attention_heads=max(d // 64, 1), intermediate_size=i, hidden_activation="gelu",
-                         max_position_embeddings=longest, pad_token_id=PAD, sparse_prediction=True,
-                         attn_implementation="sdpa")  # fmt: skip
-    bart = BartConfig(vocab_size=vocab, d_model=d, encoder_layers=layers, decoder_layers=layers,
-                      encoder_attention_heads=max(d // 64, 1), decoder_attention_heads=max(d // 64, 1),
-                      encoder_ffn_dim=i, decoder_ffn_dim=i, max_position_embeddings=longest, pad_token_id=PAD,
-                      attn_implementation="sdpa")  # fmt: skip
+    ours = Seq2SeqConfig(
+        vocab_size=vocab,
+        hidden_size=d,
+        num_hidden_layers=layers,
+        num_decoder_layers=layers,
+        num_attention_heads=max(d // 64, 1),
+        intermediate_size=i,
+        hidden_activation="gelu",
+        max_position_embeddings=longest,
+        pad_token_id=PAD,
+        sparse_prediction=True,
+        attn_implementation="sdpa",
+    )
+    bart = BartConfig(
+        vocab_size=vocab,
+        d_model=d,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        encoder_attention_heads=max(d // 64, 1),
+        decoder_attention_heads=max(d // 64, 1),
+        encoder_ffn_dim=i,
+        decoder_ffn_dim=i,
+        max_position_embeddings=longest,
+        pad_token_id=PAD,
+        attn_implementation="sdpa",
+    )
     return {
         "hf_encoders Seq2SeqForConditionalGeneration (packed, sdpa)": (
             Seq2SeqForConditionalGeneration(ours),
@@ -229,23 +321,33 @@ def measure(name: str, models: dict, batches: list[dict], args: argparse.Namespa
     for round_index in range(args.rounds):  # take turns, so that drift of the machine hits every model alike
         for label, run in runs.items():
             run["seconds"].append(run_steps(run["step"], batches, run["layout"], device))
-            print(f"{name} round {round_index + 1}/{args.rounds}  {label:<75} {tokens / run['seconds'][-1]:10.0f} "
-                  "tokens/s", flush=True)  # fmt: skip
+            print(
+                f"{name} round {round_index + 1}/{args.rounds}  {label:<75} {tokens / run['seconds'][-1]:10.0f} "
+                "tokens/s",
+                flush=True,
+            )
     figures = {}
     for label, run in runs.items():
         seconds = statistics.median(run["seconds"])
-        figures[label] = {"tokens_per_second": tokens / seconds, "model_tflops_per_second": flops / seconds / 1e12,
-                          "mfu": mfu(flops, seconds, peak), "peak_memory_gib": run.get("peak_memory_gib")}  # fmt: skip
-    ours = max((label for label in figures if label.startswith("hf_encoders")),
-               key=lambda label: figures[label]["tokens_per_second"])  # fmt: skip
+        figures[label] = {
+            "tokens_per_second": tokens / seconds,
+            "model_tflops_per_second": flops / seconds / 1e12,
+            "mfu": mfu(flops, seconds, peak),
+            "peak_memory_gib": run.get("peak_memory_gib"),
+        }
+    ours = max(
+        (label for label in figures if label.startswith("hf_encoders")),
+        key=lambda label: figures[label]["tokens_per_second"],
+    )
     for label, row in figures.items():
         row["ours_speedup"] = figures[ours]["tokens_per_second"] / row["tokens_per_second"]
         shown = "n/a" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%"
         memory = "" if row["peak_memory_gib"] is None else f"{row['peak_memory_gib']:.1f} GiB"
-        print(f"{label:<78} {row['tokens_per_second']:10.0f} tok/s  MFU {shown:>6}  {memory:>9}  "
-              f"ours is {row['ours_speedup']:.2f}x")  # fmt: skip
-    return {"tokens_per_step": tokens / len(batches), "model_flops_per_step": flops / len(batches),
-            "models": figures}  # fmt: skip
+        print(
+            f"{label:<78} {row['tokens_per_second']:10.0f} tok/s  MFU {shown:>6}  {memory:>9}  "
+            f"ours is {row['ours_speedup']:.2f}x"
+        )
+    return {"tokens_per_step": tokens / len(batches), "model_flops_per_step": flops / len(batches), "models": figures}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -268,8 +370,12 @@ def main(argv: list[str] | None = None) -> dict:
         )
     if args.output:
         settings = {k: v for k, v in vars(args).items() if k != "output"}
-        write_result(args.output, "masked-LM and seq2seq training steps, bf16 autocast, AdamW", settings,
-                     {"gpu": name, "peak_bf16_tflops": None if peak is None else peak / 1e12, **results})  # fmt: skip
+        write_result(
+            args.output,
+            "masked-LM and seq2seq training steps, bf16 autocast, AdamW",
+            settings,
+            {"gpu": name, "peak_bf16_tflops": None if peak is None else peak / 1e12, **results},
+        )
     return results
 
 

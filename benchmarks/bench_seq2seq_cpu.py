@@ -44,9 +44,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--intermediate-size", type=int, default=1024)
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--activation", choices=["gelu", "geglu"], default="gelu", help="our MLP")
-    parser.add_argument("--ours-layers", type=int, nargs=2, metavar=("ENCODER", "DECODER"),
-                        help="our encoder and decoder depth, when it should differ from the others' (e.g. 6 1: a "
-                             "deep encoder and shallow decoder with about the parameters of 3 + 3)")  # fmt: skip
+    parser.add_argument(
+        "--ours-layers",
+        type=int,
+        nargs=2,
+        metavar=("ENCODER", "DECODER"),
+        help="our encoder and decoder depth, when it should differ from the others' (e.g. 6 1: a "
+        "deep encoder and shallow decoder with about the parameters of 3 + 3)",
+    )
     parser.add_argument("--min-length", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=30)
     parser.add_argument("--train-batch-size", type=int, default=64)
@@ -115,17 +120,33 @@ def build_models(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, s
     dims = dict(vocab_size=args.vocab_size, max_position_embeddings=128, pad_token_id=PAD, eos_token_id=EOS)
     encoder_layers, decoder_layers = args.ours_layers or (args.encoder_layers, args.decoder_layers)
     ours = Seq2SeqConfig(
-        **dims, hidden_size=args.hidden_size, num_hidden_layers=encoder_layers,
-        num_decoder_layers=decoder_layers, num_attention_heads=args.heads,
-        intermediate_size=args.intermediate_size, hidden_activation=args.activation, bos_token_id=BOS,
-        decoder_start_token_id=BOS, sparse_prediction=True, attn_implementation="sdpa",
-    )  # fmt: skip
+        **dims,
+        hidden_size=args.hidden_size,
+        num_hidden_layers=encoder_layers,
+        num_decoder_layers=decoder_layers,
+        num_attention_heads=args.heads,
+        intermediate_size=args.intermediate_size,
+        hidden_activation=args.activation,
+        bos_token_id=BOS,
+        decoder_start_token_id=BOS,
+        sparse_prediction=True,
+        attn_implementation="sdpa",
+    )
     theirs = dict(
-        **dims, d_model=args.hidden_size, encoder_layers=args.encoder_layers, decoder_layers=args.decoder_layers,
-        encoder_attention_heads=args.heads, decoder_attention_heads=args.heads,
-        encoder_ffn_dim=args.intermediate_size, decoder_ffn_dim=args.intermediate_size, bos_token_id=BOS,
-        decoder_start_token_id=BOS, forced_eos_token_id=None, dropout=0.0, attn_implementation="sdpa",
-    )  # fmt: skip
+        **dims,
+        d_model=args.hidden_size,
+        encoder_layers=args.encoder_layers,
+        decoder_layers=args.decoder_layers,
+        encoder_attention_heads=args.heads,
+        decoder_attention_heads=args.heads,
+        encoder_ffn_dim=args.intermediate_size,
+        decoder_ffn_dim=args.intermediate_size,
+        bos_token_id=BOS,
+        decoder_start_token_id=BOS,
+        forced_eos_token_id=None,
+        dropout=0.0,
+        attn_implementation="sdpa",
+    )
     return {  # name -> (model, training batch layout); all share width, depth, heads, FFN size and vocabulary
         f"hf_encoders Seq2SeqForConditionalGeneration ({args.activation}"
         + (f", {encoder_layers}+{decoder_layers} layers)" if args.ours_layers else ")"): (
@@ -164,8 +185,9 @@ def generate_seconds(
     options = compiled_generation(compile_backend) if compile_backend else {}
     for batch in batches:
         start = time.perf_counter()
-        out = model.generate(**batch, num_beams=beams, do_sample=False, max_new_tokens=new_tokens,
-                             min_new_tokens=new_tokens, **options)  # fmt: skip
+        out = model.generate(
+            **batch, num_beams=beams, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **options
+        )
         seconds += time.perf_counter() - start
         assert out.shape[1] == new_tokens + 1, out.shape
     return seconds
@@ -187,8 +209,9 @@ def main() -> None:
         train_seconds(model, optimizers[name], train[:1], layout)
         model.eval()
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        compile_seconds[name] = sum(generate_seconds(model, generation[:1], beams, args.new_tokens, backend)
-                                    for beams in args.beams)  # fmt: skip
+        compile_seconds[name] = sum(
+            generate_seconds(model, generation[:1], beams, args.new_tokens, backend) for beams in args.beams
+        )
         compiled_graphs[name] = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs
 
     tokens = sum(batch["tokens"] for batch in train[1:])
@@ -213,8 +236,12 @@ def main() -> None:
     print()
     for mode in modes:
         print(f"{mode:<40} " + "  ".join(f"{name.split()[1]}: {value:9.1f}" for name, value in median[mode].items()))
-        print(f"{'  ours is':<40} " + "  ".join(f"{name.split()[1]}: {median[mode][ours] / value:8.2f}x"
-                                                for name, value in median[mode].items()))  # fmt: skip
+        print(
+            f"{'  ours is':<40} "
+            + "  ".join(
+                f"{name.split()[1]}: {median[mode][ours] / value:8.2f}x" for name, value in median[mode].items()
+            )
+        )
     if args.output:
         write_result(
             args.output,

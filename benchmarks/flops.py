@@ -96,5 +96,11 @@ def mfu(training_flops: float, seconds: float, peak_flops: float | None) -> floa
     return None if not peak_flops else training_flops / seconds / peak_flops
 
 
-__all__ = ["PEAK_BF16_TFLOPS", "peak_bf16_flops", "attended_keys", "encoder_forward_flops", "seq2seq_forward_flops",
-           "mfu"]  # fmt: skip
+__all__ = [
+    "PEAK_BF16_TFLOPS",
+    "peak_bf16_flops",
+    "attended_keys",
+    "encoder_forward_flops",
+    "seq2seq_forward_flops",
+    "mfu",
+]

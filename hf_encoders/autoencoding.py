@@ -53,15 +53,14 @@ def sentence_embeddings(
     """(len(texts), dim) embeddings: the posterior mean with a variational bottleneck, else the encoder's pooled
     output (an encoder-decoder's encoder, or an encoder model); unit length with `normalize`."""
     model.eval()
-    encode_latent = getattr(model, "encode_latent", None)
-    has_latent = encode_latent is not None and getattr(model.config, "latent_size", None)
+    variational = getattr(model.config, "latent_size", None) is not None  # a sentence VAE (Seq2SeqVAEConfig)
     encoder = model.get_encoder() if model.config.is_encoder_decoder else getattr(model, "model", model)
     sequences = _encode(tokenizer, texts, max_length)
     embeddings = []
     for chunk in _batches(sequences, batch_size, "embedding", show_progress):
         batch = tokenizer.pad({"input_ids": chunk}, return_tensors="pt").to(model.device)
-        if has_latent:
-            pooled = encode_latent(batch["input_ids"], batch["attention_mask"])[0]
+        if variational:
+            pooled = model.encode_latent(batch["input_ids"], batch["attention_mask"])[0]
         else:
             pooled = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).pooler_output
         embeddings.append(pooled.float())
@@ -92,10 +91,14 @@ def reconstruction_scores(
     # each text's noise is seeded by the text itself: its score does not depend on its batch or its neighbours
     noise = DenoisingCollator(tokenizer, mask_ratio, poisson_lambda, permute_sentence_ratio=0.0)
     examples = [
-        {"input_ids": noise.corrupt({"input_ids": ids}, torch.Generator().manual_seed(seed + zlib.crc32(text.encode()))),
-         "labels": [tag, *ids]}
+        {
+            "input_ids": noise.corrupt(
+                {"input_ids": ids}, torch.Generator().manual_seed(seed + zlib.crc32(text.encode()))
+            ),
+            "labels": [tag, *ids],
+        }
         for text, ids in zip(texts, _encode(tokenizer, texts, max_length), strict=True)
-    ]  # fmt: skip
+    ]
     collator = Seq2SeqCollator(tokenizer)
     scores = []
     for chunk in _batches(examples, batch_size, "reconstruction scores", show_progress):

@@ -2,21 +2,24 @@
 
     hf-encoders demo                                    # the whole mission on Multi30k En->De, in minutes on a CPU
     hf-encoders train-tokenizer DATA OUT [--kind seq2seq --languages en de]
-    hf-encoders pretrain --config mlm_tiny [--max_steps 100 ...]            # training/pretrain_mlm.py
-    hf-encoders train-translation --config translation_en_de [...]         # training/train_translation.py
-    hf-encoders finetune --config finetune_sst2 --model RUN/best          # training/finetune_classification.py
-    hf-encoders evaluate-translation --model RUN/best --src en --tgt de    # training/evaluate_translation.py
-    hf-encoders pretrain-denoising --config denoising_multi30k [...]       # training/pretrain_denoising.py
-    hf-encoders evaluate-anomaly --model RUN/final [--in_domain ...]       # training/evaluate_anomaly.py
+    hf-encoders pretrain --config mlm_tiny [--max_steps 100 ...]            # hf_encoders.tasks.masked_lm.train
+    hf-encoders train-translation --config translation_en_de [...]         # hf_encoders.tasks.translation.train
+    hf-encoders finetune --config finetune_sst2 --model RUN/best          # hf_encoders.tasks.classification.finetune
+    hf-encoders evaluate-translation --model RUN/best --src en --tgt de    # hf_encoders.tasks.translation.evaluate
+    hf-encoders pretrain-denoising --config denoising_multi30k [...]       # hf_encoders.tasks.denoising.pretrain
+    hf-encoders evaluate-anomaly --model RUN/final [--in_domain ...]       # hf_encoders.tasks.denoising.anomaly
     hf-encoders translate MODEL "A dog runs." --tgt-lang de                # or --file F, or stdin
     hf-encoders card RUN_DIR [--repo-id ORG/NAME]                          # RUN_DIR/README.md from the run
     hf-encoders push RUN_DIR ORG/NAME [--private] [--create-pr] [--revision BRANCH] [--dry-run]
 
-`--config NAME` finds the configs that ship with the package (training/configs/NAME.yaml) as well as files. An error
-is one line on stderr and a non-zero exit status; `--debug` (before the command) shows the traceback instead.
+The training commands are those of the tasks in `hf_encoders.tasks` (each runs its module's `main(argv)`, as
+`python training/<script>.py` does). `--config NAME` finds the configs that ship with the package
+(hf_encoders/configs/NAME.yaml) as well as files. An error is one line on stderr and a non-zero exit status; `--debug`
+(before the command) shows the traceback instead.
 """
 
 import argparse
+import ast
 import contextlib
 import importlib.util
 import json
@@ -28,13 +31,14 @@ import textwrap
 import time
 from pathlib import Path
 
-# the training scripts and their configs: a link to training/ in a checkout, the scripts themselves in a wheel
-RECIPES = Path(__file__).resolve().parent / "recipes"
-SCRIPTS = {"pretrain": "pretrain_mlm", "train-translation": "train_translation",
-           "finetune": "finetune_classification", "evaluate-translation": "evaluate_translation",
-           "pretrain-denoising": "pretrain_denoising", "evaluate-anomaly": "evaluate_anomaly"}  # fmt: skip
-DEMO_SENTENCES = ["Two dogs are running through the snow.", "A man in a red jacket is riding a bicycle.",
-                  "A little girl is climbing into a wooden playhouse."]  # fmt: skip
+from .tasks import TASKS, task_for_command
+from .tasks.harness import configure_logging, packaged_config
+
+DEMO_SENTENCES = [
+    "Two dogs are running through the snow.",
+    "A man in a red jacket is riding a bicycle.",
+    "A little girl is climbing into a wooden playhouse.",
+]
 logger = logging.getLogger("hf_encoders.cli")
 
 
@@ -43,31 +47,45 @@ class CommandError(Exception):
 
 
 def resolve_config(argv: list[str]) -> list[str]:
-    """`--config NAME` -> the packaged training/configs/NAME.yaml when NAME is not a file."""
-    argv = list(argv)
-    for i, arg in enumerate(argv[:-1]):
-        if arg == "--config" and not Path(argv[i + 1]).is_file():
-            packaged = RECIPES / "configs" / f"{Path(argv[i + 1]).stem}.yaml"
-            if not packaged.is_file():
-                known = sorted(path.stem for path in (RECIPES / "configs").glob("*.yaml"))
-                raise CommandError(f"--config {argv[i + 1]}: no such file, nor a packaged config {known}.")
-            argv[i + 1] = str(packaged)
-    return argv
+    """`--config NAME` -> the packaged hf_encoders/configs/NAME.yaml when NAME is not a file."""
+    try:
+        return packaged_config(argv)
+    except FileNotFoundError as error:
+        raise CommandError(str(error)) from None
 
 
-def run_script(name: str, argv: list[str]):
-    """Run a training script's `main(argv)` in this process, as `python training/<name>.py argv` would."""
-    path = RECIPES / f"{name}.py"
-    if not path.is_file():
-        raise CommandError(f"The training script {path} is missing from this installation.")
-    spec = importlib.util.spec_from_file_location(f"hf_encoders_recipes.{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(resolve_config(argv))
+def task_commands() -> dict[str, str]:
+    """Every task's commands: command -> its module (`hf_encoders.tasks.<task>.<module>`)."""
+    return {
+        command: f"{task.package}.{module}" for task in TASKS.values() for command, module in task.commands.items()
+    }
 
 
-def script_command(args: argparse.Namespace) -> None:
-    run_script(SCRIPTS[args.command], args.script_args)
+def command_summary(module: str) -> str:
+    """The first sentence of a task module's docstring, read without importing the module (and torch with it)."""
+    spec = importlib.util.find_spec(module)
+    docstring = ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8"))) or module
+    paragraph = " ".join(docstring.split("\n\n")[0].split())
+    return paragraph.split(". ")[0].rstrip(".") + "."
+
+
+def run_task(command: str, argv: list[str]):
+    """Run the `main(argv)` of a task's command in this process, as `python training/<script>.py argv` would."""
+    return task_for_command(command).entry_point(command)(resolve_config(argv))
+
+
+def task_command(args: argparse.Namespace) -> None:
+    run_task(args.command, args.script_args)
+
+
+def logging_for(command: str) -> None:
+    """Warnings and errors on stderr. A task's own progress and the library's ("Resumed from ...") are shown too, at
+    INFO, as `python training/<script>.py` shows them; other libraries' INFO lines are not."""
+    if command not in task_commands():
+        return configure_logging(show=())
+    module = importlib.import_module(task_commands()[command])
+    own = getattr(module, "logger", logging.getLogger(module.__name__)).name  # e.g. "pretrain_mlm"
+    configure_logging(show=("hf_encoders", own))
 
 
 def train_tokenizer_command(args: argparse.Namespace) -> None:
@@ -83,9 +101,15 @@ def train_tokenizer_command(args: argparse.Namespace) -> None:
     if args.split not in rows:
         raise CommandError(f"{args.data} has no split {args.split!r}; it has {sorted(rows)}.")
     texts = (batch[column] for column in columns for batch in rows[args.split].iter(batch_size=1000))
-    tokenizer = train_tokenizer(texts, args.vocab_size, kind=args.kind, model=args.model,
-                                languages=sorted(args.languages), lowercase=args.lowercase,
-                                model_max_length=args.model_max_length)  # fmt: skip
+    tokenizer = train_tokenizer(
+        texts,
+        args.vocab_size,
+        kind=args.kind,
+        model=args.model,
+        languages=sorted(args.languages),
+        lowercase=args.lowercase,
+        model_max_length=args.model_max_length,
+    )
     tokenizer.save_pretrained(args.output_dir)
     print(f"trained a {len(tokenizer):,}-token tokenizer on {args.data} ({args.split}); saved to {args.output_dir}")
 
@@ -110,11 +134,18 @@ def check_model_location(model: str) -> None:
     path = Path(model)
     if path.is_dir():
         return
-    path_like = (path.is_absolute() or model.startswith((".", "~")) or model.count(os.sep) > 1 or path.exists()
-                 or (path.parent != Path(".") and path.parent.is_dir()))  # fmt: skip
+    path_like = (
+        path.is_absolute()
+        or model.startswith((".", "~"))
+        or model.count(os.sep) > 1
+        or path.exists()
+        or (path.parent != Path(".") and path.parent.is_dir())
+    )
     if path_like:
-        raise CommandError(f"{model}: no such model folder, and not a Hub id (ORG/NAME) either; give the folder of a "
-                           "saved model (e.g. RUN_DIR/best) or a Hub repository id.")  # fmt: skip
+        raise CommandError(
+            f"{model}: no such model folder, and not a Hub id (ORG/NAME) either; give the folder of a "
+            "saved model (e.g. RUN_DIR/best) or a Hub repository id."
+        )
 
 
 def translate_command(args: argparse.Namespace) -> None:
@@ -128,14 +159,22 @@ def translate_command(args: argparse.Namespace) -> None:
     model = AutoModelForSeq2SeqLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    for line in translate(model, tokenizer, sentences, args.tgt_lang, batch_size=args.batch_size,
-                          num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
-                          show_progress=len(sentences) > args.batch_size):  # fmt: skip
+    for line in translate(
+        model,
+        tokenizer,
+        sentences,
+        args.tgt_lang,
+        batch_size=args.batch_size,
+        num_beams=args.num_beams,
+        max_new_tokens=args.max_new_tokens,
+        show_progress=len(sentences) > args.batch_size,
+    ):
         print(line)
 
 
 def card_command(args: argparse.Namespace) -> None:
-    from .hub import build_model_card, checked_card
+    from .cards import build_model_card
+    from .hub import checked_card
 
     card = build_model_card(args.run_dir, repo_id=args.repo_id, license=args.license, language=args.language)
     content = checked_card(str(card))
@@ -148,10 +187,17 @@ def push_command(args: argparse.Namespace) -> None:
     from .hub import push_to_hub
 
     result = push_to_hub(
-        args.run_dir, args.repo_id, private=args.private, token=args.token, revision=args.revision,
-        create_pr=args.create_pr, commit_message=args.commit_message, license=args.license, language=args.language,
+        args.run_dir,
+        args.repo_id,
+        private=args.private,
+        token=args.token,
+        revision=args.revision,
+        create_pr=args.create_pr,
+        commit_message=args.commit_message,
+        license=args.license,
+        language=args.language,
         dry_run=args.dry_run,
-    )  # fmt: skip
+    )
     width = max(map(len, result.files))
     for path, size in result.files.items():
         print(f"{path:<{width}}  {size:>12,} bytes")
@@ -177,8 +223,9 @@ DEMO_OWN = ("--config", "--data", "--src", "--tgt", "--output_dir", "--output-di
 
 def demo_command(args: argparse.Namespace) -> dict:
     """Tokenizer, training, test BLEU/chrF, card, push, reload in a fresh process, translations; then a summary."""
-    from .hub import build_model_card, push_to_hub, upload_plan
-    from .hub_server import LocalHub
+    from .cards import build_model_card
+    from .hub import push_to_hub, upload_plan
+    from .testing.local_hub import LocalHub
 
     if clash := [arg for arg in args.training_args if arg.split("=")[0] in DEMO_OWN]:
         raise CommandError(f"{clash[0]}: give the demo's own --config/--data/--src/--tgt/--output-dir instead.")
@@ -189,9 +236,23 @@ def demo_command(args: argparse.Namespace) -> dict:
     # a finished demo in the folder is replaced by the new one; any other run there is the training rules' to refuse
     again = (output_dir / "demo_summary.json").is_file() and "--resume" not in args.training_args
     fresh = ["--overwrite_output_dir"] if again else []
-    results = run_script("train_translation", ["--config", args.config, "--data", args.data, "--src", args.src,
-                                               "--tgt", args.tgt, "--output_dir", str(output_dir), *fresh,
-                                               *args.training_args])  # fmt: skip
+    results = run_task(
+        "train-translation",
+        [
+            "--config",
+            args.config,
+            "--data",
+            args.data,
+            "--src",
+            args.src,
+            "--tgt",
+            args.tgt,
+            "--output_dir",
+            str(output_dir),
+            *fresh,
+            *args.training_args,
+        ],
+    )
     times["train + evaluate"] = time.perf_counter() - started
 
     print("[2/4] writing the model card")
@@ -222,8 +283,13 @@ def demo_command(args: argparse.Namespace) -> dict:
 
         print("[4/4] loading the pushed model in a fresh process and translating")
         mark = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", RELOAD, model_id, args.tgt, json.dumps(DEMO_SENTENCES)],
-                              capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", RELOAD, model_id, args.tgt, json.dumps(DEMO_SENTENCES)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
     if done.returncode != 0:
         raise RuntimeError(f"Reloading {model_id} in a fresh process failed: {done.stderr.strip().splitlines()[-1]}")
     reloaded = json.loads(done.stdout.strip().splitlines()[-1])
@@ -231,27 +297,53 @@ def demo_command(args: argparse.Namespace) -> dict:
 
     test = results["test"]
     summary = {
-        "test": {"split": test["split"], "examples": test["examples"], "num_beams": test["num_beams"],
-                 "bleu": test["bleu"]["score"], "chrf": test["chrf"]["score"],
-                 "bleu_signature": test["bleu"]["signature"]},
-        "train_steps": results["train"]["steps"], "seconds": {**times, "total": time.perf_counter() - started},
-        "run_dir": str(output_dir), "model": str(output_dir / Path(results["model"]).name), "card": str(card_path),
-        "pushed_to": where, "pushed_files": sorted(files), "reloaded_class": reloaded["class"],
+        "test": {
+            "split": test["split"],
+            "examples": test["examples"],
+            "num_beams": test["num_beams"],
+            "bleu": test["bleu"]["score"],
+            "chrf": test["chrf"]["score"],
+            "bleu_signature": test["bleu"]["signature"],
+        },
+        "train_steps": results["train"]["steps"],
+        "seconds": {**times, "total": time.perf_counter() - started},
+        "run_dir": str(output_dir),
+        "model": str(output_dir / Path(results["model"]).name),
+        "card": str(card_path),
+        "pushed_to": where,
+        "pushed_files": sorted(files),
+        "reloaded_class": reloaded["class"],
         "translations": dict(zip(DEMO_SENTENCES, reloaded["translations"], strict=True)),
-    }  # fmt: skip
+    }
     (output_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    rows = [("test BLEU", f"{summary['test']['bleu']:.2f} ({test['split']}, {test['examples']:,} sentences, "
-                          f"beam {test['num_beams']}; {test['bleu']['signature']})"),
-            ("test chrF", f"{summary['test']['chrf']:.2f}"),
-            ("training", f"{summary['train_steps']:,} steps"),
-            *((f"time: {name}", f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s")
-              for name, seconds in summary["seconds"].items()),
-            ("run folder", summary["run_dir"]), ("model", summary["model"]), ("card", summary["card"]),
-            ("pushed to", where), ("reloaded as", reloaded["class"].rpartition(".")[2] + (
-                " (the repository's own code, trust_remote_code)" if reloaded["class"].startswith(
-                    "transformers_modules") else "")),
-            *((f"'{source}'", target) for source, target in summary["translations"].items()),
-            ("summary", str(output_dir / "demo_summary.json"))]  # fmt: skip
+    rows = [
+        (
+            "test BLEU",
+            f"{summary['test']['bleu']:.2f} ({test['split']}, {test['examples']:,} sentences, "
+            f"beam {test['num_beams']}; {test['bleu']['signature']})",
+        ),
+        ("test chrF", f"{summary['test']['chrf']:.2f}"),
+        ("training", f"{summary['train_steps']:,} steps"),
+        *(
+            (f"time: {name}", f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s")
+            for name, seconds in summary["seconds"].items()
+        ),
+        ("run folder", summary["run_dir"]),
+        ("model", summary["model"]),
+        ("card", summary["card"]),
+        ("pushed to", where),
+        (
+            "reloaded as",
+            reloaded["class"].rpartition(".")[2]
+            + (
+                " (the repository's own code, trust_remote_code)"
+                if reloaded["class"].startswith("transformers_modules")
+                else ""
+            ),
+        ),
+        *((f"'{source}'", target) for source, target in summary["translations"].items()),
+        ("summary", str(output_dir / "demo_summary.json")),
+    ]
     width = max(len(name) for name, _ in rows)
     print("\n" + "\n".join(f"{name:<{width}}  {value}" for name, value in rows))
     return summary
@@ -269,20 +361,31 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="hf-encoders", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    tasks = "\n".join(f"  {name} ({', '.join(task.commands)}): {task.summary}" for name, task in TASKS.items())
+    parser = Parser(
+        prog="hf-encoders",
+        description=__doc__,
+        epilog=f"training tasks (hf_encoders.tasks):\n{tasks}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--debug", action="store_true", help="Show the full traceback of an error.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub = commands.add_parser("demo", help="Train, evaluate, card, push, reload and translate: the whole mission.",
-                              description="The main job: train the joint tokenizer and a small translation model "
-                              "on Multi30k, evaluate BLEU/chrF on the test set with beam search, write the model "
-                              "card, push to a local Hub (started and stopped here), the Hub or a folder, reload the "
-                              "pushed model in a fresh process and translate a few sentences. Other arguments go to "
-                              "training/train_translation.py (e.g. --max_steps 50, --test_max_examples 100).")  # fmt: skip
-    sub.add_argument("--config", default="translation_demo",
-                     help="Training config (default: translation_demo, minutes on a CPU; translation_en_de is the "
-                          "full-size run for a GPU).")  # fmt: skip
+    sub = commands.add_parser(
+        "demo",
+        help="Train, evaluate, card, push, reload and translate: the whole mission.",
+        description="The main job: train the joint tokenizer and a small translation model "
+        "on Multi30k, evaluate BLEU/chrF on the test set with beam search, write the model "
+        "card, push to a local Hub (started and stopped here), the Hub or a folder, reload the "
+        "pushed model in a fresh process and translate a few sentences. Other arguments go to "
+        "training/train_translation.py (e.g. --max_steps 50, --test_max_examples 100).",
+    )
+    sub.add_argument(
+        "--config",
+        default="translation_demo",
+        help="Training config (default: translation_demo, minutes on a CPU; translation_en_de is the "
+        "full-size run for a GPU).",
+    )
     sub.add_argument("--data", default="../shared/data/multi30k", help="Parallel data: a folder or a Hub id.")
     sub.add_argument("--src", default="en", help="Source language (default: en).")
     sub.add_argument("--tgt", default="de", help="Target language (default: de).")
@@ -292,21 +395,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="The run folder (default: runs/demo); a new demo replaces a finished one there.",
     )
     sub.add_argument("--repo-id", default="demo/hf-seq2seq-multi30k-en-de", help="The repository to push to.")
-    sub.add_argument("--push-to", default="local",
-                     help="local (a local Hub for the demo's length; default), hub (the Hub at HF_ENDPOINT, as a "
-                          "private repository) or a folder path.")  # fmt: skip
+    sub.add_argument(
+        "--push-to",
+        default="local",
+        help="local (a local Hub for the demo's length; default), hub (the Hub at HF_ENDPOINT, as a "
+        "private repository) or a folder path.",
+    )
     sub.set_defaults(handler=demo_command, passthrough=True)
 
-    sub = commands.add_parser("train-tokenizer", help="Train a tokenizer on a text corpus or parallel data.",
-                              description="Train a tokenizer with `tokenizers` and save it as a transformers "
-                                          "tokenizer (AutoTokenizer.from_pretrained loads it).")  # fmt: skip
+    sub = commands.add_parser(
+        "train-tokenizer",
+        help="Train a tokenizer on a text corpus or parallel data.",
+        description="Train a tokenizer with `tokenizers` and save it as a transformers "
+        "tokenizer (AutoTokenizer.from_pretrained loads it).",
+    )
     sub.add_argument("data", help="A corpus or parallel data: a local file or folder, or a Hub id.")
     sub.add_argument("output_dir", help="Where to save the tokenizer.")
-    sub.add_argument("--kind", choices=("encoder", "seq2seq"), default="encoder",
-                     help="encoder ([CLS] ... [SEP], [MASK]) or seq2seq (... </s>, language tags).")  # fmt: skip
+    sub.add_argument(
+        "--kind",
+        choices=("encoder", "seq2seq"),
+        default="encoder",
+        help="encoder ([CLS] ... [SEP], [MASK]) or seq2seq (... </s>, language tags).",
+    )
     sub.add_argument("--languages", nargs="*", default=[], help="seq2seq: the two languages of the parallel data.")
-    sub.add_argument("--model", choices=("wordpiece", "bpe", "unigram"), default=None,
-                     help="Default: wordpiece for encoders, unigram for seq2seq.")  # fmt: skip
+    sub.add_argument(
+        "--model",
+        choices=("wordpiece", "bpe", "unigram"),
+        default=None,
+        help="Default: wordpiece for encoders, unigram for seq2seq.",
+    )
     sub.add_argument("--vocab-size", type=int, default=8000)
     sub.add_argument("--split", default="train", help="The split to learn from (default: train).")
     sub.add_argument("--text-column", default="text", help="encoder: the text column (default: text).")
@@ -314,23 +431,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--model-max-length", type=int, default=512)
     sub.set_defaults(handler=train_tokenizer_command)
 
-    for command, help in (("pretrain", "Masked-LM pretraining (training/pretrain_mlm.py)."),
-                          ("train-translation", "Train a translation model (training/train_translation.py)."),
-                          ("finetune", "Fine-tune a classifier, regressor or tagger "
-                                       "(training/finetune_classification.py)."),
-                          ("evaluate-translation", "BLEU/chrF of any seq2seq checkpoint "
-                                                   "(training/evaluate_translation.py)."),
-                          ("pretrain-denoising", "Denoising (BART-style) or variational autoencoder pretraining of "
-                                                 "an encoder-decoder (training/pretrain_denoising.py)."),
-                          ("evaluate-anomaly", "AUROC of reconstruction or pseudo-log-likelihood anomaly scores "
-                                               "(training/evaluate_anomaly.py).")):  # fmt: skip
-        sub = commands.add_parser(command, help=help, add_help=False,
-                                  description=f"{help} Every argument goes to the script; --help lists them.")  # fmt: skip
-        sub.set_defaults(handler=script_command, passthrough=True)
+    for command, module in task_commands().items():  # the tasks' commands: every argument goes to their main
+        help = command_summary(module)
+        sub = commands.add_parser(
+            command,
+            help=help,
+            add_help=False,
+            description=f"{help} Every argument goes to {module}.main; --help lists them.",
+        )
+        sub.set_defaults(handler=task_command, passthrough=True)
 
-    sub = commands.add_parser("translate", help="Translate sentences with a seq2seq model.",
-                              description="Translate sentences given as arguments, in a file (one per line) or on "
-                                          "stdin; prints one translation per line.")  # fmt: skip
+    sub = commands.add_parser(
+        "translate",
+        help="Translate sentences with a seq2seq model.",
+        description="Translate sentences given as arguments, in a file (one per line) or on "
+        "stdin; prints one translation per line.",
+    )
     sub.add_argument("model", help="A model folder or Hub id.")
     sub.add_argument("sentences", nargs="*", help="Sentences to translate (default: --file, else stdin).")
     sub.add_argument("--tgt-lang", required=True, help="Target language; its tag <2xx> starts generation.")
@@ -341,9 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--trust-remote-code", action="store_true", help="Run the model folder's own code.")
     sub.set_defaults(handler=translate_command)
 
-    sub = commands.add_parser("card", help="Write a run's model card (README.md) from its outputs.",
-                              description="Write the model card of a training run from its config.json, "
-                                          "results.json, metrics.jsonl, curves and its data's SOURCE.md.")  # fmt: skip
+    sub = commands.add_parser(
+        "card",
+        help="Write a run's model card (README.md) from its outputs.",
+        description="Write the model card of a training run from its config.json, "
+        "results.json, metrics.jsonl, curves and its data's SOURCE.md.",
+    )
     sub.add_argument("run_dir", help="The output_dir of a training run.")
     sub.add_argument("--repo-id", help="Where the model will live on the Hub (used in the usage examples).")
     sub.add_argument("--license", default="apache-2.0", help="The model's license (default: apache-2.0).")
@@ -352,11 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(handler=card_command)
 
     sub = commands.add_parser(
-        "push", help="Push a run's model, tokenizer, code, card and results to the Hub in one commit.",
+        "push",
+        help="Push a run's model, tokenizer, code, card and results to the Hub in one commit.",
         description="Push a training run to the Hub as one commit: config, safetensors weights, tokenizer, "
-                    "generation config, modeling code (auto_map), the card (RUN_DIR/README.md if present, else "
-                    "generated) and the run's results. The Hub is HF_ENDPOINT (default https://huggingface.co).",
-    )  # fmt: skip
+        "generation config, modeling code (auto_map), the card (RUN_DIR/README.md if present, else "
+        "generated) and the run's results. The Hub is HF_ENDPOINT (default https://huggingface.co).",
+    )
     sub.add_argument("run_dir", help="The output_dir of a training run.")
     sub.add_argument("repo_id", help="The repository, e.g. my-org/hf-seq2seq-multi30k-de-en.")
     sub.add_argument("--private", action="store_true", help="Create the repository private.")
@@ -371,16 +491,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(command: str) -> None:
-    """Warnings and errors on stderr. A training script's own progress and the library's ("Resumed from ...") are
-    shown too, at INFO, as `python training/<script>.py` shows them; other libraries' INFO lines are not. (The
-    script's own `logging.basicConfig` does nothing here: this one came first.)"""
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    if command in SCRIPTS:
-        for name in ("hf_encoders", SCRIPTS[command]):  # the scripts log as their name, e.g. "pretrain_mlm"
-            logging.getLogger(name).setLevel(logging.INFO)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     name = "hf-encoders"
@@ -390,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         if rest and not getattr(args, "passthrough", False):
             raise CommandError(f"unrecognized arguments: {' '.join(rest)}")
         args.script_args = args.training_args = rest  # the scripts' own arguments
-        configure_logging(args.command)
+        logging_for(args.command)
         args.handler(args)
     except Exception as error:  # every failure is one line, unless --debug
         if "--debug" in argv:

@@ -113,9 +113,14 @@ class EncoderConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         _check_positive(
-            self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            self,
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
             "max_position_embeddings",
-        )  # fmt: skip
+        )
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
@@ -182,6 +187,24 @@ class EncoderConfig(PreTrainedConfig):
             self.local_attention = 2 * value
 
 
+# The settings of the variational bottleneck, which `Seq2SeqConfig` carried (`latent_size=None`: off) before
+# `Seq2SeqVAEConfig` took them over. A plain config built with a latent size (a sentence VAE's config.json of that
+# time, weights under `model.bottleneck.*`) is refused rather than loaded without its bottleneck; the defaults of a
+# plain model's config.json of that time are dropped.
+VAE_SETTINGS = ("latent_size", "latent_memory_tokens", "kl_free_bits")
+
+
+def _refuse_vae_settings(kwargs: dict) -> None:
+    settings = {name: kwargs.pop(name) for name in VAE_SETTINGS if name in kwargs}
+    if settings.get("latent_size") is not None:
+        raise ValueError(
+            f"`latent_size`={settings['latent_size']} is a setting of the variational bottleneck, which "
+            "`Seq2SeqConfig` and `Seq2SeqForConditionalGeneration` do not have: build a sentence VAE with "
+            "`Seq2SeqVAEConfig` and `Seq2SeqVAEForConditionalGeneration`, and load a VAE saved as `hf_seq2seq` (its "
+            "config.json has `latent_size`) with `Seq2SeqVAEForConditionalGeneration.from_pretrained(folder)`."
+        )
+
+
 @strict
 class Seq2SeqConfig(EncoderConfig):
     r"""
@@ -199,12 +222,8 @@ class Seq2SeqConfig(EncoderConfig):
         decoder_start_token_id: the id the decoder starts from (what `labels` are shifted right with).
         use_cache: keep keys and values of past decoder steps during generation.
         classifier_pooling: how the encoder's `pooler_output` (sentence embeddings, and the input of the variational
-            bottleneck) is pooled; `"mean"` over the source tokens by default (sources carry no `[CLS]`).
-        latent_size: size of the variational bottleneck (off with None): the pooled encoder output gives the mean and
-            log-variance of a Gaussian latent, whose sample (the mean at evaluation) is the decoder's only memory.
-        latent_memory_tokens: how many memory vectors the latent is projected to for the decoder's cross-attention.
-        kl_free_bits: free-bits floor (nats per latent dimension, averaged over the batch) under which the KL term
-            stops pulling the posterior towards the prior, so that the latent keeps carrying information.
+            bottleneck of [`Seq2SeqVAEConfig`]) is pooled; `"mean"` over the source tokens by default (sources carry
+            no `[CLS]`).
 
     Generation defaults (beams, lengths, ...) belong in `generation_config.json`, not here.
     """
@@ -227,23 +246,13 @@ class Seq2SeqConfig(EncoderConfig):
     is_encoder_decoder: bool = True
     use_cache: bool = True
     classifier_pooling: str = "mean"
-    latent_size: int | None = None
-    latent_memory_tokens: int = 1
-    kl_free_bits: float = 0.0
 
     def __post_init__(self, **kwargs):
+        _refuse_vae_settings(kwargs)
         if self.num_decoder_layers is None:
             self.num_decoder_layers = self.num_hidden_layers
         if self.num_decoder_layers <= 0:
             raise ValueError(f"`num_decoder_layers` must be a positive integer, got {self.num_decoder_layers}.")
-        if self.latent_size is not None and self.latent_size <= 0:
-            raise ValueError(
-                f"`latent_size` must be a positive integer or None (no bottleneck), got {self.latent_size}."
-            )
-        if self.latent_memory_tokens <= 0:
-            raise ValueError(f"`latent_memory_tokens` must be a positive integer, got {self.latent_memory_tokens}.")
-        if self.kl_free_bits < 0:
-            raise ValueError(f"`kl_free_bits` must be >= 0 (nats per latent dimension), got {self.kl_free_bits}.")
         super().__post_init__(**kwargs)
 
     def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:
@@ -257,4 +266,41 @@ class Seq2SeqConfig(EncoderConfig):
         return self
 
 
-__all__ = ["EncoderConfig", "Seq2SeqConfig"]
+@strict
+class Seq2SeqVAEConfig(Seq2SeqConfig):
+    r"""
+    Configuration of the sentence variational autoencoder (`Seq2SeqVAEModel`, `Seq2SeqVAEForConditionalGeneration`):
+    the encoder-decoder of [`Seq2SeqConfig`] with a variational bottleneck between encoder and decoder.
+
+    Args:
+        latent_size: size of the Gaussian latent: the pooled encoder output (`classifier_pooling`) gives its mean and
+            log-variance, and its sample (the mean at evaluation) is the decoder's only memory.
+        latent_memory_tokens: how many memory vectors the latent is projected to for the decoder's cross-attention.
+        kl_free_bits: free-bits floor (nats per latent dimension, averaged over the batch) under which the KL term
+            stops pulling the posterior towards the prior, so that the latent keeps carrying information.
+
+    A VAE saved before this class existed (`model_type` `"hf_seq2seq"` with `latent_size` in its config.json) loads
+    with `Seq2SeqVAEForConditionalGeneration.from_pretrained(folder)`.
+    """
+
+    model_type = "hf_seq2seq_vae"
+
+    latent_size: int = 32
+    latent_memory_tokens: int = 1
+    kl_free_bits: float | int = 0.0
+
+    def __post_init__(self, **kwargs):
+        kwargs.pop("model_type", None)  # a VAE saved as "hf_seq2seq" is loaded (and saved again) as this model type
+        if self.latent_size is None or self.latent_size <= 0:
+            raise ValueError(
+                f"`latent_size` must be a positive integer, got {self.latent_size} (a model without the variational "
+                "bottleneck is a `Seq2SeqConfig`)."
+            )
+        if self.latent_memory_tokens <= 0:
+            raise ValueError(f"`latent_memory_tokens` must be a positive integer, got {self.latent_memory_tokens}.")
+        if self.kl_free_bits < 0:
+            raise ValueError(f"`kl_free_bits` must be >= 0 (nats per latent dimension), got {self.kl_free_bits}.")
+        super().__post_init__(**kwargs)
+
+
+__all__ = ["EncoderConfig", "Seq2SeqConfig", "Seq2SeqVAEConfig"]

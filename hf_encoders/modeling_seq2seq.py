@@ -12,15 +12,17 @@ This file is copied next to every saved checkpoint for `trust_remote_code=True`:
 
 import inspect
 import logging
+import shutil
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 import transformers
 from torch import nn
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.dynamic_module_utils import HF_MODULES_CACHE, get_cached_module_file
 from transformers.generation import GenerationMixin
 from transformers.loss.loss_utils import ForMaskedLMLoss
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
@@ -56,7 +58,6 @@ from .modeling_encoder import (
     packed_batch_from_inputs,
     run_attention,
 )
-from .pipeline_seq2seq import CUSTOM_PIPELINES
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,16 @@ SEQ2SEQ_AUTO_MAP = {
     "AutoConfig": "configuration_hf_encoders.Seq2SeqConfig",
     "AutoModel": "modeling_seq2seq.Seq2SeqModel",
     "AutoModelForSeq2SeqLM": "modeling_seq2seq.Seq2SeqForConditionalGeneration",
+}
+
+NO_BOTTLENECK = "sentence latents are `Seq2SeqVAEForConditionalGeneration`'s (config `Seq2SeqVAEConfig`)."
+
+# The text-to-text pipelines that transformers 5 no longer ships, declared in every saved config.json
+# (`custom_pipelines`); their code, pipeline_seq2seq.py, is copied beside the weights.
+PIPELINE_CODE = "pipeline_seq2seq.py"
+CUSTOM_PIPELINES = {
+    "text2text-generation": {"impl": "pipeline_seq2seq.Text2TextGenerationPipeline", "pt": ["AutoModelForSeq2SeqLM"]},
+    "translation": {"impl": "pipeline_seq2seq.TranslationPipeline", "pt": ["AutoModelForSeq2SeqLM"]},
 }
 
 
@@ -280,67 +291,15 @@ class DecoderLayer(GradientCheckpointingLayer):
         return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
 
 
-def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mean, exp(logvar)) || N(0, 1)) per dimension: (mean^2 + exp(logvar) - 1 - logvar) / 2."""
-    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
-
-
-class VariationalBottleneck(nn.Module):
-    """The variational bottleneck of `config.latent_size`: the pooled encoder output gives the mean and
-    log-variance of a diagonal Gaussian posterior q(z | source); a latent z is projected to
-    `config.latent_memory_tokens` normalised memory vectors, the only thing the decoder's cross-attention reads."""
-
-    def __init__(self, config: Seq2SeqConfig):
-        super().__init__()
-        self.latent_size, self.memory_tokens = config.latent_size, config.latent_memory_tokens
-        self.posterior_proj = nn.Linear(config.hidden_size, 2 * config.latent_size)
-        self.memory_proj = nn.Linear(config.latent_size, config.latent_memory_tokens * config.hidden_size)
-        self.memory_norm = make_norm(config)
-
-    def posterior(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, logvar), each (batch, latent_size), from the pooled encoder output (batch, hidden_size)."""
-        mean, logvar = self.posterior_proj(pooled).chunk(2, dim=-1)
-        return mean, logvar
-
-    @staticmethod
-    def sample(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        """The reparameterization trick: mean + sigma * noise, differentiable in mean and logvar."""
-        return mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
-
-    def memory(self, latent: torch.Tensor) -> torch.Tensor:
-        """(batch, latent_memory_tokens, hidden_size) memory for the decoder from latents (batch, latent_size)."""
-        if latent.ndim != 2 or latent.shape[-1] != self.latent_size:
-            raise ValueError(
-                f"`latent` must have shape (batch_size, latent_size={self.latent_size}), got {tuple(latent.shape)}."
-            )
-        memory = self.memory_proj(latent.to(self.memory_proj.weight.dtype))
-        return self.memory_norm(memory.view(latent.shape[0], self.memory_tokens, -1))
-
-
 @dataclass
-class Seq2SeqModelOutputWithLatent(Seq2SeqModelOutput):
-    r"""
-    latent: (batch, latent_size) the latent the decoder read (variational bottleneck only): a posterior sample in
-        training, the posterior mean in evaluation, or the `latent` given.
-    latent_mean / latent_logvar: (batch, latent_size) the posterior of the source (absent when a `latent` was given).
-    """
+class DecoderMemory:
+    """What the decoder's cross-attention reads, in the layout of `Seq2SeqDecoder.forward`'s `encoder_*` arguments,
+    and what the model reports of it beside the decoder's outputs (`outputs`: fields of the model's output class)."""
 
-    latent: torch.FloatTensor | None = None
-    latent_mean: torch.FloatTensor | None = None
-    latent_logvar: torch.FloatTensor | None = None
-
-
-@dataclass
-class Seq2SeqLMOutputWithLatent(Seq2SeqLMOutput):
-    r"""
-    kl: (batch,) KL divergence of each example's posterior from the prior, in nats (variational bottleneck only).
-    latent / latent_mean / latent_logvar: as in `Seq2SeqModelOutputWithLatent`.
-    """
-
-    kl: torch.FloatTensor | None = None
-    latent: torch.FloatTensor | None = None
-    latent_mean: torch.FloatTensor | None = None
-    latent_logvar: torch.FloatTensor | None = None
+    hidden_states: torch.Tensor
+    attention_mask: torch.Tensor | None = None
+    position_ids: torch.LongTensor | None = None
+    outputs: dict = field(default_factory=dict)
 
 
 class Seq2SeqPreTrainedModel(EncoderPreTrainedModel):
@@ -486,15 +445,30 @@ class Seq2SeqDecoder(Seq2SeqPreTrainedModel):
         )
 
 
+def check_config_family(model: Seq2SeqPreTrainedModel, config: Seq2SeqConfig) -> None:
+    """Refuse a config of another member of the family (a `Seq2SeqVAEConfig` given to the plain classes would build
+    a model without its variational bottleneck)."""
+    if config.model_type != model.config_class.model_type:
+        raise ValueError(
+            f"{type(model).__name__} takes a `{model.config_class.__name__}` (model_type "
+            f"{model.config_class.model_type!r}), got a `{type(config).__name__}` (model_type {config.model_type!r}); "
+            "build the model with the Auto classes (`AutoModelForSeq2SeqLM.from_config(config)`) to get its class."
+        )
+
+
 class Seq2SeqModel(Seq2SeqPreTrainedModel):
-    """Encoder (the encoder family's `EncoderModel`) and decoder; one vocabulary for source and target."""
+    """Encoder (the encoder family's `EncoderModel`) and decoder; one vocabulary for source and target.
+
+    The decoder's cross-attention reads what `decoder_memory` makes of the encoder's output: the output itself here,
+    a latent's memory vectors in the sentence VAE (`Seq2SeqVAEModel`, which overrides it)."""
 
     _tied_weights_keys = {"decoder.embeddings.tok_embeddings.weight": "encoder.embeddings.tok_embeddings.weight"}
+    output_class = Seq2SeqModelOutput
 
     def __init__(self, config: Seq2SeqConfig):
+        check_config_family(self, config)
         super().__init__(config)
         self.encoder = EncoderModel(config)
-        self.bottleneck = VariationalBottleneck(config) if config.latent_size else None
         self.decoder = Seq2SeqDecoder(config)
         self.post_init()
 
@@ -512,19 +486,16 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
     def get_decoder(self) -> Seq2SeqDecoder:
         return self.decoder
 
-    def encode_latent(
+    def decoder_memory(
         self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The posterior (mean, logvar) of each source, each (batch, latent_size). The mean is the source's code:
-        decode it with `generate(latent=...)`, interpolate between two, or use it as a sentence embedding."""
-        if self.bottleneck is None:
-            raise ValueError("This model has no variational bottleneck: its config has `latent_size=None`.")
-        encoded = self.encoder(input_ids, attention_mask, position_ids, inputs_embeds)
-        return self.bottleneck.posterior(encoded.pooler_output)
+        encoder_outputs: BaseModelOutput,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+        decoder_position_ids: torch.LongTensor | None,
+        target_rows: int,
+    ) -> DecoderMemory:
+        """What the decoder attends to: the encoder's output, under the source's mask and positions."""
+        return DecoderMemory(encoder_outputs.last_hidden_state, attention_mask, position_ids)
 
     @can_return_tuple
     def forward(
@@ -540,10 +511,9 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
         use_cache: bool | None = None,
         position_ids: torch.LongTensor | None = None,
         decoder_position_ids: torch.LongTensor | None = None,
-        latent: torch.Tensor | None = None,
         past_key_values: EncoderDecoderCache | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> Seq2SeqModelOutputWithLatent:
+    ) -> Seq2SeqModelOutput:
         r"""
         input_ids / attention_mask: the source batch. decoder_input_ids / decoder_attention_mask: the target prefix
             (with a cache, the mask covers the cached tokens and the new ones).
@@ -552,66 +522,60 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
             accepted).
         position_ids / decoder_position_ids: for padding-free batches, sources packed in one row and targets in
             another, each with positions restarting at 0 per sequence.
-        latent: (batch, latent_size) a latent to decode from (variational bottleneck only); the source is then not
-            read. Without it, the bottleneck draws a latent from the source's posterior in training and takes its
-            mean in evaluation.
         """
-        if latent is not None and self.bottleneck is None:
-            raise ValueError("`latent` was given, but this model has no variational bottleneck (`latent_size=None`).")
-        if latent is not None and (input_ids is not None or inputs_embeds is not None):
-            raise ValueError("Give a source (`input_ids`) or a `latent` to decode from, not both.")
-        latent_mean = latent_logvar = None
-        if latent is None:
-            if encoder_outputs is None:
-                encoder_outputs = self.encoder(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    position_ids=position_ids,
-                    inputs_embeds=inputs_embeds,
-                    **kwargs,
-                )
-            elif isinstance(encoder_outputs, (tuple, list)):  # return_dict=False outputs of the encoder
-                encoder_outputs = BaseModelOutputWithPooling(*encoder_outputs)
-            if self.bottleneck is not None:
-                if getattr(encoder_outputs, "pooler_output", None) is None:
-                    raise ValueError("The variational bottleneck reads the encoder's `pooler_output`; the given "
-                                     "`encoder_outputs` have none.")  # fmt: skip
-                latent_mean, latent_logvar = self.bottleneck.posterior(encoder_outputs.pooler_output)
-                latent = self.bottleneck.sample(latent_mean, latent_logvar) if self.training else latent_mean
-
-        if latent is None:
-            memory, memory_mask, memory_positions = encoder_outputs.last_hidden_state, attention_mask, position_ids
-        else:  # the latent's memory vectors stand in for the source; a padding-free batch gets them in one row
-            memory, memory_mask, memory_positions = self.bottleneck.memory(latent), None, None
-            target_rows = (decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds).shape[0]
-            if decoder_position_ids is not None and target_rows == 1:
-                memory_positions = torch.arange(memory.shape[1], device=memory.device).repeat(memory.shape[0])[None]
-                memory = memory.reshape(1, -1, memory.shape[-1])
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                **kwargs,
+            )
+        elif isinstance(encoder_outputs, (tuple, list)):  # return_dict=False outputs of the encoder
+            encoder_outputs = BaseModelOutputWithPooling(*encoder_outputs)
+        target_rows = (decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds).shape[0]
+        memory = self.decoder_memory(encoder_outputs, attention_mask, position_ids, decoder_position_ids, target_rows)
         decoder_outputs = self.decoder(
             input_ids=decoder_input_ids,
             attention_mask=decoder_attention_mask,
-            encoder_hidden_states=memory,
-            encoder_attention_mask=memory_mask,
+            encoder_hidden_states=memory.hidden_states,
+            encoder_attention_mask=memory.attention_mask,
             cache=resolve_cache(cache, past_key_values),
             inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
             position_ids=decoder_position_ids,
-            encoder_position_ids=memory_positions,
+            encoder_position_ids=memory.position_ids,
             **kwargs,
         )
-        return Seq2SeqModelOutputWithLatent(
+        return self.output_class(
             last_hidden_state=decoder_outputs.last_hidden_state,
             **{OUTPUT_CACHE_FIELD: getattr(decoder_outputs, OUTPUT_CACHE_FIELD)},
             decoder_hidden_states=decoder_outputs.hidden_states,
             decoder_attentions=decoder_outputs.attentions,
             cross_attentions=decoder_outputs.cross_attentions,
-            encoder_last_hidden_state=encoder_outputs.last_hidden_state if encoder_outputs is not None else None,
-            encoder_hidden_states=encoder_outputs.hidden_states if encoder_outputs is not None else None,
-            encoder_attentions=encoder_outputs.attentions if encoder_outputs is not None else None,
-            latent=latent,
-            latent_mean=latent_mean,
-            latent_logvar=latent_logvar,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+            **memory.outputs,
         )
+
+
+def copy_pipeline_code(save_directory: str | Path, checkpoint: str | None) -> bool:
+    """Copy pipeline_seq2seq.py (the code of `CUSTOM_PIPELINES`) into `save_directory`: from beside this file (the
+    package, or the module folder of a model loaded with `trust_remote_code=True` that already fetched it), else
+    fetched from the checkpoint the model was loaded from. False where neither has it."""
+    source = Path(__file__).with_name(PIPELINE_CODE)
+    if not source.is_file() and checkpoint:
+        try:
+            source = Path(HF_MODULES_CACHE) / get_cached_module_file(checkpoint, PIPELINE_CODE)
+        except (OSError, ValueError):
+            return False
+    if not source.is_file():
+        return False
+    target = Path(save_directory) / PIPELINE_CODE
+    if not target.exists() or not target.samefile(source):
+        shutil.copy(source, target)
+    return True
 
 
 class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
@@ -620,12 +584,14 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
     `pipeline("text2text-generation")`."""
 
     _tied_weights_keys = {"lm_head.weight": "model.encoder.embeddings.tok_embeddings.weight"}
+    base_model_class = Seq2SeqModel
+    output_class = Seq2SeqLMOutput
 
     def __init__(self, config: Seq2SeqConfig):
+        check_config_family(self, config)
         super().__init__(config)
-        self.model = Seq2SeqModel(config)
+        self.model = self.base_model_class(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.kl_weight = 1.0  # the KL term's weight in the loss (variational bottleneck); annealed by training scripts
         self.post_init()
 
     def get_encoder(self) -> EncoderModel:
@@ -641,9 +607,16 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
         self.lm_head = new_embeddings
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        # declare the text-to-text pipelines that transformers 5 no longer ships (their code travels with the model)
+        # declare the text-to-text pipelines that transformers 5 no longer ships, whose code travels with the model
         self.config.custom_pipelines = CUSTOM_PIPELINES
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if not copy_pipeline_code(save_directory, getattr(self.config, "_name_or_path", None)):
+            logger.warning(
+                "%s not found: the folder saved in %s declares its pipelines but lacks their code.",
+                PIPELINE_CODE,
+                save_directory,
+            )
+        return result
 
     # The generation hooks below are called by transformers' `generate` with its own calling convention, which
     # changes between releases: each accepts the conventions of every release in the tested range.
@@ -672,37 +645,24 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, *args, **kwargs) -> dict:
         """`GenerationMixin`'s, in whatever calling convention the installed transformers uses, then checked: a
-        step fed only its newest tokens must come with the cache of the others. With the variational bottleneck, a
-        source is decoded from its posterior mean, so that greedy decoding of a source is deterministic."""
+        step fed only its newest tokens must come with the cache of the others."""
         model_inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
         check_generation_step(input_ids, model_inputs)
-        bottleneck = self.model.bottleneck
-        if bottleneck is not None and model_inputs.get("latent") is None:
-            model_inputs["latent"] = bottleneck.posterior(model_inputs["encoder_outputs"].pooler_output)[0]
         return model_inputs
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
-    def encode_latent(self, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        """The posterior (mean, logvar) of each source; see `Seq2SeqModel.encode_latent`."""
-        return self.model.encode_latent(*args, **kwargs)
+    # Sentence latents are the sentence VAE's (modeling_seq2seq_vae.py), which overrides both: refused here by name.
 
-    def generate(self, *args, latent: torch.Tensor | None = None, **kwargs):
-        """`GenerationMixin.generate`; with the variational bottleneck, `latent=` (batch, latent_size) decodes from
-        given latents instead of a source: samples of the prior (`torch.randn`), interpolations between the
-        `encode_latent` means of two sentences, ... A source is decoded from its posterior mean."""
-        if latent is not None:
-            if self.model.bottleneck is None:
-                raise ValueError(
-                    "`latent` was given, but this model has no variational bottleneck (`latent_size=None`)."
-                )
-            if args or any(kwargs.get(name) is not None for name in ("inputs", "input_ids", "inputs_embeds",
-                                                                        "encoder_outputs")):  # fmt: skip
-                raise ValueError("Give `generate` a source or a `latent` to decode from, not both.")
-            # the latent's memory vectors stand in for an encoder output: generate expands them with the beams and
-            # runs no encoder
-            kwargs.update(latent=latent, encoder_outputs=BaseModelOutput(self.model.bottleneck.memory(latent)))
+    def encode_latent(self, *args, **kwargs):
+        raise ValueError(f"{type(self).__name__} has no variational bottleneck; {NO_BOTTLENECK}")
+
+    def generate(self, *args, **kwargs):
+        if kwargs.get("latent") is not None:
+            raise ValueError(
+                f"`latent` was given, but {type(self).__name__} has no variational bottleneck; {NO_BOTTLENECK}"
+            )
         return super().generate(*args, **kwargs)
 
     @can_return_tuple
@@ -720,10 +680,9 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         position_ids: torch.LongTensor | None = None,
         decoder_position_ids: torch.LongTensor | None = None,
-        latent: torch.Tensor | None = None,
         past_key_values: EncoderDecoderCache | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> Seq2SeqLMOutputWithLatent:
+    ) -> Seq2SeqLMOutput:
         r"""
         cache: the decoder's `EncoderDecoderCache` (`past_key_values` is its name before transformers 5.24; either is
             accepted).
@@ -731,11 +690,6 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
             reads the labels shifted right behind `config.decoder_start_token_id` (teacher forcing). With
             `config.sparse_prediction`, the LM head runs only on labelled positions and `logits` has one row for each.
         position_ids / decoder_position_ids: padding-free batches (see `Seq2SeqModel.forward`).
-        latent: a latent to decode from instead of a source (variational bottleneck; see `Seq2SeqModel.forward`).
-
-        With the variational bottleneck, the loss is the negative evidence lower bound per labelled token: the
-        cross-entropy plus `kl_weight` x the KL term over the same token count, where the KL term sums, over the
-        latent dimensions, max(`config.kl_free_bits`, the dimension's KL averaged over the batch) x batch size.
         """
         if labels is not None:
             check_input_shape(labels.shape, "labels", "(batch_size, target_length)")
@@ -762,7 +716,6 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             position_ids=position_ids,
             decoder_position_ids=decoder_position_ids,
-            latent=latent,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -770,116 +723,17 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
             predicted = labels != -100
             hidden_states, labels = hidden_states[predicted], labels[predicted]
         logits = self.lm_head(hidden_states)
-        loss = kl = None
+        loss = None
         if labels is not None:
             # token-level cross-entropy without a shift: the labels are aligned with the decoder outputs already
             loss = ForMaskedLMLoss(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
-        if outputs.latent_mean is not None:
-            per_dimension = gaussian_kl(outputs.latent_mean.float(), outputs.latent_logvar.float())
-            kl = per_dimension.sum(-1)
-            if loss is not None:
-                floored = per_dimension.mean(0).clamp(min=self.config.kl_free_bits).sum() * per_dimension.shape[0]
-                tokens = kwargs.get("num_items_in_batch")
-                tokens = (labels != -100).sum() if tokens is None else tokens
-                loss = loss + self.kl_weight * floored / tokens
-        return Seq2SeqLMOutputWithLatent(
-            loss=loss,
-            logits=logits,
-            **{OUTPUT_CACHE_FIELD: getattr(outputs, OUTPUT_CACHE_FIELD)},
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions,
-            cross_attentions=outputs.cross_attentions,
-            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            encoder_attentions=outputs.encoder_attentions,
-            kl=kl,
-            latent=outputs.latent,
-            latent_mean=outputs.latent_mean,
-            latent_logvar=outputs.latent_logvar,
-        )
-
-    @classmethod
-    def from_encoder_pretrained(
-        cls,
-        encoder_path: str | Path,
-        num_decoder_layers: int | None = None,
-        init_decoder_from_encoder: bool = True,
-        **config_overrides,
-    ) -> "Seq2SeqForConditionalGeneration":
-        """Warm-start an encoder-decoder from a saved encoder checkpoint (an `EncoderForMaskedLM` or `EncoderModel`
-        folder or Hub id), the way BERT2BERT does.
-
-        The encoder, the (shared) embeddings and the final norm are copied. With `init_decoder_from_encoder`, decoder
-        layer i also takes its self-attention, MLP and their norms from encoder layer i (where the encoder has such a
-        layer). Cross-attention is always new. The special ids default to the encoder's: `[CLS]` starts the decoder,
-        `[SEP]` ends it. What was copied and what is new is logged and kept in `model.warm_start_report`.
-        """
-        encoder = EncoderModel.from_pretrained(encoder_path)
-        encoder_config = encoder.config.to_dict()
-        fields = {name for name in Seq2SeqConfig.__dataclass_fields__ if name in encoder_config}
-        settings = {name: encoder_config[name] for name in fields if name not in ("model_type", "architectures")}
-        settings.update(
-            bos_token_id=encoder.config.cls_token_id,
-            decoder_start_token_id=encoder.config.cls_token_id,
-            eos_token_id=encoder.config.sep_token_id,
-            num_decoder_layers=num_decoder_layers or encoder.config.num_hidden_layers,
-        )
-        settings.update(config_overrides)
-        model = cls(Seq2SeqConfig(**settings))
-
-        sources = {f"model.encoder.{name}": tensor for name, tensor in encoder.state_dict().items()}
-        decoder_sources = {"embeddings.norm": "embeddings.norm", "final_norm": "final_norm"}
-        if init_decoder_from_encoder:
-            for i in range(min(model.config.num_decoder_layers, encoder.config.num_hidden_layers)):
-                decoder_sources.update(
-                    {
-                        f"layers.{i}.self_attn.qkv_proj": f"layers.{i}.attn.qkv_proj",
-                        f"layers.{i}.self_attn.o_proj": f"layers.{i}.attn.o_proj",
-                        f"layers.{i}.self_attn_norm": f"layers.{i}.attn_norm",
-                        f"layers.{i}.mlp": f"layers.{i}.mlp",
-                        f"layers.{i}.mlp_norm": f"layers.{i}.mlp_norm",
-                    }
-                )
-        encoder_state = encoder.state_dict()
-        for target, source in decoder_sources.items():
-            for name, tensor in encoder_state.items():
-                if name.startswith(source + "."):
-                    sources[f"model.decoder.{target}{name[len(source) :]}"] = tensor
-        if not model.config.tie_word_embeddings:  # separate matrices: each starts from the encoder's embeddings
-            embeddings = encoder_state["embeddings.tok_embeddings.weight"]
-            sources["model.decoder.embeddings.tok_embeddings.weight"] = embeddings
-            sources["lm_head.weight"] = embeddings
-
-        state = model.state_dict()
-        unknown = sorted(set(sources) - set(state))
-        if unknown:
-            raise ValueError(f"Warm start found no place for encoder weights {unknown[:5]} (of {len(unknown)}).")
-        with torch.no_grad():
-            for name, tensor in sources.items():
-                state[name].copy_(tensor)
-        tied = {name for name in model.all_tied_weights_keys if name not in sources}
-        report = {
-            "source": str(encoder_path),
-            "copied": sorted(sources),
-            "tied": sorted(tied),
-            "initialised": sorted(set(state) - set(sources) - tied),
-        }
-        model.warm_start_report = report
-        logger.info(
-            "Warm start from %s: copied %d tensors, %d tied to them, %d newly initialised: %s",
-            encoder_path,
-            len(report["copied"]),
-            len(report["tied"]),
-            len(report["initialised"]),
-            ", ".join(report["initialised"]),
-        )
-        return model
+        # the model's outputs but its last hidden state (the VAE's latents among them), behind the loss and logits
+        reported = {name: value for name, value in outputs.items() if name != "last_hidden_state"}
+        return self.output_class(loss=loss, logits=logits, **reported)
 
 
 __all__ = [
     "Seq2SeqPreTrainedModel",
-    "Seq2SeqModelOutputWithLatent",
-    "Seq2SeqLMOutputWithLatent",
     "Seq2SeqModel",
     "Seq2SeqForConditionalGeneration",
     "shift_tokens_right",

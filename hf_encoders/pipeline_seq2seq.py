@@ -1,7 +1,8 @@
 """Text-to-text pipelines for the encoder-decoder family: `text2text-generation` and `translation`.
 
 transformers 5 dropped these tasks from `pipeline()`. A checkpoint saved by `Seq2SeqForConditionalGeneration`
-declares them under `custom_pipelines` in its config.json and carries this file, so
+declares them under `custom_pipelines` in its config.json (the table `CUSTOM_PIPELINES` of modeling_seq2seq.py, which
+does not import this file) and carries this file, so
 
     pipeline("translation", model="path/or/hub-id", trust_remote_code=True, tgt_lang="de")
 
@@ -11,11 +12,6 @@ without running the folder's code). Like the modeling files, this one imports on
 
 import torch
 from transformers import Pipeline
-
-CUSTOM_PIPELINES = {
-    "text2text-generation": {"impl": "pipeline_seq2seq.Text2TextGenerationPipeline", "pt": ["AutoModelForSeq2SeqLM"]},
-    "translation": {"impl": "pipeline_seq2seq.TranslationPipeline", "pt": ["AutoModelForSeq2SeqLM"]},
-}
 
 
 class Text2TextGenerationPipeline(Pipeline):

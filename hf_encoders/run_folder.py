@@ -13,6 +13,8 @@
 - A run saves its tokenizer once, in `tokenizer/`; every resume (and every other process) loads that one.
 - Every checkpoint gets a manifest (each file's size and SHA-256) written last; resume takes the newest checkpoint
   whose files match it, and says which newer ones it skipped and why.
+- The run folder is the training loop's checkpoint manager: `write_checkpoint` (atomic, the K newest kept),
+  `resume_from` and `load_checkpoint`, and `export` of the final and the best model (`save_pretrained`).
 - The seed is set before anything random happens (tokenizer training, model initialisation, data order, masks).
 """
 
@@ -38,9 +40,10 @@ RUN_FILES = ("config.json", "metrics.jsonl", "results.json", "curves.png", "READ
 RUN_FOLDERS = ("tokenizer", "final", "best", "logs", "hub_cache")
 # training settings a resumed run may change: its budget and its bookkeeping
 RESUMABLE_SETTINGS = frozenset(
-    {"output_dir", "resume", "overwrite_output_dir", "max_steps", "num_epochs", "max_minutes", "eval_every",
-     "save_every", "keep_checkpoints", "log_every"}
-)  # fmt: skip
+    {"output_dir", "resume", "overwrite_output_dir"}
+    | {"max_steps", "num_epochs", "max_minutes"}
+    | {"eval_every", "save_every", "keep_checkpoints", "log_every"}
+)
 # data settings that change how fast the data is prepared, not what it is
 NOT_THE_RUN = frozenset({"num_proc"})
 MANIFEST = "manifest.json"
@@ -113,7 +116,8 @@ def write_failure(folder: Path, error: BaseException) -> CheckpointError:
 
 
 class RunFolder:
-    """A training run's folder: its settings, tokenizer, checkpoints and metrics. Open one with `start_run`."""
+    """A training run's folder: its settings, tokenizer, checkpoints, exported models and metrics. Open one with
+    `start_run`."""
 
     def __init__(self, config, settings: dict):
         self.config = config
@@ -127,6 +131,10 @@ class RunFolder:
     @property
     def metrics_file(self) -> Path:
         return self.path / "metrics.jsonl"
+
+    def training_settings(self) -> dict:
+        """The training config as config.json records it (with the precision the run really trains in)."""
+        return {**asdict(self.config), "mixed_precision": self.precision}
 
     def check(self) -> None:
         """Refuse a folder that holds another run, or a resume that changes the run's settings."""
@@ -143,15 +151,21 @@ class RunFolder:
 
     def check_resumed_settings(self) -> None:
         saved = json.loads((self.path / "config.json").read_text())
-        current = {**self.settings, "training": {**asdict(self.config), "mixed_precision": self.precision},
-                   "num_processes": PartialState().num_processes}  # fmt: skip
+        current = {
+            **self.settings,
+            "training": self.training_settings(),
+            "num_processes": PartialState().num_processes,
+        }
         changed = []
         for section, values in current.items():
             before = saved.get(section)
             if isinstance(values, dict) and isinstance(before, dict):
                 skip = RESUMABLE_SETTINGS if section == "training" else NOT_THE_RUN
-                changed += [f"{section}.{key}: {before.get(key)!r} -> {value!r}" for key, value in values.items()
-                            if key not in skip and json_value(value) != before.get(key)]  # fmt: skip
+                changed += [
+                    f"{section}.{key}: {before.get(key)!r} -> {value!r}"
+                    for key, value in values.items()
+                    if key not in skip and json_value(value) != before.get(key)
+                ]
             elif json_value(values) != before:
                 changed.append(f"{section}: {before!r} -> {values!r}")
         if changed:
@@ -242,6 +256,22 @@ class RunFolder:
             for old in checkpoints(self.path)[: -self.config.keep_checkpoints]:
                 shutil.rmtree(old)
         accelerator.wait_for_everyone()
+
+    def load_checkpoint(self, accelerator: Accelerator, checkpoint: Path) -> dict:
+        """Load the state saved in `checkpoint` into the prepared objects; its progress.json (step, best, ...)."""
+        accelerator.load_state(str(checkpoint))
+        return json.loads((checkpoint / "progress.json").read_text())
+
+    def export(
+        self, accelerator: Accelerator, model: torch.nn.Module, name: str, tokenizer: PreTrainedTokenizerBase | None
+    ) -> None:
+        """`save_pretrained` of the model (unwrapped) and of the tokenizer into the run's `name/` (final, best)."""
+        accelerator.wait_for_everyone()
+        folder = self.path / name
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(folder, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+        if tokenizer is not None and accelerator.is_main_process:
+            tokenizer.save_pretrained(folder)
 
     def record(self, step: int, values: dict) -> None:
         with self.metrics_file.open("a") as handle:

@@ -16,16 +16,22 @@ is the same. What it does:
 - the final and the best model (by the chosen validation metric) exported with `save_pretrained` and the tokenizer;
 - a progress bar on the main process, metrics to tensorboard and to `metrics.jsonl`, their curves in `curves.png`,
   the resolved config beside them.
+
+`train()` reads top to bottom, as accelerate's examples do; its parts: `StopConditions` (the budget as a value),
+`build_optimizer`, `resume`, `accumulation_windows` (the micro-batches of each step, resumable mid-epoch),
+`optimizer_step` (one accumulation window: loss normalisation, label smoothing, clipping), `TrainLoss` (logging and
+the non-finite guard), `Evaluation` (the metrics and the best model). The run folder (`RunFolder`) writes, verifies
+and loads the checkpoints and exports the models. Task evaluations live with their task (hf_encoders/tasks/*).
 """
 
 import argparse
-import json
+import itertools
 import logging
 import math
 import platform
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import accelerate
@@ -37,7 +43,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
-from .data import MLMCollator, build_dataloader
+from .data import ResumableCollator, build_dataloader
 from .plots import plot_training_curves
 from .run_folder import RunFolder, checkpoints
 
@@ -92,9 +98,13 @@ class TrainingConfig:
     )
 
     def __post_init__(self):
-        at_least = {"per_device_batch_size": 1, "gradient_accumulation_steps": 1, "keep_checkpoints": 1,
-                    "log_every": 1, "max_steps": 0, "warmup_steps": 0, "eval_every": 0, "save_every": 0,
-                    "num_epochs": 0, "max_minutes": 0, "weight_decay": 0, "max_grad_norm": 0}  # fmt: skip
+        at_least = {
+            **dict.fromkeys(
+                ("per_device_batch_size", "gradient_accumulation_steps", "keep_checkpoints", "log_every"), 1
+            ),
+            **dict.fromkeys(("max_steps", "warmup_steps", "eval_every", "save_every", "num_epochs", "max_minutes"), 0),
+            **dict.fromkeys(("weight_decay", "max_grad_norm"), 0),
+        }
         for name, minimum in at_least.items():
             if getattr(self, name) < minimum:
                 raise ValueError(f"{name}={getattr(self, name)!r}: it must be at least {minimum}.")
@@ -217,24 +227,6 @@ def evaluate_loss(
     return dict(zip(LOSS_METRICS, scores, strict=True))
 
 
-def evaluate_masked_lm(
-    model: PreTrainedModel,
-    dataset,
-    tokenizer: PreTrainedTokenizerBase,
-    accelerator: Accelerator,
-    batch_size: int = 16,
-    mlm_probability: float = 0.15,
-    seed: int = 1234,
-    padding_free: bool = True,
-) -> dict[str, float]:
-    """Masked-LM loss (per masked token), perplexity and masked-token accuracy, with the same masks every time;
-    `padding_free=False` for models that read padded rows (BERT, ModernBERT)."""
-    collator = MLMCollator(
-        tokenizer, mlm_probability=mlm_probability, padding_free=padding_free, seed=seed + accelerator.process_index
-    )
-    return evaluate_loss(model, dataset, collator, accelerator, batch_size)
-
-
 @dataclass
 class TrainResult:
     steps: int
@@ -246,6 +238,257 @@ class TrainResult:
     stopped_by: str
 
 
+@dataclass(frozen=True)
+class StopConditions:
+    """When the run stops: after `total_steps` optimizer steps (from max_steps, or num_epochs), or once this segment
+    of the run has trained for more than `max_minutes` (0: no time limit)."""
+
+    total_steps: int
+    max_minutes: float = 0.0
+
+    @classmethod
+    def from_config(cls, config: TrainingConfig, steps_per_epoch: int) -> "StopConditions":
+        return cls(config.max_steps or math.ceil(config.num_epochs * steps_per_epoch), config.max_minutes)
+
+    def reached(self, step: int, elapsed: float) -> str | None:
+        """Why the run stops after `step` with `elapsed` seconds of training in this segment, or None to go on."""
+        if self.max_minutes > 0 and elapsed > 60 * self.max_minutes:
+            return "max_minutes"
+        if step >= self.total_steps:
+            return "max_steps"
+        return None
+
+
+def build_accelerator(run: RunFolder) -> Accelerator:
+    return Accelerator(
+        mixed_precision=run.precision,
+        gradient_accumulation_steps=run.config.gradient_accumulation_steps,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(run.path), logging_dir=str(run.path / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+
+
+def run_settings(run: RunFolder, model: PreTrainedModel, accelerator: Accelerator) -> dict:
+    """What config.json records: the run's settings, the training's, and what it trains on."""
+    return {
+        **run.settings,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "training": run.training_settings(),
+        "num_processes": accelerator.num_processes,
+        "device": device_description(),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__,
+        },
+    }
+
+
+def build_optimizer(
+    model: torch.nn.Module, config: TrainingConfig, total_steps: int, num_processes: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW (no weight decay on norms and biases) and the learning-rate schedule over `total_steps`."""
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, config.weight_decay),
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_epsilon,
+    )
+    per_step = num_processes  # a prepared scheduler steps once per process at each optimizer step
+    decay = {"num_decay_steps": int(config.decay_fraction * total_steps) * per_step}
+    scheduler = get_scheduler(
+        SCHEDULES[config.lr_schedule],
+        optimizer,
+        num_warmup_steps=config.warmup_steps * per_step,
+        num_training_steps=total_steps * per_step,
+        scheduler_specific_kwargs=decay if config.lr_schedule == "wsd" else None,
+    )
+    return optimizer, scheduler
+
+
+def resume(run: RunFolder, accelerator: Accelerator, total_steps: int) -> dict:
+    """What earlier segments of a resumed run did (step, best value, tokens, training time), their checkpoint's
+    state loaded into the prepared objects; the metrics logged after that checkpoint are dropped."""
+    progress = {"step": 0, "best": None, "tokens_seen": 0, "seconds": 0.0}
+    if checkpoint := run.resume_from():
+        progress.update(run.load_checkpoint(accelerator, checkpoint))
+        logger.info("Resumed from %s (step %d)", checkpoint, progress["step"])
+    if run.config.resume and accelerator.is_main_process:
+        run.truncate_metrics(progress["step"])
+    if progress["step"] >= total_steps:
+        raise ValueError(
+            f"The run in {run.path} is already at step {progress['step']} of {total_steps}: give a larger "
+            "--max_steps (or --num_epochs) to train on."
+        )
+    return progress
+
+
+def accumulation_windows(
+    dataloader, collator, accelerator: Accelerator, step: int, batches_per_epoch: int, steps_per_epoch: int
+) -> Iterator[list[dict]]:
+    """The micro-batches of each optimizer step from `step` on, epoch after epoch (the rest of an epoch that does
+    not fill a window is dropped). A resumed run skips the batches its epoch has already seen."""
+    accumulation = accelerator.gradient_accumulation_steps
+    epoch = step // steps_per_epoch
+    while True:
+        dataloader.set_epoch(epoch)
+        skip = (step % steps_per_epoch) * accumulation
+        if isinstance(collator, ResumableCollator):  # noise-drawing: the same masks as an uninterrupted run
+            collator.resume_at(epoch * batches_per_epoch + skip)
+        batches = iter(accelerator.skip_first_batches(dataloader, skip) if skip else dataloader)
+        while len(window := list(itertools.islice(batches, accumulation))) == accumulation:
+            yield window
+            step += 1
+        epoch += 1
+
+
+def optimizer_step(
+    model: PreTrainedModel,
+    window: list[dict],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    accelerator: Accelerator,
+    config: TrainingConfig,
+    inputs: dict[str, float],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over the micro-batches of `window`, `inputs` passed to every forward. Returns the step's
+    loss (over all processes) and the input tokens (without padding) this process read."""
+    extra = {}
+    if config.token_level_loss:  # every labelled token of the global batch counts once
+        labelled = sum((batch["labels"] != -100).sum() for batch in window)
+        extra["num_items_in_batch"] = accelerator.reduce(labelled, reduction="sum")
+    step_loss = torch.zeros((), device=accelerator.device)
+    tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
+    for batch in window:
+        with accelerator.accumulate(model):
+            if config.label_smoothing:
+                logits = model(**batch, **inputs).logits
+                loss = smoothed_cross_entropy(
+                    logits, batch["labels"], config.label_smoothing, extra.get("num_items_in_batch")
+                )
+            else:
+                loss = model(**batch, **extra, **inputs).loss
+            step_loss += loss.detach()
+            if config.token_level_loss:  # undo the averaging of accumulate() and of DDP
+                loss = loss * config.gradient_accumulation_steps * accelerator.num_processes
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and config.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        tokens += batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
+    if not config.token_level_loss:
+        step_loss /= len(window)
+    return accelerator.reduce(step_loss, reduction="sum" if config.token_level_loss else "mean"), tokens
+
+
+class TrainLoss:
+    """The train loss averaged over the steps since it was last logged, checked to be finite when it is logged
+    (before any checkpoint or export of these weights)."""
+
+    def __init__(self, run: RunFolder, accelerator: Accelerator, bar: tqdm):
+        self.run, self.accelerator, self.bar = run, accelerator, bar
+        self.total, self.steps = torch.zeros((), device=accelerator.device), 0
+        self.last = float("nan")
+
+    def add(self, loss: torch.Tensor) -> None:
+        """The loss of the step just done (and the progress bar advanced by it)."""
+        self.total += loss
+        self.steps += 1
+        self.bar.update(1)
+
+    def log(self, step: int, learning_rate: float, inputs: dict[str, float]) -> None:
+        """Log the mean loss since the last log (tensorboard, metrics.jsonl, the bar), with the step's inputs."""
+        self.last = (self.total / self.steps).item()
+        if not math.isfinite(self.last):
+            kept = checkpoints(self.run.path)
+            raise NonFiniteLossError(
+                f"The training loss became {self.last} by step {step}; stopping. "
+                + (f"The last good checkpoint is {kept[-1]}." if kept else "No checkpoint was written.")
+            )
+        values = {"train/loss": self.last, "train/lr": learning_rate, **{f"train/{k}": v for k, v in inputs.items()}}
+        self.accelerator.log(values, step=step)
+        if self.accelerator.is_main_process:
+            self.run.record(step, values)
+        self.bar.set_postfix(loss=f"{self.last:.4f}")
+        self.total.zero_()
+        self.steps = 0
+
+
+class Evaluation:
+    """The run's evaluation, and its best model: whenever `config.best_metric` improves on the best value so far
+    (`best`, from the checkpoint in a resumed run), the model is exported to `best/`."""
+
+    def __init__(
+        self,
+        evaluate: Callable[[PreTrainedModel, Accelerator], dict[str, float]] | None,
+        run: RunFolder,
+        accelerator: Accelerator,
+        tokenizer: PreTrainedTokenizerBase | None,
+        best: float | None = None,
+    ):
+        self.evaluate, self.run, self.accelerator, self.tokenizer = evaluate, run, accelerator, tokenizer
+        self.metric, self.greater_is_better = run.config.best_metric, run.config.greater_is_better
+        self.best = best
+
+    def improves(self, value: float) -> bool:
+        return self.best is None or (value > self.best if self.greater_is_better else value < self.best)
+
+    def __call__(self, model: PreTrainedModel, step: int) -> dict[str, float]:
+        """Evaluate, log the metrics (tensorboard and metrics.jsonl), and export the model if it is the best."""
+        metrics = self.evaluate(model, self.accelerator) if self.evaluate else {}
+        self.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+        if self.metric and self.metric not in metrics:
+            raise ValueError(f"best_metric={self.metric!r} is not among the evaluation metrics {sorted(metrics)}.")
+        if self.metric and self.improves(metrics[self.metric]):
+            self.best = metrics[self.metric]
+            self.run.export(self.accelerator, model, "best", self.tokenizer)
+            logger.info(
+                "step %d: new best %s = %.4f, exported to %s", step, self.metric, self.best, self.run.path / "best"
+            )
+        if self.accelerator.is_main_process:
+            self.run.record(step, metrics)
+        return metrics
+
+
+class RunTotals:
+    """Tokens and training time of the whole run: what the earlier segments of a resumed run did (`progress`, from
+    its checkpoint) and what this segment has done since it started."""
+
+    def __init__(self, progress: dict, accelerator: Accelerator):
+        self.earlier, self.accelerator = progress, accelerator
+        self.tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)  # this process's, this segment's
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds of this segment."""
+        return time.perf_counter() - self.start
+
+    def seconds(self) -> float:
+        return self.earlier["seconds"] + self.elapsed()
+
+    def tokens_seen(self) -> int:
+        return self.earlier["tokens_seen"] + int(self.accelerator.reduce(self.tokens, reduction="sum").item())
+
+    def progress(self, best: float | None, seconds: float | None = None) -> dict:
+        """What a checkpoint's progress.json records besides its step."""
+        return {
+            "best": best,
+            "tokens_seen": self.tokens_seen(),
+            "seconds": self.seconds() if seconds is None else seconds,
+        }
+
+
+def close_logs(run: RunFolder, accelerator: Accelerator) -> None:
+    """The training curves drawn from metrics.jsonl (curves.png), the trackers (tensorboard) closed."""
+    if accelerator.is_main_process:
+        plot_training_curves(run.metrics_file, run.path / "curves.png", title=run.path.name)
+    for tracker in accelerator.trackers:  # not `end_training()`: it ends the process group that DDP still needs
+        tracker.finish()
+
+
 def train(
     model: PreTrainedModel,
     train_dataset,
@@ -253,7 +496,7 @@ def train(
     run: RunFolder,
     tokenizer: PreTrainedTokenizerBase | None = None,
     evaluate: Callable[[PreTrainedModel, Accelerator], dict[str, float]] | None = None,
-    before_step: Callable[[int], dict[str, float] | None] | None = None,
+    step_inputs: Callable[[int], dict[str, float]] | None = None,
 ) -> TrainResult:
     """Train `model` on `train_dataset` batched by `collator`, as `run.config` says, in the run folder `run`
     (`start_run(config, settings)`; its settings are written to `config.json` with the training's).
@@ -261,198 +504,60 @@ def train(
     Args:
         evaluate: called every `config.eval_every` steps and at the end with the (prepared) model and the
             accelerator; returns flat metrics such as `{"imdb/loss": ..., "imdb/accuracy": ...}`.
-        before_step: called with the number of the optimizer step about to run (0, 1, ...; resumed runs go on
-            counting) for schedules of the script's own, such as a KL weight; what it returns is logged as `train/*`.
+        step_inputs: called with the number of the optimizer step about to run (0, 1, ...; resumed runs go on
+            counting) for schedules of the script's own, such as a KL weight: what it returns is passed to the
+            model's forward in that step (`model(**batch, kl_weight=...)`) and logged as `train/*`.
     """
-    config, output_dir = run.config, run.path
+    config = run.config
     if config.best_metric and evaluate is None:
         raise ValueError(f"best_metric={config.best_metric!r} needs an evaluation, and this run has none.")
-    precision = run.precision
-    accelerator = Accelerator(
-        mixed_precision=precision,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        log_with="tensorboard",
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
+    accelerator = build_accelerator(run)
     set_seed(config.seed)  # the training's own randomness does not depend on what the data preparation drew
     if accelerator.is_main_process:
-        run.write_settings({**run.settings, "parameters": sum(p.numel() for p in model.parameters()),
-                            "training": {**asdict(config), "mixed_precision": precision},
-                            "num_processes": accelerator.num_processes, "device": device_description(),
-                            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                                         "accelerate": accelerate.__version__}})  # fmt: skip
-
-    dataloader = build_dataloader(train_dataset, collator, config.per_device_batch_size,
-                                  group_by_length=config.group_by_length, seed=config.seed)  # fmt: skip
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, config.weight_decay),
-        lr=config.learning_rate,
-        betas=(config.adam_beta1, config.adam_beta2),
-        eps=config.adam_epsilon,
+        run.write_settings(run_settings(run, model, accelerator))
+    dataloader = build_dataloader(
+        train_dataset, collator, config.per_device_batch_size, group_by_length=config.group_by_length, seed=config.seed
     )
     batches_per_epoch = math.ceil(len(dataloader) / accelerator.num_processes)
     steps_per_epoch = max(batches_per_epoch // config.gradient_accumulation_steps, 1)
-    total_steps = config.max_steps or math.ceil(config.num_epochs * steps_per_epoch)
-    processes = accelerator.num_processes  # a prepared scheduler steps once per process at each optimizer step
-    scheduler = get_scheduler(
-        SCHEDULES[config.lr_schedule],
-        optimizer,
-        num_warmup_steps=config.warmup_steps * processes,
-        num_training_steps=total_steps * processes,
-        scheduler_specific_kwargs=(
-            {"num_decay_steps": int(config.decay_fraction * total_steps) * processes}
-            if config.lr_schedule == "wsd"
-            else None
-        ),
-    )
+    stop = StopConditions.from_config(config, steps_per_epoch)
+    optimizer, scheduler = build_optimizer(model, config, stop.total_steps, accelerator.num_processes)
     model, optimizer, dataloader, scheduler = accelerator.prepare(model, optimizer, dataloader, scheduler)
     accelerator.init_trackers("tb")
-
-    # what earlier segments of a resumed run did: steps, the best value, tokens and training time
-    progress = {"step": 0, "best": None, "tokens_seen": 0, "seconds": 0.0}
-    if checkpoint := run.resume_from():
-        accelerator.load_state(str(checkpoint))
-        progress.update(json.loads((checkpoint / "progress.json").read_text()))
-        logger.info("Resumed from %s (step %d)", checkpoint, progress["step"])
-    if config.resume and accelerator.is_main_process:
-        run.truncate_metrics(progress["step"])
-    step, best = progress["step"], progress["best"]
-    if step >= total_steps:
-        raise ValueError(
-            f"The run in {output_dir} is already at step {step} of {total_steps}: give a larger --max_steps (or "
-            "--num_epochs) to train on."
-        )
-
-    def tokens_so_far() -> int:
-        return progress["tokens_seen"] + int(accelerator.reduce(tokens_seen, reduction="sum").item())
-
-    def seconds_so_far() -> float:
-        return progress["seconds"] + time.perf_counter() - start
-
-    def save_checkpoint(seconds: float | None = None):
-        run.write_checkpoint(accelerator, step, {"best": best, "tokens_seen": tokens_so_far(),
-                                                 "seconds": seconds_so_far() if seconds is None else seconds})  # fmt: skip
-
-    def export(name: str):
-        accelerator.wait_for_everyone()
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(output_dir / name, is_main_process=accelerator.is_main_process,
-                                  save_function=accelerator.save)  # fmt: skip
-        if tokenizer is not None and accelerator.is_main_process:
-            tokenizer.save_pretrained(output_dir / name)
-
-    def run_evaluation() -> dict[str, float]:
-        nonlocal best
-        metrics = evaluate(model, accelerator) if evaluate else {}
-        accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
-        if config.best_metric and config.best_metric not in metrics:
-            raise ValueError(
-                f"best_metric={config.best_metric!r} is not among the evaluation metrics {sorted(metrics)}."
-            )
-        if config.best_metric:
-            value = metrics[config.best_metric]
-            if best is None or (value > best if config.greater_is_better else value < best):
-                best = value
-                export("best")
-                logger.info("step %d: new best %s = %.4f, exported to %s", step, config.best_metric, value,
-                            output_dir / "best")  # fmt: skip
-        return metrics
-
-    def record(values: dict):
-        if accelerator.is_main_process:
-            run.record(step, values)
+    progress = resume(run, accelerator, stop.total_steps)
+    evaluation = Evaluation(evaluate, run, accelerator, tokenizer, best=progress["best"])
 
     model.train()
-    bar = tqdm(total=total_steps, initial=step, disable=not accelerator.is_local_main_process, desc="training")
-    start, stopped_by = time.perf_counter(), "max_steps"
-    tokens_seen = torch.zeros((), dtype=torch.long, device=accelerator.device)
-    window_loss = torch.zeros((), device=accelerator.device)
-    window_steps, last_loss = 0, float("nan")
-    epoch = step // steps_per_epoch
-    while step < total_steps:
-        dataloader.set_epoch(epoch)
-        skip = (step % steps_per_epoch) * config.gradient_accumulation_steps
-        if hasattr(collator, "calls"):  # noise-drawing collators: the same masks as an uninterrupted run
-            collator.calls = epoch * batches_per_epoch + skip
-        iterator = iter(accelerator.skip_first_batches(dataloader, skip) if skip else dataloader)
-        while step < total_steps:
-            window = [batch for _, batch in zip(range(config.gradient_accumulation_steps), iterator, strict=False)]
-            if len(window) < config.gradient_accumulation_steps:
-                break  # the rest of the epoch does not fill a window
-            extra = {}
-            if config.token_level_loss:  # every labelled token of the global batch counts once
-                labelled = sum((batch["labels"] != -100).sum() for batch in window)
-                extra["num_items_in_batch"] = accelerator.reduce(labelled, reduction="sum")
-            scheduled = (before_step(step) or {}) if before_step else {}
-            step_loss = torch.zeros((), device=accelerator.device)
-            for batch in window:
-                with accelerator.accumulate(model):
-                    if config.label_smoothing:
-                        loss = smoothed_cross_entropy(model(**batch).logits, batch["labels"], config.label_smoothing,
-                                                      extra.get("num_items_in_batch"))  # fmt: skip
-                    else:
-                        loss = model(**batch, **extra).loss
-                    step_loss += loss.detach()
-                    if config.token_level_loss:  # undo the averaging of accumulate() and of DDP
-                        loss = loss * config.gradient_accumulation_steps * accelerator.num_processes
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and config.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                tokens_seen += (
-                    batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
-                )
-            if not config.token_level_loss:
-                step_loss /= len(window)
-            step += 1
-            bar.update(1)
-            window_loss += accelerator.reduce(step_loss, reduction="sum" if config.token_level_loss else "mean")
-            window_steps += 1
-            at_end = step >= total_steps
-            out_of_time = config.max_minutes > 0 and time.perf_counter() - start > 60 * config.max_minutes
-            if (
-                step % config.log_every == 0
-                or at_end
-                or out_of_time
-                or (config.save_every and step % config.save_every == 0)
-            ):
-                last_loss = (window_loss / window_steps).item()
-                if not math.isfinite(last_loss):  # checked before any checkpoint or export of these weights
-                    kept = checkpoints(output_dir)
-                    raise NonFiniteLossError(
-                        f"The training loss became {last_loss} by step {step}; stopping. "
-                        + (f"The last good checkpoint is {kept[-1]}." if kept else "No checkpoint was written.")
-                    )
-                values = {"train/loss": last_loss, "train/lr": scheduler.get_last_lr()[0],
-                          **{f"train/{name}": value for name, value in scheduled.items()}}  # fmt: skip
-                accelerator.log(values, step=step)
-                record(values)
-                bar.set_postfix(loss=f"{last_loss:.4f}")
-                window_loss.zero_()
-                window_steps = 0
-            if config.eval_every and step % config.eval_every == 0 and not at_end:
-                record(run_evaluation())
-            if config.save_every and step % config.save_every == 0 and not at_end:
-                save_checkpoint()
-            if out_of_time:
-                stopped_by = "max_minutes"
-                total_steps = step
-        epoch += 1
+    step = progress["step"]
+    bar = tqdm(total=stop.total_steps, initial=step, disable=not accelerator.is_local_main_process, desc="training")
+    totals, train_loss = RunTotals(progress, accelerator), TrainLoss(run, accelerator, bar)
+    for window in accumulation_windows(dataloader, collator, accelerator, step, batches_per_epoch, steps_per_epoch):
+        inputs = step_inputs(step) if step_inputs else {}
+        loss, tokens = optimizer_step(model, window, optimizer, scheduler, accelerator, config, inputs)
+        step += 1
+        train_loss.add(loss)
+        totals.tokens += tokens
+        stopped_by = stop.reached(step, totals.elapsed())
+        save = config.save_every and step % config.save_every == 0
+        if step % config.log_every == 0 or save or stopped_by:
+            train_loss.log(step, scheduler.get_last_lr()[0], inputs)
+        if stopped_by:
+            break  # the final evaluation, checkpoint and export follow
+        if config.eval_every and step % config.eval_every == 0:
+            evaluation(model, step)
+        if save:
+            run.write_checkpoint(accelerator, step, totals.progress(evaluation.best))
     bar.close()
-    seconds = seconds_so_far()
-    metrics = run_evaluation()
-    record(metrics)
-    save_checkpoint(seconds)
-    export("final")
-    if accelerator.is_main_process:
-        plot_training_curves(run.metrics_file, output_dir / "curves.png", title=output_dir.name)
-    tokens_total = tokens_so_far()
-    for tracker in accelerator.trackers:  # not `end_training()`: it ends the process group that DDP still needs
-        tracker.finish()
-    return TrainResult(step, last_loss, metrics, seconds, tokens_total, tokens_total / max(seconds, 1e-9), stopped_by)
+
+    seconds = totals.seconds()
+    metrics = evaluation(model, step)
+    run.write_checkpoint(accelerator, step, totals.progress(evaluation.best, seconds))
+    run.export(accelerator, model, "final", tokenizer)
+    tokens_seen = totals.tokens_seen()
+    close_logs(run, accelerator)
+    return TrainResult(
+        step, train_loss.last, metrics, seconds, tokens_seen, tokens_seen / max(seconds, 1e-9), stopped_by
+    )
 
 
 __all__ = [
@@ -460,9 +565,9 @@ __all__ = [
     "TrainResult",
     "LOSS_METRICS",
     "NonFiniteLossError",
+    "StopConditions",
     "parse_config",
     "train",
     "evaluate_loss",
-    "evaluate_masked_lm",
     "smoothed_cross_entropy",
 ]

@@ -31,8 +31,10 @@ def target_language_start(tokenizer: PreTrainedTokenizerBase, target_language: s
     if tag is not None:
         return {"forced_bos_token_id": tag}
     if known := tagged_languages(tokenizer):
-        raise ValueError(f"The tokenizer has no {language_tag(target_language)!r} tag for the target language "
-                         f"{target_language!r}; it has tags for {', '.join(known)}: translate into one of those.")  # fmt: skip
+        raise ValueError(
+            f"The tokenizer has no {language_tag(target_language)!r} tag for the target language "
+            f"{target_language!r}; it has tags for {', '.join(known)}: translate into one of those."
+        )
     return {}
 
 
@@ -59,8 +61,9 @@ def translate(
     for start in tqdm(range(0, len(order), batch_size), desc="translating", disable=not show_progress, leave=False):
         chunk = order[start : start + batch_size]
         inputs = tokenizer([sources[i] for i in chunk], return_tensors="pt", padding=True).to(model.device)
-        output = model.generate(**inputs, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                                length_penalty=length_penalty, **forced)  # fmt: skip
+        output = model.generate(
+            **inputs, num_beams=num_beams, max_new_tokens=max_new_tokens, length_penalty=length_penalty, **forced
+        )
         for i, text in zip(chunk, tokenizer.batch_decode(output, skip_special_tokens=True), strict=True):
             hypotheses[i] = text.strip()
     model.train(was_training)

@@ -23,7 +23,16 @@ torch.set_num_threads(2)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(ROOT / "training"))  # the training scripts, importable by name
+CONFIGS = ROOT / "hf_encoders" / "configs"  # the packaged training configs
+# training/<script>.py -> the task module whose main it runs
+SCRIPT_MODULES = {
+    "pretrain_mlm": "hf_encoders.tasks.masked_lm.train",
+    "train_translation": "hf_encoders.tasks.translation.train",
+    "evaluate_translation": "hf_encoders.tasks.translation.evaluate",
+    "finetune_classification": "hf_encoders.tasks.classification.finetune",
+    "pretrain_denoising": "hf_encoders.tasks.denoising.pretrain",
+    "evaluate_anomaly": "hf_encoders.tasks.denoising.anomaly",
+}
 
 WORDS = "the a cat dog sat on mat ran in park big small red blue and with".split()
 SPECIALS = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"]
@@ -47,8 +56,9 @@ def run_without_the_package(script: str, *args, modules: Path, python: str = sys
     """Run `script` (which begins with REFUSE_HF_ENCODERS) as `python -c script ARGS`, offline, with its remote code
     kept in the folder `modules`; return the JSON object that its last line prints."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(modules)}
-    done = subprocess.run([python, "-c", script, *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [python, "-c", script, *map(str, args)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert done.returncode == 0, f"{python}:\n{done.stderr[-3000:]}"
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -135,8 +145,8 @@ def run_main(main: Callable[[list[str]], object], *flags: str) -> ScriptRun:
 
 
 def run_script(script: str, *flags: str) -> ScriptRun:
-    """`python training/<script> FLAGS`, in this process."""
-    return run_main(importlib.import_module(Path(script).stem).main, *flags)
+    """`python training/<script> FLAGS`, in this process: the main of the task module the script runs."""
+    return run_main(importlib.import_module(SCRIPT_MODULES[Path(script).stem]).main, *flags)
 
 
 @pytest.fixture(scope="session")
@@ -163,19 +173,42 @@ def translation_run(handful, tmp_path_factory) -> tuple[Path, ScriptRun]:
     """A tiny model trained by training/train_translation.py until it knows the handful by heart."""
     output = tmp_path_factory.mktemp("translation") / "run"
     done = run_script(
-        "train_translation.py", "--config", str(ROOT / "training" / "configs" / "translation_tiny.yaml"),
-        "--data", str(handful), "--output_dir", str(output), "--vocab_size", "120", "--max_steps", "150",
-        "--num_epochs", "0", "--per_device_batch_size", "8", "--eval_every", "50", "--warmup_steps", "10",
-        "--learning_rate", "5e-3",  # every seed tried (12) reaches BLEU 100 by step 100
-    )  # fmt: skip
+        "train_translation.py",
+        "--config",
+        str(CONFIGS / "translation_tiny.yaml"),
+        "--data",
+        str(handful),
+        "--output_dir",
+        str(output),
+        "--vocab_size",
+        "120",
+        "--max_steps",
+        "150",
+        "--num_epochs",
+        "0",
+        "--per_device_batch_size",
+        "8",
+        "--eval_every",
+        "50",
+        "--warmup_steps",
+        "10",
+        "--learning_rate",
+        "5e-3",  # every seed tried (12) reaches BLEU 100 by step 100
+    )
     return output, done
 
 
 @pytest.fixture(scope="session")
 def mlm_corpus(tmp_path_factory) -> Path:
     corpus = tmp_path_factory.mktemp("corpus")
-    sentences = ["the film was a great joy to watch", "a dull and tedious movie", "the actors were wonderful",
-                 "i would not watch this again", "a story about a dog and his boy", "the ending made me cry"]  # fmt: skip
+    sentences = [
+        "the film was a great joy to watch",
+        "a dull and tedious movie",
+        "the actors were wonderful",
+        "i would not watch this again",
+        "a story about a dog and his boy",
+        "the ending made me cry",
+    ]
     (corpus / "train.txt").write_text(
         "".join(f"{sentences[i % 6]} . {sentences[(i * 5) % 6]} .\n" for i in range(400))
     )
@@ -187,9 +220,30 @@ def mlm_run(mlm_corpus, tmp_path_factory) -> Path:
     """A tiny encoder pretrained by training/pretrain_mlm.py for 12 steps on `mlm_corpus`."""
     output = tmp_path_factory.mktemp("mlm") / "run"
     run_script(
-        "pretrain_mlm.py", "--config", str(ROOT / "training" / "configs" / "mlm_tiny.yaml"),
-        "--train_data", str(mlm_corpus), "--train_split", "train", "--eval_data", f"corpus={mlm_corpus}:validation",
-        "--output_dir", str(output), "--vocab_size", "200", "--block_size", "64", "--max_steps", "12",
-        "--eval_every", "6", "--save_every", "6", "--num_proc", "1", "--best_metric", "corpus/loss",
-    )  # fmt: skip
+        "pretrain_mlm.py",
+        "--config",
+        str(CONFIGS / "mlm_tiny.yaml"),
+        "--train_data",
+        str(mlm_corpus),
+        "--train_split",
+        "train",
+        "--eval_data",
+        f"corpus={mlm_corpus}:validation",
+        "--output_dir",
+        str(output),
+        "--vocab_size",
+        "200",
+        "--block_size",
+        "64",
+        "--max_steps",
+        "12",
+        "--eval_every",
+        "6",
+        "--save_every",
+        "6",
+        "--num_proc",
+        "1",
+        "--best_metric",
+        "corpus/loss",
+    )
     return output

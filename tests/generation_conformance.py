@@ -67,8 +67,13 @@ class GenerationTesterMixin:
             torch.manual_seed(42)
         beams = {"num_beams": num_beams, "early_stopping": False, "length_penalty": 2.0} if num_beams > 1 else {}
         outputs = dict(output_scores=True, output_logits=True, output_attentions=True, output_hidden_states=True)
-        settings = dict(max_new_tokens=self.max_new_tokens, min_new_tokens=self.max_new_tokens, use_cache=use_cache,
-                        do_sample=do_sample, return_dict_in_generate=return_dict)  # fmt: skip
+        settings = dict(
+            max_new_tokens=self.max_new_tokens,
+            min_new_tokens=self.max_new_tokens,
+            use_cache=use_cache,
+            do_sample=do_sample,
+            return_dict_in_generate=return_dict,
+        )
         settings.update(**(outputs if return_dict else {}), **beams, **self.logits_processor_kwargs(do_sample))
         return model.generate(**inputs, **{**settings, **kwargs})
 
@@ -159,8 +164,9 @@ class GenerationTesterMixin:
         for model_class in self.generative_model_classes:
             config, inputs = self.prepare_config_and_inputs_for_generate()
             model = self.build(model_class, config, attn_implementation="eager")
-            output = self.generate(model, inputs, do_sample=True, num_return_sequences=2, return_dict=True,
-                                   use_cache=False)  # fmt: skip
+            output = self.generate(
+                model, inputs, do_sample=True, num_return_sequences=2, return_dict=True, use_cache=False
+            )
             self.check_generate_outputs(output, model.config, num_return_sequences=2)
 
     def test_beam_search_generate_dict_outputs(self):
@@ -169,8 +175,9 @@ class GenerationTesterMixin:
                 for model_class in self.generative_model_classes:
                     config, inputs = self.prepare_config_and_inputs_for_generate()
                     model = self.build(model_class, config, attn_implementation="eager")
-                    output = self.generate(model, inputs, num_beams=2, do_sample=do_sample, return_dict=True,
-                                           use_cache=use_cache)  # fmt: skip
+                    output = self.generate(
+                        model, inputs, num_beams=2, do_sample=do_sample, return_dict=True, use_cache=use_cache
+                    )
                     assert type(output).__name__ == "GenerateBeamEncoderDecoderOutput"
                     self.check_generate_outputs(output, model.config, use_cache=use_cache, num_beams=2)
 
@@ -196,8 +203,9 @@ class GenerationTesterMixin:
                 set_model_for_less_flaky_test(model)
                 kwargs = dict(return_dict=True, eos_token_id=-1, max_new_tokens=4, min_new_tokens=4)
                 greedy = self.generate(model, inputs, **kwargs)
-                assistant = model if assistant_kind == "same" else self.build(model_class, config,
-                                                                              attn_implementation="eager")  # fmt: skip
+                assistant = (
+                    model if assistant_kind == "same" else self.build(model_class, config, attn_implementation="eager")
+                )
                 assistant.generation_config.num_assistant_tokens = 2
                 assistant.generation_config.num_assistant_tokens_schedule = "constant"
                 assisted = self.generate(model, inputs, assistant_model=assistant, **kwargs)
@@ -220,8 +228,9 @@ class GenerationTesterMixin:
             config, inputs = self.prepare_config_and_inputs_for_generate(batch_size=1)
             model = self.build(model_class, config, attn_implementation="eager")
             model.generation_config.num_assistant_tokens = 2
-            output = self.generate(model, inputs, do_sample=True, assistant_model=model, return_dict=True,
-                                   eos_token_id=-1)  # fmt: skip
+            output = self.generate(
+                model, inputs, do_sample=True, assistant_model=model, return_dict=True, eos_token_id=-1
+            )
             self.check_generate_outputs(output, model.config, use_cache=True)
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -233,8 +242,9 @@ class GenerationTesterMixin:
             config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
             with torch.no_grad():
                 output = model_class(config).eval()(**inputs, use_cache=True)
-            self.check_cache_for_generate(inputs["input_ids"].shape[0], cache_of(output),
-                                          inputs["decoder_input_ids"].shape[1], config)  # fmt: skip
+            self.check_cache_for_generate(
+                inputs["input_ids"].shape[0], cache_of(output), inputs["decoder_input_ids"].shape[1], config
+            )
 
     def test_generate_continue_from_past_key_values(self):
         """4 new tokens at once equal 3, then 1 more from the returned cache (the decoder mask covering the cached
@@ -242,15 +252,26 @@ class GenerationTesterMixin:
         for model_class in self.generative_model_classes:
             config, inputs = self.model_tester.prepare_config_and_inputs_for_common()  # decoder prompt included
             model = model_class(config).eval()
-            kwargs = dict(pad_token_id=-1, eos_token_id=-1, forced_eos_token_id=None, use_cache=True,
-                          do_sample=False, return_dict_in_generate=True, output_scores=True)  # fmt: skip
+            kwargs = dict(
+                pad_token_id=-1,
+                eos_token_id=-1,
+                forced_eos_token_id=None,
+                use_cache=True,
+                do_sample=False,
+                return_dict_in_generate=True,
+                output_scores=True,
+            )
             whole = model.generate(**inputs, max_new_tokens=4, **kwargs)
             part = model.generate(**inputs, max_new_tokens=3, **kwargs)
             prompt = part.sequences
             mask = torch.ones_like(prompt)
             mask[:, : inputs["decoder_attention_mask"].shape[1]] = inputs["decoder_attention_mask"]
-            continued = model.generate(**{**inputs, "decoder_input_ids": prompt, "decoder_attention_mask": mask},
-                                       max_new_tokens=1, **{OUTPUT_CACHE_FIELD: cache_of(part)}, **kwargs)  # fmt: skip
+            continued = model.generate(
+                **{**inputs, "decoder_input_ids": prompt, "decoder_attention_mask": mask},
+                max_new_tokens=1,
+                **{OUTPUT_CACHE_FIELD: cache_of(part)},
+                **kwargs,
+            )
             continued.scores = part.scores + continued.scores
             assert_similar_generate_outputs(whole, continued)
             self._check_caches_are_equal(cache_of(whole), cache_of(continued))
@@ -274,8 +295,9 @@ class GenerationTesterMixin:
             model = self.build(model_class, config)
             set_model_for_less_flaky_test(model)
             batches = [{name: value[rows] for name, value in inputs.items()} for rows in (slice(0, 2), slice(2, 4))]
-            kwargs = dict(use_cache=True, do_sample=False, max_new_tokens=5, return_dict_in_generate=True,
-                          output_scores=True)  # fmt: skip
+            kwargs = dict(
+                use_cache=True, do_sample=False, max_new_tokens=5, return_dict_in_generate=True, output_scores=True
+            )
             torch.compiler.reset()
             with torch.compiler.set_stance("force_eager"):
                 eager = [model.generate(**batch, **kwargs) for batch in batches]
@@ -283,8 +305,11 @@ class GenerationTesterMixin:
             assert not hasattr(model, "_compiled_call")
             compiled, graphs = [], []
             for batch in batches:
-                compiled.append(model.generate(**batch, **kwargs, cache_implementation="static",
-                                               compile_config=self.compile_config()))  # fmt: skip
+                compiled.append(
+                    model.generate(
+                        **batch, **kwargs, cache_implementation="static", compile_config=self.compile_config()
+                    )
+                )
                 graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
             assert hasattr(model, "_compiled_call") and graphs[0] > 0
             assert graphs[1] == graphs[0], "the second batch of the same shape compiled again"
@@ -323,12 +348,22 @@ class GenerationTesterMixin:
             targets = torch.tensor([[5, 6, 7, 8], [5, 6, 7, 9], [5, 6, 10, 11]])
             packed = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
             positions = torch.tensor([[0, 1, 2, 3, 3, 2, 3]])
-            allowed = torch.tensor([[1, 0, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0],
-                                    [1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 1, 0, 0], [1, 1, 0, 0, 0, 1, 0],
-                                    [1, 1, 0, 0, 0, 1, 1]], dtype=torch.bool)  # fmt: skip
+            allowed = torch.tensor(
+                [
+                    [1, 0, 0, 0, 0, 0, 0],
+                    [1, 1, 0, 0, 0, 0, 0],
+                    [1, 1, 1, 0, 0, 0, 0],
+                    [1, 1, 1, 1, 0, 0, 0],
+                    [1, 1, 1, 0, 1, 0, 0],
+                    [1, 1, 0, 0, 0, 1, 0],
+                    [1, 1, 0, 0, 0, 1, 1],
+                ],
+                dtype=torch.bool,
+            )
             mask = torch.zeros(1, 1, 7, 7).masked_fill(~allowed, torch.finfo(torch.float32).min)
             with torch.no_grad():
                 expected = model(source, decoder_input_ids=targets).logits[:, -1]
-                row = model(source[:1], decoder_input_ids=packed, decoder_attention_mask=mask,
-                            decoder_position_ids=positions).logits[0, [3, 4, 6]]  # fmt: skip
+                row = model(
+                    source[:1], decoder_input_ids=packed, decoder_attention_mask=mask, decoder_position_ids=positions
+                ).logits[0, [3, 4, 6]]
             torch.testing.assert_close(row.softmax(-1), expected.softmax(-1), atol=1e-3, rtol=1e-3)

@@ -1,6 +1,8 @@
 """The ecosystem's entry points: Auto classes, trust_remote_code without the package, pipelines."""
 
 import json
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -16,6 +18,7 @@ from transformers import (
     pipeline,
 )
 
+import hf_encoders
 from hf_encoders import (
     EncoderConfig,
     EncoderForMaskedLM,
@@ -66,8 +69,11 @@ def test_saved_folder_is_self_contained(tmp_path):
         source = (tmp_path / code).read_text()
         imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
         assert not [line for line in imports if "hf_encoders" in line and "configuration_hf_encoders" not in line]
-        assert all(line.split()[1].split(".")[0] in {"copy", "collections", "dataclasses", "typing", "torch", "transformers",
-                                                     "huggingface_hub", ""} for line in imports), imports  # fmt: skip
+        assert all(
+            line.split()[1].split(".")[0]
+            in {"copy", "collections", "dataclasses", "typing", "torch", "transformers", "huggingface_hub", ""}
+            for line in imports
+        ), imports
 
 
 # Runs in a fresh interpreter where `hf_encoders` cannot be imported (the source tree is on sys.path, so imports of
@@ -129,8 +135,10 @@ def test_trust_remote_code_classification_heads(head, tmp_path):
     ids, mask = random_batch(config)
     with torch.no_grad():
         logits = model(ids, mask).logits
-    torch.save({"inputs": {"input_ids": ids, "attention_mask": mask}, "outputs": {head: ("logits", logits)}},
-               tmp_path / "expected.pt")  # fmt: skip
+    torch.save(
+        {"inputs": {"input_ids": ids, "attention_mask": mask}, "outputs": {head: ("logits", logits)}},
+        tmp_path / "expected.pt",
+    )
     script = REMOTE_SCRIPT.split("fill = pipeline")[0] + "print(json.dumps(results))\n"
     results = run_without_the_package(
         script, tmp_path / "model", tmp_path / "expected.pt", modules=tmp_path / "modules"
@@ -160,3 +168,25 @@ def test_fill_mask_and_feature_extraction_pipelines(tmp_path, tokenizer):
     with torch.no_grad():
         direct = model(**tokenizer("the dog ran in the park", return_tensors="pt")).last_hidden_state
     torch.testing.assert_close(torch.tensor(features), direct, atol=1e-5, rtol=1e-4)
+
+
+def test_importing_the_package_registers_the_models_and_loads_the_data_libraries_only_when_used():
+    script = textwrap.dedent(
+        """
+        import json, sys
+        import hf_encoders
+        from transformers import AutoConfig
+        registered = type(AutoConfig.for_model("hf_encoder")).__name__
+        heavy = ["datasets", "evaluate", "matplotlib"]
+        before = [name for name in heavy if name in sys.modules]
+        hf_encoders.load_text_dataset, hf_encoders.score_translations
+        after = [name for name in heavy if name in sys.modules]
+        missing = [name for name in hf_encoders.__all__ if not hasattr(hf_encoders, name)]
+        print(json.dumps({"registered": registered, "before": before, "after": after, "missing": missing}))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"registered": "EncoderConfig", "before": [], "after": ["datasets", "evaluate"], "missing": []}
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        hf_encoders.not_a_name  # noqa: B018

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import ROOT, SHARED, run_script, tiny_config
 from datasets import Dataset
-from transformers import AutoModelForSeq2SeqLM
+from test_modeling_seq2seq_vae import vae
 
 from hf_encoders import (
     DenoisingCollator,
@@ -27,8 +27,8 @@ from hf_encoders import (
     sentence_embeddings,
     train_tokenizer,
 )
+from hf_encoders.cards import build_model_card
 from hf_encoders.data import word_start_table
-from hf_encoders.hub import build_model_card
 from hf_encoders.run_folder import start_run
 from hf_encoders.training import TrainingConfig, train
 
@@ -114,106 +114,6 @@ def test_denoising_settings_and_languages_are_checked(joint):
 # The variational bottleneck
 
 
-def vae(seed: int = 0, **overrides) -> Seq2SeqForConditionalGeneration:
-    settings = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_decoder_layers=2, num_attention_heads=4,
-                    intermediate_size=48, max_position_embeddings=48, latent_size=6, latent_memory_tokens=2,
-                    initializer_range=0.3)  # fmt: skip
-    torch.manual_seed(seed)
-    return Seq2SeqForConditionalGeneration(Seq2SeqConfig(**{**settings, **overrides})).eval()
-
-
-def batch(seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 40, (3, 7), generator=generator)
-    mask = torch.ones_like(ids)
-    mask[1, 5:] = mask[2, 3:] = 0
-    labels = torch.randint(5, 40, (3, 6), generator=generator)
-    labels[2, 4:] = -100
-    return ids.masked_fill(mask == 0, 0), mask, labels
-
-
-def test_kl_term_is_exact_for_a_known_posterior():
-    model = vae()
-    mean, logvar = torch.tensor([0.5, -1.0, 0.0, 2.0, 0.1, -0.3]), torch.tensor([0.0, -1.0, 1.0, -0.5, 0.2, 0.0])
-    with torch.no_grad():  # a posterior that ignores the source: mean and logvar are the bias
-        model.model.bottleneck.posterior_proj.weight.zero_()
-        model.model.bottleneck.posterior_proj.bias.copy_(torch.cat([mean, logvar]))
-    ids, mask, labels = batch()
-    out = model(input_ids=ids, attention_mask=mask, labels=labels)
-    expected_kl = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).sum()
-    torch.testing.assert_close(out.kl, expected_kl.expand(3))
-    assert torch.equal(out.latent, mean.expand(3, -1))  # evaluation decodes the posterior mean
-    cross_entropy = torch.nn.functional.cross_entropy(out.logits.reshape(-1, 40), labels.flatten())
-    torch.testing.assert_close(out.loss, cross_entropy + 3 * expected_kl / (labels != -100).sum())
-
-    model.kl_weight = 0.25
-    model.config.kl_free_bits = 1.0  # every dimension below 1 nat counts as 1 nat
-    floored = 0.5 * (mean**2 + logvar.exp() - 1 - logvar)
-    floored = floored.clamp(min=1.0).sum()
-    out = model(input_ids=ids, attention_mask=mask, labels=labels)
-    torch.testing.assert_close(out.loss, cross_entropy + 0.25 * 3 * floored / (labels != -100).sum())
-
-
-def test_reparameterization_is_differentiable_and_samples_in_training():
-    model = vae().train()
-    model.kl_weight = 0.0  # the log-variance then gets gradient only through the sample
-    ids, mask, labels = batch()
-    torch.manual_seed(1)
-    out = model(input_ids=ids, attention_mask=mask, labels=labels)
-    assert not torch.equal(out.latent, out.latent_mean)
-    out.loss.backward()
-    gradient = model.model.bottleneck.posterior_proj.weight.grad
-    assert gradient[:6].abs().sum() > 0 and gradient[6:].abs().sum() > 0  # mean rows and log-variance rows
-
-
-def test_decoding_from_a_latent_is_deterministic_and_matches_the_source():
-    model = vae()
-    ids, mask, _ = batch()
-    mean, _ = model.encode_latent(ids, mask)
-    from_source = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
-    first = model.generate(latent=mean, max_new_tokens=6, do_sample=False)
-    assert torch.equal(first, model.generate(latent=mean, max_new_tokens=6, do_sample=False))
-    assert torch.equal(first, from_source)
-    beams = model.generate(latent=mean, max_new_tokens=6, num_beams=3)
-    assert torch.equal(beams, model.generate(ids, attention_mask=mask, max_new_tokens=6, num_beams=3))
-    halfway = model.generate(latent=(mean[:1] + mean[1:2]) / 2, max_new_tokens=6)  # interpolation
-    assert halfway.shape[0] == 1
-    single = model.generate(latent=mean[1:2], max_new_tokens=6)  # one row alone decodes as in the batch
-    assert torch.equal(single[0], first[1, : single.shape[1]])
-
-
-def test_padding_free_batches_give_the_padded_loss_with_the_bottleneck():
-    model = vae()
-    sources, targets = [[5, 6, 7, 8, 2], [9, 10, 2]], [[11, 12, 13, 2], [14, 2]]
-    padded_ids = torch.tensor([sources[0], [*sources[1], 0, 0]])
-    labels = torch.tensor([targets[0], [*targets[1], -100, -100]])
-    padded = model(input_ids=padded_ids, attention_mask=(padded_ids != 0).long(), labels=labels)
-    flat = model(input_ids=torch.tensor([sources[0] + sources[1]]), position_ids=torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]]),
-                 labels=torch.tensor([targets[0] + targets[1]]), decoder_position_ids=torch.tensor([[0, 1, 2, 3, 0, 1]]))  # fmt: skip
-    torch.testing.assert_close(flat.loss, padded.loss)
-    torch.testing.assert_close(flat.kl, padded.kl)
-
-
-def test_bottleneck_round_trip_and_bad_latents(tmp_path):
-    model = vae()
-    model.save_pretrained(tmp_path)
-    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path).eval()
-    assert loaded.config.latent_size == 6 and loaded.config.latent_memory_tokens == 2
-    ids, mask, _ = batch()
-    torch.testing.assert_close(loaded.encode_latent(ids, mask)[0], model.encode_latent(ids, mask)[0])
-    with pytest.raises(ValueError, match=r"latent_size=6\), got \(3, 5\)"):
-        model.generate(latent=torch.zeros(3, 5))
-    with pytest.raises(ValueError, match="a source or a `latent`"):
-        model.generate(ids, latent=torch.zeros(3, 6))
-    plain = vae(latent_size=None)
-    with pytest.raises(ValueError, match="no variational bottleneck"):
-        plain.generate(latent=torch.zeros(3, 6))
-    with pytest.raises(ValueError, match="no variational bottleneck"):
-        plain.encode_latent(ids, mask)
-    with pytest.raises(ValueError, match="latent_size"):
-        Seq2SeqConfig(latent_size=0)
-
-
 def test_auroc_and_active_units_by_hand():
     assert auroc(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.5, 3.0, 4.0])) == pytest.approx(7.5 / 9)
     assert auroc(torch.tensor([1.0]), torch.tensor([2.0])) == 1.0
@@ -244,13 +144,26 @@ def test_pseudo_log_likelihood_masks_each_token_in_turn(tokenizer):
 @pytest.fixture(scope="module")
 def autoencoder(english, joint, tmp_path_factory):
     segments = prepare_denoising(Dataset.from_dict({"text": english[:1200]}), joint, "en", max_length=48)
-    config = Seq2SeqConfig(vocab_size=len(joint), hidden_size=64, num_hidden_layers=2, num_decoder_layers=2,
-                           num_attention_heads=4, intermediate_size=128, max_position_embeddings=64,
-                           sparse_prediction=True)  # fmt: skip
+    config = Seq2SeqConfig(
+        vocab_size=len(joint),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_decoder_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        sparse_prediction=True,
+    )
     torch.manual_seed(0)
     model = Seq2SeqForConditionalGeneration(config)
-    settings = TrainingConfig(output_dir=str(tmp_path_factory.mktemp("autoencoder")), max_steps=80,
-                              per_device_batch_size=32, learning_rate=4e-3, warmup_steps=10, log_every=40)  # fmt: skip
+    settings = TrainingConfig(
+        output_dir=str(tmp_path_factory.mktemp("autoencoder")),
+        max_steps=80,
+        per_device_batch_size=32,
+        learning_rate=4e-3,
+        warmup_steps=10,
+        log_every=40,
+    )
     train(model, segments, DenoisingCollator(joint, padding_free=True, seed=0), start_run(settings), joint)
     return model.eval()
 
@@ -288,41 +201,125 @@ def test_sentence_embeddings_retrieve_their_sentences(autoencoder, joint):
 
 def test_denoising_pretraining_then_translation_fine_tuning(handful, tmp_path):
     denoised = tmp_path / "denoised"
-    run_script("pretrain_denoising.py", "--config", str(ROOT / "training" / "configs" / "denoising_multi30k.yaml"),
-               "--texts", f"en={handful}", f"de={handful}", "--best_metric", f"{handful.name}.de/loss",
-               "--output_dir", str(denoised), "--vocab_size", "120",
-               "--hidden_size", "32", "--intermediate_size", "64", "--num_hidden_layers", "1", "--num_decoder_layers",
-               "1", "--max_steps", "6", "--num_epochs", "0", "--per_device_batch_size", "8", "--eval_every", "3",
-               "--warmup_steps", "1")  # fmt: skip
+    run_script(
+        "pretrain_denoising.py",
+        "--config",
+        str(ROOT / "hf_encoders" / "configs" / "denoising_multi30k.yaml"),
+        "--texts",
+        f"en={handful}",
+        f"de={handful}",
+        "--best_metric",
+        f"{handful.name}.de/loss",
+        "--output_dir",
+        str(denoised),
+        "--vocab_size",
+        "120",
+        "--hidden_size",
+        "32",
+        "--intermediate_size",
+        "64",
+        "--num_hidden_layers",
+        "1",
+        "--num_decoder_layers",
+        "1",
+        "--max_steps",
+        "6",
+        "--num_epochs",
+        "0",
+        "--per_device_batch_size",
+        "8",
+        "--eval_every",
+        "3",
+        "--warmup_steps",
+        "1",
+    )
     results = json.loads((denoised / "results.json").read_text())
     assert results["steps"] == 6 and results["train_segments"] == 16
     assert {f"{handful.name}.en/loss", f"{handful.name}.de/loss"} <= set(results["metrics"])
     card = build_model_card(denoised)  # the best model's validation figures, one row per source and metric
-    best = min((json.loads(line) for line in (denoised / "metrics.jsonl").read_text().splitlines()
-                if f"{handful.name}.de/loss" in line), key=lambda row: row[f"{handful.name}.de/loss"])  # fmt: skip
+    best = min(
+        (
+            json.loads(line)
+            for line in (denoised / "metrics.jsonl").read_text().splitlines()
+            if f"{handful.name}.de/loss" in line
+        ),
+        key=lambda row: row[f"{handful.name}.de/loss"],
+    )
     figures = {(result.dataset_config, result.metric_type): result.metric_value for result in card.data.eval_results}
-    assert figures == pytest.approx({(language, key): best[f"{handful.name}.{language}/{key}"]
-                                     for language in ("en", "de") for key in ("perplexity", "accuracy")}, abs=1e-4)  # fmt: skip
+    assert figures == pytest.approx(
+        {
+            (language, key): best[f"{handful.name}.{language}/{key}"]
+            for language in ("en", "de")
+            for key in ("perplexity", "accuracy")
+        },
+        abs=1e-4,
+    )
     assert card.data.pipeline_tag == "text2text-generation" and card.data.language == ["de", "en"]
     assert "text infilling (30% of the words hidden in spans of Poisson(3) lengths)" in card.text
     assert 'pipeline("text2text-generation"' in card.text and "<mask>" in card.text
     translated = tmp_path / "translated"
-    run_script("train_translation.py", "--config", str(ROOT / "training" / "configs" / "translation_tiny.yaml"),
-               "--data", str(handful), "--init_from", str(denoised / "final"), "--output_dir", str(translated),
-               "--max_steps", "3", "--num_epochs", "0", "--per_device_batch_size", "8", "--eval_every", "0",
-               "--warmup_steps", "1")  # fmt: skip
+    run_script(
+        "train_translation.py",
+        "--config",
+        str(ROOT / "hf_encoders" / "configs" / "translation_tiny.yaml"),
+        "--data",
+        str(handful),
+        "--init_from",
+        str(denoised / "final"),
+        "--output_dir",
+        str(translated),
+        "--max_steps",
+        "3",
+        "--num_epochs",
+        "0",
+        "--per_device_batch_size",
+        "8",
+        "--eval_every",
+        "0",
+        "--warmup_steps",
+        "1",
+    )
     config = json.loads((translated / "final" / "config.json").read_text())
     assert config["hidden_size"] == 32 and config["vocab_size"] == 120  # the denoised model, fine-tuned
 
 
 def test_variational_autoencoder_script_reports_latent_figures(handful, tmp_path):
     output = tmp_path / "vae"
-    run_script("pretrain_denoising.py", "--config", str(ROOT / "training" / "configs" / "vae_multi30k_en.yaml"),
-               "--texts", f"en={handful}", "--best_metric", f"{handful.name}.en/loss", "--output_dir", str(output),
-               "--vocab_size", "100", "--hidden_size", "32",
-               "--intermediate_size", "64", "--num_hidden_layers", "1", "--num_decoder_layers", "1",
-               "--latent_size", "4", "--max_steps", "4", "--kl_annealing_steps", "2", "--eval_every", "2",
-               "--per_device_batch_size", "8", "--reconstruction_examples", "4", "--max_new_tokens", "8")  # fmt: skip
+    run_script(
+        "pretrain_denoising.py",
+        "--config",
+        str(ROOT / "hf_encoders" / "configs" / "vae_multi30k_en.yaml"),
+        "--texts",
+        f"en={handful}",
+        "--best_metric",
+        f"{handful.name}.en/loss",
+        "--output_dir",
+        str(output),
+        "--vocab_size",
+        "100",
+        "--hidden_size",
+        "32",
+        "--intermediate_size",
+        "64",
+        "--num_hidden_layers",
+        "1",
+        "--num_decoder_layers",
+        "1",
+        "--latent_size",
+        "4",
+        "--max_steps",
+        "4",
+        "--kl_annealing_steps",
+        "2",
+        "--eval_every",
+        "2",
+        "--per_device_batch_size",
+        "8",
+        "--reconstruction_examples",
+        "4",
+        "--max_new_tokens",
+        "8",
+    )
     results = json.loads((output / "results.json").read_text())
     latent = {key.split("/", 1)[1] for key in results["metrics"] if key.startswith("latent/")}
     assert latent == {"kl_per_sentence", "active_units", "reconstruction_bleu", "reconstruction_chrf"}
@@ -336,23 +333,78 @@ def test_variational_autoencoder_script_reports_latent_figures(handful, tmp_path
     assert "sentence variational autoencoder: a 4-dimensional Gaussian latent" in card.text
     assert "KL weight annealed from 0 to 1 over 2 steps" in card.text
     with pytest.raises(ValueError, match="label_smoothing replaces"):
-        run_script("pretrain_denoising.py", "--config", str(ROOT / "training" / "configs" / "vae_multi30k_en.yaml"),
-                   "--texts", f"en={handful}", "--label_smoothing", "0.1", "--output_dir", str(tmp_path / "no"))  # fmt: skip
+        run_script(
+            "pretrain_denoising.py",
+            "--config",
+            str(ROOT / "hf_encoders" / "configs" / "vae_multi30k_en.yaml"),
+            "--texts",
+            f"en={handful}",
+            "--label_smoothing",
+            "0.1",
+            "--output_dir",
+            str(tmp_path / "no"),
+        )
 
 
 def test_a_latent_best_metric_works_across_two_cpu_processes(handful, tmp_path):
     """The latent figures are decoded on the main process and shared, so every process can pick the best model."""
     output = tmp_path / "vae"
-    launcher = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", "29521"]  # fmt: skip
-    flags = ["--config", str(ROOT / "training" / "configs" / "vae_multi30k_en.yaml"), "--texts", f"en={handful}",
-             "--best_metric", "latent/reconstruction_chrf", "--greater_is_better", "--output_dir", str(output),
-             "--vocab_size", "100", "--hidden_size", "32", "--intermediate_size", "64", "--num_hidden_layers", "1",
-             "--num_decoder_layers", "1", "--latent_size", "4", "--max_steps", "2", "--eval_every", "0",
-             "--per_device_batch_size", "4", "--reconstruction_examples", "4", "--max_new_tokens", "8"]  # fmt: skip
-    done = subprocess.run([*launcher, str(ROOT / "training" / "pretrain_denoising.py"), *flags], capture_output=True,
-                          text=True, timeout=300, cwd=ROOT, env={**os.environ, "ACCELERATE_USE_CPU": "1"})  # fmt: skip
+    launcher = [
+        str(Path(sys.executable).with_name("accelerate")),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29521",
+    ]
+    flags = [
+        "--config",
+        str(ROOT / "hf_encoders" / "configs" / "vae_multi30k_en.yaml"),
+        "--texts",
+        f"en={handful}",
+        "--best_metric",
+        "latent/reconstruction_chrf",
+        "--greater_is_better",
+        "--output_dir",
+        str(output),
+        "--vocab_size",
+        "100",
+        "--hidden_size",
+        "32",
+        "--intermediate_size",
+        "64",
+        "--num_hidden_layers",
+        "1",
+        "--num_decoder_layers",
+        "1",
+        "--latent_size",
+        "4",
+        "--max_steps",
+        "2",
+        "--eval_every",
+        "0",
+        "--per_device_batch_size",
+        "4",
+        "--reconstruction_examples",
+        "4",
+        "--max_new_tokens",
+        "8",
+    ]
+    done = subprocess.run(
+        [*launcher, str(ROOT / "training" / "pretrain_denoising.py"), *flags],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "ACCELERATE_USE_CPU": "1"},
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads((output / "results.json").read_text())
     assert "latent/reconstruction_chrf" in results["metrics"] and (output / "best" / "model.safetensors").is_file()
@@ -366,9 +418,19 @@ def test_anomaly_script_writes_auroc_scores_and_histograms(autoencoder, joint, t
     (tmp_path / "inside" / "test.txt").write_text("\n".join(multi30k_lines("en", "val", 30)) + "\n")
     (tmp_path / "outside").mkdir()
     (tmp_path / "outside" / "test.txt").write_text("zz qq xx vv kk 123 77\n" * 11 + "too short\n")
-    run_script("evaluate_anomaly.py", "--model", str(tmp_path / "model"), "--in_domain",
-               f"captions={tmp_path / 'inside'}:test", "--out_of_domain", f"noise={tmp_path / 'outside'}:test",
-               "--max_examples", "20", "--output_dir", str(tmp_path / "anomaly"))  # fmt: skip
+    run_script(
+        "evaluate_anomaly.py",
+        "--model",
+        str(tmp_path / "model"),
+        "--in_domain",
+        f"captions={tmp_path / 'inside'}:test",
+        "--out_of_domain",
+        f"noise={tmp_path / 'outside'}:test",
+        "--max_examples",
+        "20",
+        "--output_dir",
+        str(tmp_path / "anomaly"),
+    )
     results = json.loads((tmp_path / "anomaly" / "results.json").read_text())
     assert results["score"] == "reconstruction" and results["in_domain"]["examples"] == 20
     assert results["out_of_domain"]["noise"]["examples"] == 11  # "too short" has fewer than 5 words

@@ -14,13 +14,36 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_cpu_benchmark_runs_and_records_its_figures(tmp_path):
     output = tmp_path / "result.json"
-    tiny = ["--hidden-size", "32", "--layers", "2", "--heads", "2", "--intermediate-size", "64", "--vocab-size", "128",
-            "--batch-size", "4", "--min-length", "8", "--max-length", "16", "--steps", "2", "--rounds", "1",
-            "--warmup", "1"]  # fmt: skip
+    tiny = [
+        "--hidden-size",
+        "32",
+        "--layers",
+        "2",
+        "--heads",
+        "2",
+        "--intermediate-size",
+        "64",
+        "--vocab-size",
+        "128",
+        "--batch-size",
+        "4",
+        "--min-length",
+        "8",
+        "--max-length",
+        "16",
+        "--steps",
+        "2",
+        "--rounds",
+        "1",
+        "--warmup",
+        "1",
+    ]
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_encoder_cpu.py"), *tiny, "--output", str(output)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(output.read_text())
     assert set(result["tokens_per_second"]) == set(result["speedup_of_ours"])
@@ -34,14 +57,45 @@ def test_seq2seq_benchmark_runs_and_records_its_figures(tmp_path, compiled):
     """Also with every model's decoding steps compiled from static caches (dynamo's eager backend here: the plumbing,
     not inductor's minutes of code generation); eagerly with ours deeper in the encoder than in the decoder."""
     output = tmp_path / "result.json"
-    tiny = ["--hidden-size", "32", "--encoder-layers", "1", "--decoder-layers", "1", "--heads", "2",
-            "--intermediate-size", "64", "--vocab-size", "64", "--train-batch-size", "4", "--train-steps", "1",
-            "--generate-batch-size", "2", "--generate-batches", "1", "--new-tokens", "3", "--rounds", "1"]  # fmt: skip
+    tiny = [
+        "--hidden-size",
+        "32",
+        "--encoder-layers",
+        "1",
+        "--decoder-layers",
+        "1",
+        "--heads",
+        "2",
+        "--intermediate-size",
+        "64",
+        "--vocab-size",
+        "64",
+        "--train-batch-size",
+        "4",
+        "--train-steps",
+        "1",
+        "--generate-batch-size",
+        "2",
+        "--generate-batches",
+        "1",
+        "--new-tokens",
+        "3",
+        "--rounds",
+        "1",
+    ]
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_seq2seq_cpu.py"), *tiny, *(compiled or ["--ours-layers", "2", "1"]),
-         "--output", str(output)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_seq2seq_cpu.py"),
+            *tiny,
+            *(compiled or ["--ours-layers", "2", "1"]),
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(output.read_text())
     modes = {"train tokens/s", "generate sentences/s (beams=1)", "generate sentences/s (beams=4)"}
@@ -58,10 +112,26 @@ def test_data_benchmark_runs_and_records_its_figures(tmp_path):
     corpus.write_text("".join(f"review {i}: a film about a dog that runs and a cat that sits.\n" for i in range(300)))
     output = tmp_path / "result.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_data_cpu.py"), "--data", str(corpus), "--vocab-size", "120",
-         "--tokenizer-sample", "100", "--block-size", "64", "--num-proc", "1", "--output", str(output)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_data_cpu.py"),
+            "--data",
+            str(corpus),
+            "--vocab-size",
+            "120",
+            "--tokenizer-sample",
+            "100",
+            "--block-size",
+            "64",
+            "--num-proc",
+            "1",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(output.read_text())
     assert result["documents"] == 300 and result["tokens"] > 300 * 10
@@ -83,9 +153,16 @@ def counted_training_flops(model, **batch) -> int:
 @pytest.mark.parametrize("activation", ["gelu", "geglu"])
 def test_encoder_flops_equal_torchs_count(activation):
     torch.manual_seed(0)
-    config = EncoderConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=48, hidden_activation=activation, sparse_prediction=True,
-                           attn_implementation="eager")  # fmt: skip
+    config = EncoderConfig(
+        vocab_size=97,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        hidden_activation=activation,
+        sparse_prediction=True,
+        attn_implementation="eager",
+    )
     model = EncoderForMaskedLM(config)
     ids = torch.randint(5, 97, (1, 20))
     labels = torch.full_like(ids, -100)
@@ -96,9 +173,16 @@ def test_encoder_flops_equal_torchs_count(activation):
 
 def test_seq2seq_flops_equal_torchs_count():
     torch.manual_seed(0)
-    config = Seq2SeqConfig(vocab_size=61, hidden_size=32, num_hidden_layers=2, num_decoder_layers=3,
-                           num_attention_heads=4, intermediate_size=48, hidden_activation="geglu",
-                           attn_implementation="eager")  # fmt: skip
+    config = Seq2SeqConfig(
+        vocab_size=61,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_decoder_layers=3,
+        num_attention_heads=4,
+        intermediate_size=48,
+        hidden_activation="geglu",
+        attn_implementation="eager",
+    )
     model = Seq2SeqForConditionalGeneration(config)
     source, target = torch.randint(5, 61, (1, 9)), torch.randint(5, 61, (1, 6))
     expected = 3 * seq2seq_forward_flops([9], [6], 32, 2, 3, 48, 61, gated_mlp=True)
@@ -119,9 +203,19 @@ def test_local_attention_keys_and_device_peaks():
 def test_gpu_benchmark_dry_run_records_flops_and_mfu_fields(tmp_path):
     output = tmp_path / "gpu.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--dry-run", "--compile", "off", "--output",
-         str(output)], capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_gpu.py"),
+            "--dry-run",
+            "--compile",
+            "off",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(output.read_text())
     assert len(result["encoder"]["models"]) == 3 and len(result["seq2seq"]["models"]) == 2
@@ -129,23 +223,32 @@ def test_gpu_benchmark_dry_run_records_flops_and_mfu_fields(tmp_path):
         assert result[section]["model_flops_per_step"] > 0
         for row in result[section]["models"].values():
             assert row["tokens_per_second"] > 0 and row["mfu"] is None  # no known peak on a CPU
-    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py")], capture_output=True,
-                             text=True, timeout=300)  # fmt: skip
+    refused = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py")], capture_output=True, text=True, timeout=300
+    )
     assert refused.returncode != 0 and "--dry-run" in refused.stderr
 
 
 def test_the_encoder_compiles_without_graph_breaks():
     """Padded batches compile whole; padding-free ones compile each layer whole (their bookkeeping stays eager)."""
     torch.manual_seed(0)
-    config = EncoderConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=48, local_attention=4, global_attn_every_n_layers=2)  # fmt: skip
+    config = EncoderConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        local_attention=4,
+        global_attn_every_n_layers=2,
+    )
     model = EncoderForMaskedLM(config).eval()
     ids = torch.randint(5, 64, (2, 10))
     mask = torch.ones_like(ids)
     mask[1, 7:] = 0
     compiled = torch.compile(model, backend="eager", fullgraph=True)
-    torch.testing.assert_close(compiled(input_ids=ids, attention_mask=mask).logits,
-                               model(input_ids=ids, attention_mask=mask).logits)  # fmt: skip
+    torch.testing.assert_close(
+        compiled(input_ids=ids, attention_mask=mask).logits, model(input_ids=ids, attention_mask=mask).logits
+    )
     packed = {
         "input_ids": torch.randint(5, 64, (1, 10)),
         "position_ids": torch.tensor([[0, 1, 2, 3, 4, 5, 0, 1, 2, 3]]),

@@ -57,8 +57,9 @@ def expected_outputs(kind: str, folder, tmp_path, sources: list[str], targets: l
 
 
 def load_elsewhere(python: str, kind: str, folder, tmp_path) -> dict:
-    return run_without_the_package(LOAD_SCRIPT, folder, kind, tmp_path / "expected.pt", modules=tmp_path / "modules",
-                                   python=python)  # fmt: skip
+    return run_without_the_package(
+        LOAD_SCRIPT, folder, kind, tmp_path / "expected.pt", modules=tmp_path / "modules", python=python
+    )
 
 
 @pytest.mark.parametrize("python", INTERPRETERS, ids=VENV_NAMES)

@@ -14,8 +14,19 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from hf_encoders.cli import build_parser, main
 
-COMMANDS = ["demo", "train-tokenizer", "pretrain", "train-translation", "finetune", "evaluate-translation",
-            "pretrain-denoising", "evaluate-anomaly", "translate", "card", "push"]  # fmt: skip
+COMMANDS = [
+    "demo",
+    "train-tokenizer",
+    "pretrain",
+    "train-translation",
+    "finetune",
+    "evaluate-translation",
+    "pretrain-denoising",
+    "evaluate-anomaly",
+    "translate",
+    "card",
+    "push",
+]
 ENTRY_POINT = Path(sys.executable).parent / "hf-encoders"
 
 
@@ -50,12 +61,15 @@ def test_the_console_script_is_installed():
         (["push", "run", "org/name", "--to", "/some/folder"], 2, "unrecognized arguments: --to /some/folder"),
         (["push", "run", "org/name", "--dry"], 2, "unrecognized arguments: --dry"),
         (["--deb", "card", "run"], 2, "unrecognized arguments: --deb"),
-        (["translate", "/no/such/model", "Hallo", "--tgt-lang", "de"], 2,
-         "/no/such/model: no such model folder, and not a Hub id (ORG/NAME) either"),
+        (
+            ["translate", "/no/such/model", "Hallo", "--tgt-lang", "de"],
+            2,
+            "/no/such/model: no such model folder, and not a Hub id (ORG/NAME) either",
+        ),
         (["translate", "./model", "Hallo", "--tgt-lang", "de"], 2, "./model: no such model folder"),
         (["translate", "runs/demo/bst", "Hallo", "--tgt-lang", "de"], 2, "runs/demo/bst: no such model folder"),
     ],
-)  # fmt: skip
+)
 def test_bad_arguments_give_one_line_and_a_non_zero_status(argv, status, message, capsys):
     assert main(argv) == status
     error = capsys.readouterr().err
@@ -102,18 +116,49 @@ def test_translate_refuses_a_language_the_tokenizer_has_no_tag_for(translation_r
 def test_a_resumed_training_command_says_so_on_stderr(mlm_corpus, tmp_path):
     """The training loop's INFO lines ("Resumed from ...") reach the command's stderr; other libraries' do not."""
     run = tmp_path / "run"
-    flags = ["pretrain", "--config", "mlm_tiny", "--train_data", str(mlm_corpus), "--train_split", "train",
-             "--eval_data", f"corpus={mlm_corpus}:validation", "--output_dir", str(run), "--vocab_size", "200",
-             "--block_size", "64", "--max_steps", "2", "--eval_every", "2", "--save_every", "2", "--num_proc", "1",
-             "--best_metric", "corpus/loss"]  # fmt: skip
+    flags = [
+        "pretrain",
+        "--config",
+        "mlm_tiny",
+        "--train_data",
+        str(mlm_corpus),
+        "--train_split",
+        "train",
+        "--eval_data",
+        f"corpus={mlm_corpus}:validation",
+        "--output_dir",
+        str(run),
+        "--vocab_size",
+        "200",
+        "--block_size",
+        "64",
+        "--max_steps",
+        "2",
+        "--eval_every",
+        "2",
+        "--save_every",
+        "2",
+        "--num_proc",
+        "1",
+        "--best_metric",
+        "corpus/loss",
+    ]
     assert run_main(main, *flags).result == 0
-    done = subprocess.run([str(ENTRY_POINT), *flags, "--max_steps", "3", "--resume", "true"], capture_output=True,
-                          text=True, timeout=600, cwd=ROOT)  # fmt: skip
+    done = subprocess.run(
+        [str(ENTRY_POINT), *flags, "--max_steps", "3", "--resume", "true"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     assert f"INFO hf_encoders.training: Resumed from {run / 'checkpoint-2'} (step 2)" in done.stderr, done.stderr
     assert "INFO pretrain_mlm: done:" in done.stderr
-    others = [line for line in done.stderr.splitlines() if line.startswith("INFO ")
-              and not line.startswith(("INFO hf_encoders", "INFO pretrain_mlm"))]  # fmt: skip
+    others = [
+        line
+        for line in done.stderr.splitlines()
+        if line.startswith("INFO ") and not line.startswith(("INFO hf_encoders", "INFO pretrain_mlm"))
+    ]
     assert not others, others
 
 
@@ -123,8 +168,23 @@ def test_debug_shows_the_traceback():
 
 
 def test_train_tokenizer_on_parallel_data_and_on_a_corpus(handful, mlm_corpus, tmp_path, capsys):
-    assert main(["train-tokenizer", str(handful), str(tmp_path / "joint"), "--kind", "seq2seq", "--languages", "de",
-                 "en", "--vocab-size", "100"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train-tokenizer",
+                str(handful),
+                str(tmp_path / "joint"),
+                "--kind",
+                "seq2seq",
+                "--languages",
+                "de",
+                "en",
+                "--vocab-size",
+                "100",
+            ]
+        )
+        == 0
+    )
     joint = AutoTokenizer.from_pretrained(tmp_path / "joint")
     assert {"<2de>", "<2en>"} <= set(joint.get_vocab()) and len(joint) <= 100
     assert main(["train-tokenizer", str(mlm_corpus), str(tmp_path / "wordpiece"), "--vocab-size", "80"]) == 0
@@ -159,10 +219,29 @@ def test_the_demo_runs_end_to_end_and_its_summary_names_real_files(tmp_path):
     BLEU with beam search, card, push to a local Hub it starts and stops, reload in a fresh process, translate."""
     output = tmp_path / "demo"
     done = subprocess.run(
-        [str(ENTRY_POINT), "demo", "--output-dir", str(output), "--max_steps", "3", "--max_train_examples", "500",
-         "--vocab_size", "500", "--eval_max_examples", "8", "--test_max_examples", "8", "--max_new_tokens", "12"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )  # fmt: skip
+        [
+            str(ENTRY_POINT),
+            "demo",
+            "--output-dir",
+            str(output),
+            "--max_steps",
+            "3",
+            "--max_train_examples",
+            "500",
+            "--vocab_size",
+            "500",
+            "--eval_max_examples",
+            "8",
+            "--test_max_examples",
+            "8",
+            "--max_new_tokens",
+            "12",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     summary = json.loads((output / "demo_summary.json").read_text())
     for key in ("run_dir", "model", "card"):
@@ -180,11 +259,33 @@ def test_the_demo_can_push_to_a_folder_and_replaces_only_a_finished_demo(handful
 
     def demo(push_to: Path) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(ENTRY_POINT), "demo", "--config", "translation_tiny", "--data", str(handful), "--src", "de", "--tgt",
-             "en", "--output-dir", str(output), "--push-to", str(push_to), "--max_steps", "2", "--vocab_size", "120",
-             "--max_new_tokens", "8"],
-            capture_output=True, text=True, timeout=600, cwd=ROOT,
-        )  # fmt: skip
+            [
+                str(ENTRY_POINT),
+                "demo",
+                "--config",
+                "translation_tiny",
+                "--data",
+                str(handful),
+                "--src",
+                "de",
+                "--tgt",
+                "en",
+                "--output-dir",
+                str(output),
+                "--push-to",
+                str(push_to),
+                "--max_steps",
+                "2",
+                "--vocab_size",
+                "120",
+                "--max_new_tokens",
+                "8",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=ROOT,
+        )
 
     done = demo(folder)
     assert done.returncode == 0, done.stderr[-4000:]

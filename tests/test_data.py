@@ -74,7 +74,7 @@ def test_encoder_tokenizer_round_trip_and_special_tokens(model, tmp_path):
         tokenizer.sep_token_id,
         tokenizer.mask_token_id,
         tokenizer.unk_token_id,
-    ] == [0, 1, 2, 3, 4]  # fmt: skip  (EncoderConfig's defaults)
+    ] == [0, 1, 2, 3, 4]  # EncoderConfig's defaults
     encoded = tokenizer("A dog runs.", "The cat sits.")
     assert encoded["input_ids"][0] == 1 and encoded["input_ids"][-1] == 2
     assert encoded["input_ids"].count(2) == 2
@@ -191,8 +191,9 @@ def test_packing_keeps_every_token_once_and_documents_apart(encoder_tokenizer):
 def test_masking_rate_replacements_and_specials(encoder_tokenizer, padding_free, whole_word_mask):
     tokenizer = encoder_tokenizer
     examples = [{"input_ids": tokenizer(text)["input_ids"]} for text in CORPUS]
-    collator = MLMCollator(tokenizer, mlm_probability=0.25, padding_free=padding_free,
-                           whole_word_mask=whole_word_mask, seed=0)  # fmt: skip
+    collator = MLMCollator(
+        tokenizer, mlm_probability=0.25, padding_free=padding_free, whole_word_mask=whole_word_mask, seed=0
+    )
     original = collator.__class__(tokenizer, mlm_probability=0.25, padding_free=padding_free, seed=0)
     reference = original(examples)  # layout of the unmasked batch, to compare against
     batch = collator(examples)
@@ -248,8 +249,9 @@ def test_prepare_translation_tags_targets_and_reports_overlong(multi30k, joint_t
     small = multi30k["validation"].select(range(200))
     with caplog.at_level(logging.WARNING, logger="hf_encoders.data"):
         truncated = prepare_translation(small, joint_tokenizer, "en", "de", max_source_length=12, max_target_length=12)
-        dropped = prepare_translation(small, joint_tokenizer, "en", "de", max_source_length=12, max_target_length=12,
-                                      overlong="drop")  # fmt: skip
+        dropped = prepare_translation(
+            small, joint_tokenizer, "en", "de", max_source_length=12, max_target_length=12, overlong="drop"
+        )
     full = prepare_translation(small, joint_tokenizer, "en", "de", max_source_length=256, max_target_length=256)
     too_long = sum(len(s) > 12 or len(t) > 12 for s, t in zip(full["input_ids"], full["labels"], strict=True))
     assert too_long > 0
@@ -280,7 +282,7 @@ def test_seq2seq_collators_padded_and_padding_free_give_the_same_loss(multi30k, 
             num_attention_heads=2,
             intermediate_size=48,
             max_position_embeddings=128,
-        )  # fmt: skip
+        )
     )
     with torch.no_grad():
         torch.testing.assert_close(model(**flat).loss, model(**padded).loss, atol=1e-5, rtol=1e-5)
@@ -347,15 +349,27 @@ def save_tagged_tokenizer(folder: Path, words: list[str]) -> None:
     backend = Tokenizer(models.WordLevel({token: i for i, token in enumerate(specials + words)}, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 5)])
-    PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-                            mask_token="[MASK]", unk_token="[UNK]", eos_token="</s>",
-                            additional_special_tokens=["<2de>", "<2en>"]).save_pretrained(folder)  # fmt: skip
+    PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        unk_token="[UNK]",
+        eos_token="</s>",
+        additional_special_tokens=["<2de>", "<2en>"],
+    ).save_pretrained(folder)
 
 
 def prepare_in_a_new_process(data: Path, cache: Path, *tokenizers: Path) -> list[dict]:
     env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", PREPARE, str(data), str(cache), *map(str, tokenizers)],
-                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", PREPARE, str(data), str(cache), *map(str, tokenizers)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -377,8 +391,9 @@ def test_a_second_run_reads_its_tokenization_from_the_cache_and_another_tokenize
     cache = tmp_path / "cache"
 
     (first,) = prepare_in_a_new_process(tmp_path, cache, tmp_path / "tokenizer")
-    same, other = prepare_in_a_new_process(tmp_path, cache, tmp_path / "copy_of_the_tokenizer",
-                                           tmp_path / "other_tokenizer")  # fmt: skip
+    same, other = prepare_in_a_new_process(
+        tmp_path, cache, tmp_path / "copy_of_the_tokenizer", tmp_path / "other_tokenizer"
+    )
     assert first["written"], "the first run wrote its tokenization to the cache"
     assert same["written"] == [], "the second run read the cache instead of tokenizing again"
     assert same["fingerprints"] == first["fingerprints"] and same["cache_files"] == first["cache_files"]
@@ -536,8 +551,9 @@ def _put_in_cache_as_if_downloaded(cache: Path, repo_id: str, texts: list[str]) 
         writer.finalize()
     splits = SplitDict(dataset_name=name)
     splits.add(SplitInfo("train", num_examples=len(texts), dataset_name=name))
-    info = DatasetInfo(features=data.features, builder_name="parquet", dataset_name=name, config_name="default",
-                       splits=splits)  # fmt: skip
+    info = DatasetInfo(
+        features=data.features, builder_name="parquet", dataset_name=name, config_name="default", splits=splits
+    )
     info.write_to_directory(str(folder))
 
 

@@ -5,7 +5,6 @@ data is refused with a message naming the problem."""
 import json
 import random
 
-import finetune_classification  # training/finetune_classification.py (conftest puts training/ on sys.path)
 import pytest
 import torch
 from conftest import SPECIALS, WORDS, run_script, tiny_config
@@ -14,7 +13,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, PreTrainedTokenizerFast
 
 from hf_encoders import EncoderForMaskedLM
-from hf_encoders.hub import build_model_card
+from hf_encoders.cards import build_model_card
+from hf_encoders.tasks.classification import finetune as finetune_classification  # what the script runs
 
 ANIMALS = {"cat", "dog"}
 
@@ -27,8 +27,14 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     backend.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 1), ("[SEP]", 2)]
     )
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-                                   mask_token="[MASK]", unk_token="[UNK]")  # fmt: skip
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        unk_token="[UNK]",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +62,24 @@ def write_splits(folder, rows_by_split: dict[str, list[dict]]):
 
 
 def finetune(checkpoint, data, output, *flags):
-    return run_script("finetune_classification.py", "--model", checkpoint, "--data", str(data), "--output_dir",
-                      str(output), "--text_column", "text", "--per_device_batch_size", "8", "--eval_batch_size", "16",
-                      "--num_proc", "1", *flags)  # fmt: skip
+    return run_script(
+        "finetune_classification.py",
+        "--model",
+        checkpoint,
+        "--data",
+        str(data),
+        "--output_dir",
+        str(output),
+        "--text_column",
+        "text",
+        "--per_device_batch_size",
+        "8",
+        "--eval_batch_size",
+        "16",
+        "--num_proc",
+        "1",
+        *flags,
+    )
 
 
 def test_a_tiny_model_learns_a_separable_task_and_keeps_its_label_names(checkpoint, tmp_path):
@@ -69,8 +90,23 @@ def test_a_tiny_model_learns_a_separable_task_and_keeps_its_label_names(checkpoi
 
     data = write_splits(tmp_path / "data", {"train": rows(64, 0), "validation": rows(24, 1), "test": rows(24, 2)})
     output = tmp_path / "run"
-    finetune(checkpoint, data, output, "--max_steps", "60", "--num_epochs", "0", "--learning_rate", "3e-3",
-             "--eval_every", "20", "--best_metric", "validation/accuracy", "--greater_is_better", "true")  # fmt: skip
+    finetune(
+        checkpoint,
+        data,
+        output,
+        "--max_steps",
+        "60",
+        "--num_epochs",
+        "0",
+        "--learning_rate",
+        "3e-3",
+        "--eval_every",
+        "20",
+        "--best_metric",
+        "validation/accuracy",
+        "--greater_is_better",
+        "true",
+    )
     results = json.loads((output / "results.json").read_text())
     assert results["labels"] == ["cat", "dog"] and results["test"]["accuracy"] == 1.0
     assert {"f1", "matthews_correlation"} <= set(results["test"]) and results["train"]["metrics"][
@@ -91,11 +127,26 @@ def test_a_tiny_model_learns_a_separable_task_and_keeps_its_label_names(checkpoi
 
 
 def test_multi_label_and_regression_train_through_the_same_script(checkpoint, tmp_path):
-    multi = [{"text": " ".join(words), "label": sorted(ANIMALS & set(words)) + (["red"] if "red" in words else [])}
-             for words in sentences(24, 3)]  # fmt: skip
+    multi = [
+        {"text": " ".join(words), "label": sorted(ANIMALS & set(words)) + (["red"] if "red" in words else [])}
+        for words in sentences(24, 3)
+    ]
     data = write_splits(tmp_path / "multi", {"train": multi, "validation": multi[:8], "test": multi[:8]})
-    finetune(checkpoint, data, tmp_path / "multi_run", "--task", "multi_label", "--max_steps", "3", "--num_epochs",
-             "0", "--label_names", "cat", "dog", "red")  # fmt: skip
+    finetune(
+        checkpoint,
+        data,
+        tmp_path / "multi_run",
+        "--task",
+        "multi_label",
+        "--max_steps",
+        "3",
+        "--num_epochs",
+        "0",
+        "--label_names",
+        "cat",
+        "dog",
+        "red",
+    )
     results = json.loads((tmp_path / "multi_run" / "results.json").read_text())
     assert {"exact_match", "f1_micro", "f1_macro"} <= set(results["test"]) and results["labels"] == [
         "cat",
@@ -110,8 +161,19 @@ def test_multi_label_and_regression_train_through_the_same_script(checkpoint, tm
         for words in sentences(24, 4)
     ]  # text pairs, as in STS-B
     data = write_splits(tmp_path / "scores", {"train": scored, "validation": scored[:8], "test": scored[:8]})
-    finetune(checkpoint, data, tmp_path / "regression_run", "--task", "regression", "--max_steps", "3",
-             "--num_epochs", "0", "--text_pair_column", "other")  # fmt: skip
+    finetune(
+        checkpoint,
+        data,
+        tmp_path / "regression_run",
+        "--task",
+        "regression",
+        "--max_steps",
+        "3",
+        "--num_epochs",
+        "0",
+        "--text_pair_column",
+        "other",
+    )
     results = json.loads((tmp_path / "regression_run" / "results.json").read_text())
     assert {"pearson", "spearman", "mse"} <= set(results["test"]) and torch.isfinite(
         torch.tensor(results["train"]["train_loss"])
@@ -124,14 +186,21 @@ def test_token_labels_sit_on_the_first_sub_token_of_each_word():
     tokenizer = make_tokenizer()
     data = finetune_classification.DataArguments(text_column="tokens", label_column="tags", max_length=16)
     rows = {"tokens": [["the", "cats", "sat"]], "tags": [["O", "ANIMAL", "O"]]}
-    encoded = finetune_classification.tokenize("train", Dataset.from_dict(rows), tokenizer, data, "token",
-                                               {"O": 0, "ANIMAL": 1})  # fmt: skip
+    encoded = finetune_classification.tokenize(
+        "train", Dataset.from_dict(rows), tokenizer, data, "token", {"O": 0, "ANIMAL": 1}
+    )
     assert tokenizer.convert_ids_to_tokens(encoded[0]["input_ids"]) == ["[CLS]", "the", "cat", "##s", "sat", "[SEP]"]
     assert encoded[0]["labels"] == [-100, 0, 1, -100, 0, -100]
 
     pairs = finetune_classification.DataArguments(text_column="a", text_pair_column="b", max_length=16)
-    encoded = finetune_classification.tokenize("train", Dataset.from_dict({"a": ["the cat"], "b": ["a dog"], "label": [1.5]}),
-                                               tokenizer, pairs, "regression", {"score": 0})  # fmt: skip
+    encoded = finetune_classification.tokenize(
+        "train",
+        Dataset.from_dict({"a": ["the cat"], "b": ["a dog"], "label": [1.5]}),
+        tokenizer,
+        pairs,
+        "regression",
+        {"score": 0},
+    )
     assert tokenizer.convert_ids_to_tokens(encoded[0]["input_ids"]) == [
         "[CLS]",
         "the",
@@ -146,13 +215,30 @@ def test_token_labels_sit_on_the_first_sub_token_of_each_word():
 
 def test_a_tagger_learns_to_find_the_animals(checkpoint, tmp_path):
     def rows(count, seed):
-        return [{"tokens": words, "tags": ["ANIMAL" if word in ANIMALS else "O" for word in words]}
-                for words in sentences(count, seed)]  # fmt: skip
+        return [
+            {"tokens": words, "tags": ["ANIMAL" if word in ANIMALS else "O" for word in words]}
+            for words in sentences(count, seed)
+        ]
 
     data = write_splits(tmp_path / "tags", {"train": rows(48, 5), "validation": rows(16, 6), "test": rows(16, 7)})
     output = tmp_path / "tagger"
-    finetune(checkpoint, data, output, "--task", "token", "--text_column", "tokens", "--label_column", "tags",
-             "--max_steps", "40", "--num_epochs", "0", "--learning_rate", "3e-3")  # fmt: skip
+    finetune(
+        checkpoint,
+        data,
+        output,
+        "--task",
+        "token",
+        "--text_column",
+        "tokens",
+        "--label_column",
+        "tags",
+        "--max_steps",
+        "40",
+        "--num_epochs",
+        "0",
+        "--learning_rate",
+        "3e-3",
+    )
     results = json.loads((output / "results.json").read_text())
     assert results["test"]["accuracy"] == 1.0 and results["labels"] == ["ANIMAL", "O"]
     model = AutoModelForTokenClassification.from_pretrained(output / "final")
@@ -162,36 +248,91 @@ def test_a_tagger_learns_to_find_the_animals(checkpoint, tmp_path):
 @pytest.mark.parametrize(
     "rows, flags, message",
     [
-        ({"train": [{"text": "a cat", "label": 5}] * 4}, ["--label_names", "no", "yes"],
-         "split 'train', row 0: label 5 is outside num_labels=2 (ids 0..1)"),
+        (
+            {"train": [{"text": "a cat", "label": 5}] * 4},
+            ["--label_names", "no", "yes"],
+            "split 'train', row 0: label 5 is outside num_labels=2 (ids 0..1)",
+        ),
         ({"train": [{"sentence": "a cat", "label": 1}] * 4}, [], "has no 'text' column; it has ['sentence', 'label']"),
-        ({"train": [{"text": "a cat", "label": "cat"}] * 4}, ["--label_names", "dog"],
-         "label 'cat' is not one of the label names ['dog']"),
-        ({"train": [{"text": "a cat", "label": 1}] * 4, "validation": [{"text": "a dog", "label": 0}]},
-         ["--max_train_examples", "0", "--train_split", "validation", "--validation_split", "train",
-          "--test_split", "nope"], "has no split 'nope'"),
+        (
+            {"train": [{"text": "a cat", "label": "cat"}] * 4},
+            ["--label_names", "dog"],
+            "label 'cat' is not one of the label names ['dog']",
+        ),
+        (
+            {"train": [{"text": "a cat", "label": 1}] * 4, "validation": [{"text": "a dog", "label": 0}]},
+            [
+                "--max_train_examples",
+                "0",
+                "--train_split",
+                "validation",
+                "--validation_split",
+                "train",
+                "--test_split",
+                "nope",
+            ],
+            "has no split 'nope'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_data_is_refused_with_a_clear_message(checkpoint, tmp_path, rows, flags, message):
     data = write_splits(tmp_path / "data", rows)
     with pytest.raises(ValueError) as error:
-        finetune_classification.main(["--model", checkpoint, "--data", str(data), "--text_column", "text",
-                                       "--output_dir", str(tmp_path / "run"), "--test_split", "", *flags])  # fmt: skip
+        finetune_classification.main(
+            [
+                "--model",
+                checkpoint,
+                "--data",
+                str(data),
+                "--text_column",
+                "text",
+                "--output_dir",
+                str(tmp_path / "run"),
+                "--test_split",
+                "",
+                *flags,
+            ]
+        )
     assert message in str(error.value)
 
 
 def test_an_empty_training_split_is_refused(checkpoint, tmp_path):
-    blank = write_splits(tmp_path / "blank", {"train": [{"text": " ", "label": 1}] * 4,
-                                              "validation": [{"text": "a dog", "label": 0}]})  # fmt: skip
+    blank = write_splits(
+        tmp_path / "blank", {"train": [{"text": " ", "label": 1}] * 4, "validation": [{"text": "a dog", "label": 0}]}
+    )
     with pytest.raises(
         ValueError, match=r"blank: split 'train' holds no text \(all its 4 rows have an empty 'text'\)"
     ):
-        finetune_classification.main(["--model", checkpoint, "--data", str(blank), "--text_column", "text",
-                                       "--output_dir", str(tmp_path / "run"), "--test_split", ""])  # fmt: skip
+        finetune_classification.main(
+            [
+                "--model",
+                checkpoint,
+                "--data",
+                str(blank),
+                "--text_column",
+                "text",
+                "--output_dir",
+                str(tmp_path / "run"),
+                "--test_split",
+                "",
+            ]
+        )
     empty = write_splits(tmp_path / "empty", {"train": [], "validation": [{"text": "a dog", "label": 0}]})
     with pytest.raises(ValueError, match=r"train.jsonl is empty: its split would hold no examples"):
-        finetune_classification.main(["--model", checkpoint, "--data", str(empty), "--text_column", "text",
-                                       "--output_dir", str(tmp_path / "run"), "--test_split", ""])  # fmt: skip
+        finetune_classification.main(
+            [
+                "--model",
+                checkpoint,
+                "--data",
+                str(empty),
+                "--text_column",
+                "text",
+                "--output_dir",
+                str(tmp_path / "run"),
+                "--test_split",
+                "",
+            ]
+        )
 
 
 @pytest.mark.parametrize("task", finetune_classification.TASKS)

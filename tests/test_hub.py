@@ -17,8 +17,9 @@ from huggingface_hub import ModelCard, constants
 from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM
 
 import hf_encoders.cli
-from hf_encoders.hub import build_model_card, push_to_hub
-from hf_encoders.hub_server import LocalHub
+from hf_encoders.cards import build_model_card
+from hf_encoders.hub import push_to_hub
+from hf_encoders.testing.local_hub import LocalHub
 
 ENCODER_IDS = [[1, 7, 9, 12, 2]]
 DECODER_IDS = [[1, 5, 6]]
@@ -52,8 +53,13 @@ def hub(monkeypatch, tmp_path):
     with LocalHub() as server:
         monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
         monkeypatch.setenv("HF_TOKEN", "local")
-        server.env = {**os.environ, "HF_ENDPOINT": server.endpoint, "HF_HUB_CACHE": str(tmp_path / "cache"),
-                      "HF_TOKEN": "local", "HF_HUB_DISABLE_TELEMETRY": "1"}  # fmt: skip
+        server.env = {
+            **os.environ,
+            "HF_ENDPOINT": server.endpoint,
+            "HF_HUB_CACHE": str(tmp_path / "cache"),
+            "HF_TOKEN": "local",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+        }
         server.env.pop("HF_HUB_OFFLINE", None)
         yield server
 
@@ -79,9 +85,18 @@ def test_the_translation_card_is_written_from_the_run(translation_run, tmp_path)
     assert card.data.language == ["de", "en"] and card.data.pipeline_tag == "translation"
     text = card.text
     settings = json.loads((run / "config.json").read_text())
-    phrases = ["**Handful** (local folder", "License and terms: as Multi30k's.", "the first Multi30k training pairs.",
-               "| hidden size | 64 |", settings["device"], "| steps | 150 (stopped by max_steps) |", "![Training loss",
-               'from_pretrained("org/translator")', 'tgt_lang="en"', "nrefs:1\\|case:mixed"]  # fmt: skip
+    phrases = [
+        "**Handful** (local folder",
+        "License and terms: as Multi30k's.",
+        "the first Multi30k training pairs.",
+        "| hidden size | 64 |",
+        settings["device"],
+        "| steps | 150 (stopped by max_steps) |",
+        "![Training loss",
+        'from_pretrained("org/translator")',
+        'tgt_lang="en"',
+        "nrefs:1\\|case:mixed",
+    ]
     for phrase in phrases:
         assert phrase in text, phrase
     assert "Picked by length" not in text  # the source is its first sentence
@@ -92,8 +107,9 @@ def test_the_encoder_card_reports_perplexity_and_accuracy(mlm_run):
     rows = [json.loads(line) for line in (mlm_run / "metrics.jsonl").read_text().splitlines()]
     metrics = min((row for row in rows if "corpus/loss" in row), key=lambda row: row["corpus/loss"])  # best/'s
     values = {result.metric_type: result.metric_value for result in card.data.eval_results}
-    assert values == pytest.approx({"perplexity": metrics["corpus/perplexity"], "accuracy": metrics["corpus/accuracy"]},
-                                   abs=1e-4)  # fmt: skip
+    assert values == pytest.approx(
+        {"perplexity": metrics["corpus/perplexity"], "accuracy": metrics["corpus/accuracy"]}, abs=1e-4
+    )
     assert {result.task_type for result in card.data.eval_results} == {"fill-mask"}
     assert card.data.pipeline_tag == "fill-mask" and "AutoModelForMaskedLM.from_pretrained" in card.text
     assert card.data.language == ["en"] and card.data.license == "apache-2.0"
@@ -111,12 +127,28 @@ def test_pushed_runs_load_without_the_package_and_give_the_same_logits(mlm_run, 
     translator = hub.repositories["org/translator"]
     assert translator.private and len(translator.history()) == 1
     files = translator.resolve("main").files
-    assert set(files) == set(pushed.files) == {
-        "README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-        "tokenizer_config.json", "configuration_hf_encoders.py", "modeling_encoder.py", "modeling_seq2seq.py",
-        "pipeline_seq2seq.py", "eval_results.json", "training_config.json", "training_metrics.jsonl", "curves.png",
-        "hypotheses.test.de-en.en", "scores.test.de-en.json",
-    }  # fmt: skip
+    assert (
+        set(files)
+        == set(pushed.files)
+        == {
+            "README.md",
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "configuration_hf_encoders.py",
+            "modeling_encoder.py",
+            "modeling_seq2seq.py",
+            "pipeline_seq2seq.py",
+            "eval_results.json",
+            "training_config.json",
+            "training_metrics.jsonl",
+            "curves.png",
+            "hypotheses.test.de-en.en",
+            "scores.test.de-en.json",
+        }
+    )
     assert "auto_map" in json.loads(files["config.json"]) and files["curves.png"].startswith(b"\x89PNG")
     assert not any(
         path.endswith((".bin", ".pt", ".pkl")) for path in hub.repositories["org/encoder"].history()[0].files
@@ -130,8 +162,9 @@ def test_pushed_runs_load_without_the_package_and_give_the_same_logits(mlm_run, 
         encoder = AutoModelForMaskedLM.from_pretrained(mlm_run / "best").eval()
         translator = AutoModelForSeq2SeqLM.from_pretrained(translation_run[0] / "best").eval()
         expected_encoder = encoder(input_ids=torch.tensor(ENCODER_IDS)).logits.flatten()
-        expected_translator = translator(input_ids=torch.tensor(ENCODER_IDS),
-                                         decoder_input_ids=torch.tensor(DECODER_IDS)).logits.flatten()  # fmt: skip
+        expected_translator = translator(
+            input_ids=torch.tensor(ENCODER_IDS), decoder_input_ids=torch.tensor(DECODER_IDS)
+        ).logits.flatten()
     torch.testing.assert_close(torch.tensor(loaded["encoder"]), expected_encoder, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.tensor(loaded["translator"]), expected_translator, atol=1e-5, rtol=1e-5)
 
@@ -152,9 +185,11 @@ def break_run(run, how: str) -> None:
         (model / "tokenizer.json").unlink()
         (model / "tokenizer_config.json").unlink()
     elif how == "bad card":
-        (run / "README.md").write_text("---\nmodel-index:\n- name: m\n  results:\n  - task: {type: fill-mask}\n"
-                                       "    dataset: {type: c, name: c}\n    metrics: [{type: accuracy, value: good}]\n"
-                                       "---\n# m\n")  # fmt: skip
+        (run / "README.md").write_text(
+            "---\nmodel-index:\n- name: m\n  results:\n  - task: {type: fill-mask}\n"
+            "    dataset: {type: c, name: c}\n    metrics: [{type: accuracy, value: good}]\n"
+            "---\n# m\n"
+        )
 
 
 @pytest.mark.parametrize(
@@ -207,17 +242,26 @@ def test_an_interrupted_push_leaves_no_commit_and_is_retried_to_a_clean_result(m
     assert hub.repositories["org/encoder"].resolve("v1").oid in branch.commit_url
 
 
-def test_the_wheel_carries_the_card_templates_and_the_training_scripts(tmp_path):
-    """Installed from a wheel, the package still writes cards and runs the scripts: both are links in the source
-    tree (model_cards/templates, training/) whose files the wheel must hold."""
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                           str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)  # fmt: skip
+def test_the_wheel_carries_every_file_of_the_package(tmp_path):
+    """Installed from a wheel, the package still writes cards, finds its configs and runs its tasks: every file of
+    the source package (modules, configs, card templates, metric scripts) is in the wheel."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), ROOT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (wheel,) = tmp_path.glob("hf_encoders-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"hf_encoders/card_templates/translation.md", "hf_encoders/card_templates/encoder.md"} <= names
-    assert {"hf_encoders/recipes/train_translation.py", "hf_encoders/recipes/configs/translation_demo.yaml",
-            "hf_encoders/metrics/classification/classification.py"} <= names  # fmt: skip
+    package = ROOT / "hf_encoders"
+    sources = {
+        path.relative_to(ROOT).as_posix()
+        for path in package.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    }
+    assert {"hf_encoders/tasks/translation/card.md", "hf_encoders/configs/translation_demo.yaml"} <= sources
+    assert sources <= names, sorted(sources - names)
     assert (
         "hf-encoders = hf_encoders.cli:main"
         in zipfile.ZipFile(wheel).read(next(name for name in names if name.endswith("entry_points.txt"))).decode()

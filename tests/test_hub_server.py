@@ -14,7 +14,7 @@ from conftest import REFUSE_HF_ENCODERS, tiny_config
 
 from hf_encoders import EncoderForMaskedLM
 from hf_encoders.hub import card_metadata_errors
-from hf_encoders.hub_server import LocalHub
+from hf_encoders.testing.local_hub import LocalHub
 
 CLIENT = textwrap.dedent(
     """
@@ -62,11 +62,21 @@ def test_huggingface_hub_and_transformers_work_against_the_local_hub(tmp_path):
         expected = model(input_ids=torch.tensor([[1, 7, 9, 12, 2]])).logits.flatten()
     with LocalHub() as hub:
         hub.fail("commit", status=503)
-        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_CACHE": str(tmp_path / "cache"),
-               "HF_HUB_DISABLE_TELEMETRY": "1", "HF_TOKEN": "local"}  # fmt: skip
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": hub.endpoint,
+            "HF_HUB_CACHE": str(tmp_path / "cache"),
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_TOKEN": "local",
+        }
         env.pop("HF_HUB_OFFLINE", None)
-        done = subprocess.run([sys.executable, "-c", CLIENT, str(tmp_path / "model")], capture_output=True,
-                              text=True, env=env, timeout=300)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", CLIENT, str(tmp_path / "model")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-4000:]
         out = json.loads(done.stdout.strip().splitlines()[-1])
         # the first commit request failed without effect and huggingface_hub sent it again (then the pull request)
@@ -91,14 +101,19 @@ def test_huggingface_hub_and_transformers_work_against_the_local_hub(tmp_path):
         ("---\nlicense: apache-2.0\n---\n", None),
         ("---\nlicense: [unclosed\n---\n", "not valid YAML"),
         ("---\n- a list\n---\n", "must be a YAML mapping"),
-        ("---\nmodel-index:\n- name: m\n  results:\n  - task: {type: translation}\n"
-         "    dataset: {type: multi30k, name: Multi30k}\n    metrics: [{type: bleu, value: 38.5}]\n---\n", None),
-        ("---\nmodel-index:\n- name: m\n  results:\n  - task: {type: translation}\n"
-         "    dataset: {type: multi30k, name: Multi30k}\n    metrics: [{type: bleu, value: high}]\n---\n",
-         "non-numeric value 'high'"),
+        (
+            "---\nmodel-index:\n- name: m\n  results:\n  - task: {type: translation}\n"
+            "    dataset: {type: multi30k, name: Multi30k}\n    metrics: [{type: bleu, value: 38.5}]\n---\n",
+            None,
+        ),
+        (
+            "---\nmodel-index:\n- name: m\n  results:\n  - task: {type: translation}\n"
+            "    dataset: {type: multi30k, name: Multi30k}\n    metrics: [{type: bleu, value: high}]\n---\n",
+            "non-numeric value 'high'",
+        ),
         ("---\nmodel-index:\n- name: m\n  results:\n  - metrics: [{type: bleu, value: 1}]\n---\n", "malformed"),
     ],
-)  # fmt: skip
+)
 def test_card_metadata_checks(content, error):
     errors = card_metadata_errors(content)
     assert (not errors) if error is None else any(error in message for message in errors), errors

@@ -47,8 +47,13 @@ SCRIPT = textwrap.dedent(
 
 def test_metric_modules_load_offline_and_agree_with_sacrebleu():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(SHARED / "multi30k" / "test_2016_flickr.de.gz")],
-                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(SHARED / "multi30k" / "test_2016_flickr.de.gz")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["bleu"]["score"] == pytest.approx(out["direct_bleu"]) and 20 < out["bleu"]["score"] < 100

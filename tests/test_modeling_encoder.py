@@ -64,8 +64,13 @@ def test_config_rejects_inconsistent_values(overrides, message):
 
 def test_config_layer_types_alternate_and_round_trip(tmp_path):
     config = tiny_config(num_hidden_layers=5, local_attention=8, global_attn_every_n_layers=3)
-    assert config.layer_types == ["full_attention", "sliding_attention", "sliding_attention", "full_attention",
-                                  "sliding_attention"]  # fmt: skip
+    assert config.layer_types == [
+        "full_attention",
+        "sliding_attention",
+        "sliding_attention",
+        "full_attention",
+        "sliding_attention",
+    ]
     assert config.sliding_window == 4
     assert EncoderConfig(num_hidden_layers=2).layer_types == ["full_attention"] * 2
     config.save_pretrained(tmp_path)

@@ -23,6 +23,7 @@ from hf_encoders import (
     Seq2SeqForConditionalGeneration,
     Seq2SeqModel,
     TranslationPipeline,
+    seq2seq_from_encoder,
 )
 from hf_encoders.modeling_seq2seq import OUTPUT_CACHE_FIELD, DecoderCrossAttention, DecoderSelfAttention
 
@@ -129,8 +130,9 @@ def test_static_cache_decoding_steps_compile_without_graph_breaks():
     compile_config._compile_all_devices = True  # generate compiles on CUDA (and a few others) by default only
     ids, mask = source_batch()
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    compiled = model.generate(ids, attention_mask=mask, max_new_tokens=8, cache_implementation="static",
-                              compile_config=compile_config)  # fmt: skip
+    compiled = model.generate(
+        ids, attention_mask=mask, max_new_tokens=8, cache_implementation="static", compile_config=compile_config
+    )
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs, "nothing was compiled"
     assert torch.equal(compiled, model.generate(ids, attention_mask=mask, max_new_tokens=8))
 
@@ -146,8 +148,13 @@ def test_step_by_step_logits_equal_teacher_forced_logits(name):
         encoder_outputs = model.get_encoder()(ids, mask)
         cache, steps = None, []
         for t in range(target.shape[1]):
-            out = model(attention_mask=mask, encoder_outputs=encoder_outputs, decoder_input_ids=target[:, t : t + 1],
-                        use_cache=True, **{name: cache})  # fmt: skip
+            out = model(
+                attention_mask=mask,
+                encoder_outputs=encoder_outputs,
+                decoder_input_ids=target[:, t : t + 1],
+                use_cache=True,
+                **{name: cache},
+            )
             cache = getattr(out, OUTPUT_CACHE_FIELD)
             steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
@@ -164,8 +171,15 @@ def test_generated_logits_equal_teacher_forced_logits(cache):
     the generated tokens computes: a step decoded without its history fails this."""
     model = build()
     ids, mask = source_batch()
-    out = model.generate(ids, attention_mask=mask, max_new_tokens=10, min_new_tokens=10, output_logits=True,
-                         return_dict_in_generate=True, **cache)  # fmt: skip
+    out = model.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=10,
+        min_new_tokens=10,
+        output_logits=True,
+        return_dict_in_generate=True,
+        **cache,
+    )
     with torch.no_grad():
         forced = model(ids, mask, decoder_input_ids=out.sequences[:, :-1], use_cache=False).logits
     torch.testing.assert_close(torch.stack(out.logits, dim=1), forced, atol=1e-5, rtol=1e-4)
@@ -211,9 +225,15 @@ def test_generation_continues_from_a_returned_cache():
     assert torch.equal(first.sequences, whole[:, :5])
     cache = getattr(first, OUTPUT_CACHE_FIELD)
     assert cache.get_seq_length() == 4  # the newest token is not decoded yet
-    continued = model.generate(ids, attention_mask=mask, decoder_input_ids=first.sequences,
-                               decoder_attention_mask=torch.ones_like(first.sequences), max_new_tokens=6,
-                               min_new_tokens=6, **{OUTPUT_CACHE_FIELD: cache})  # fmt: skip
+    continued = model.generate(
+        ids,
+        attention_mask=mask,
+        decoder_input_ids=first.sequences,
+        decoder_attention_mask=torch.ones_like(first.sequences),
+        max_new_tokens=6,
+        min_new_tokens=6,
+        **{OUTPUT_CACHE_FIELD: cache},
+    )
     assert torch.equal(continued, whole)
     cached = cache.get_seq_length()  # the second generate decoded into the same cache
     with pytest.raises(ValueError, match=rf"and {cached} cached tokens: \(batch_size, {cached} \+ 1\)"):
@@ -260,8 +280,15 @@ def test_generation_controls():
     for row in no_repeat.tolist():
         bigrams = list(zip(row[1:], row[2:], strict=False))
         assert len(bigrams) == len(set(bigrams))
-    beams = model.generate(ids, attention_mask=mask, max_new_tokens=6, num_beams=4, num_return_sequences=4,
-                           output_scores=True, return_dict_in_generate=True)  # fmt: skip
+    beams = model.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=6,
+        num_beams=4,
+        num_return_sequences=4,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
     assert beams.sequences.shape[0] == 12
     assert (beams.sequences_scores.view(3, 4).diff(dim=1) <= 1e-6).all()  # best beam first
 
@@ -294,8 +321,10 @@ def test_sparse_prediction_loss_equals_dense_loss():
     torch.testing.assert_close(sparse_out.loss, dense_out.loss)
     assert sparse_out.logits.shape == (int((labels != -100).sum()), 40)
     torch.testing.assert_close(sparse_out.logits, dense_out.logits[labels != -100])
-    assert torch.equal(sparse.generate(ids, attention_mask=mask, max_new_tokens=5),
-                       dense.generate(ids, attention_mask=mask, max_new_tokens=5))  # fmt: skip
+    assert torch.equal(
+        sparse.generate(ids, attention_mask=mask, max_new_tokens=5),
+        dense.generate(ids, attention_mask=mask, max_new_tokens=5),
+    )
 
 
 def pack_rows(ids, mask):
@@ -409,12 +438,17 @@ def test_save_load_and_auto_classes(tmp_path):
     assert type(base) is Seq2SeqModel
     target = torch.randint(4, 40, (3, 6), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        torch.testing.assert_close(loaded(ids, mask, decoder_input_ids=target).logits,
-                                   model(ids, mask, decoder_input_ids=target).logits)  # fmt: skip
-        torch.testing.assert_close(base(ids, mask, decoder_input_ids=target).last_hidden_state,
-                                   model.model(ids, mask, decoder_input_ids=target).last_hidden_state)  # fmt: skip
-    assert torch.equal(loaded.generate(ids, attention_mask=mask, num_beams=2, max_new_tokens=8),
-                       model.generate(ids, attention_mask=mask, num_beams=2, max_new_tokens=8))  # fmt: skip
+        torch.testing.assert_close(
+            loaded(ids, mask, decoder_input_ids=target).logits, model(ids, mask, decoder_input_ids=target).logits
+        )
+        torch.testing.assert_close(
+            base(ids, mask, decoder_input_ids=target).last_hidden_state,
+            model.model(ids, mask, decoder_input_ids=target).last_hidden_state,
+        )
+    assert torch.equal(
+        loaded.generate(ids, attention_mask=mask, num_beams=2, max_new_tokens=8),
+        model.generate(ids, attention_mask=mask, num_beams=2, max_new_tokens=8),
+    )
 
 
 REMOTE_SCRIPT = REFUSE_HF_ENCODERS + textwrap.dedent(
@@ -467,8 +501,14 @@ def test_translation_and_text2text_pipelines(tmp_path):
     model = build(vocab_size=len(tokenizer))
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    translate = pipeline("translation", model=str(tmp_path), pipeline_class=TranslationPipeline, tgt_lang="de",
-                         max_new_tokens=6, num_beams=2)  # fmt: skip
+    translate = pipeline(
+        "translation",
+        model=str(tmp_path),
+        pipeline_class=TranslationPipeline,
+        tgt_lang="de",
+        max_new_tokens=6,
+        num_beams=2,
+    )
     single = translate("a dog runs")
     assert len(single) == 1 and set(single[0]) == {"translation_text"}
     ids = tokenizer("a dog runs", return_tensors="pt")
@@ -488,7 +528,7 @@ def test_warm_start_from_a_masked_lm_checkpoint(tmp_path):
         tiny_config(num_hidden_layers=3, local_attention=None, global_attn_every_n_layers=None)
     )
     encoder.save_pretrained(tmp_path)
-    model = Seq2SeqForConditionalGeneration.from_encoder_pretrained(tmp_path, num_decoder_layers=2)
+    model = seq2seq_from_encoder(tmp_path, num_decoder_layers=2)
     report = model.warm_start_report
     source = encoder.model.state_dict()
     state = model.state_dict()
@@ -500,9 +540,13 @@ def test_warm_start_from_a_masked_lm_checkpoint(tmp_path):
         assert torch.equal(state[f"model.encoder.{name}"], tensor), name
         assert f"model.encoder.{name}" in report["copied"]
     # decoder self-attention, MLP and norms come from the encoder layer of the same index
-    pairs = {"self_attn.qkv_proj.weight": "attn.qkv_proj.weight", "self_attn.o_proj.weight": "attn.o_proj.weight",
-             "mlp.up_proj.weight": "mlp.up_proj.weight", "mlp.down_proj.weight": "mlp.down_proj.weight",
-             "mlp_norm.weight": "mlp_norm.weight"}  # fmt: skip
+    pairs = {
+        "self_attn.qkv_proj.weight": "attn.qkv_proj.weight",
+        "self_attn.o_proj.weight": "attn.o_proj.weight",
+        "mlp.up_proj.weight": "mlp.up_proj.weight",
+        "mlp.down_proj.weight": "mlp.down_proj.weight",
+        "mlp_norm.weight": "mlp_norm.weight",
+    }
     for i in range(2):
         for target, origin in pairs.items():
             assert torch.equal(state[f"model.decoder.layers.{i}.{target}"], source[f"layers.{i}.{origin}"])
@@ -510,12 +554,14 @@ def test_warm_start_from_a_masked_lm_checkpoint(tmp_path):
     assert torch.equal(state["model.decoder.layers.1.self_attn_norm.weight"], source["layers.1.attn_norm.weight"])
     # cross-attention is new, and only what the report calls copied was copied
     assert all(".cross_attn" in name for name in report["initialised"])
-    assert {f"model.decoder.layers.{i}.cross_attn.{p}.weight" for i in range(2) for p in ("q_proj", "kv_proj", "o_proj")} <= set(report["initialised"])  # fmt: skip
+    assert {
+        f"model.decoder.layers.{i}.cross_attn.{p}.weight" for i in range(2) for p in ("q_proj", "kv_proj", "o_proj")
+    } <= set(report["initialised"])
     assert set(report["tied"]) == {"lm_head.weight", "model.decoder.embeddings.tok_embeddings.weight"}
     assert set(report["copied"]) | set(report["initialised"]) | set(report["tied"]) == set(state)
     assert model.lm_head.weight is model.get_input_embeddings().weight
 
-    fresh = Seq2SeqForConditionalGeneration.from_encoder_pretrained(tmp_path, init_decoder_from_encoder=False)
+    fresh = seq2seq_from_encoder(tmp_path, init_decoder_from_encoder=False)
     assert all(name.startswith("model.encoder.") or "norm" in name for name in fresh.warm_start_report["copied"])
     assert "model.decoder.layers.0.self_attn.qkv_proj.weight" in fresh.warm_start_report["initialised"]
 

@@ -3,7 +3,6 @@ export, results."""
 
 import json
 
-import pretrain_mlm  # training/pretrain_mlm.py (conftest puts training/ on sys.path)
 import pytest
 import torch
 from accelerate import Accelerator
@@ -11,8 +10,9 @@ from conftest import ROOT, run_script
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertForMaskedLM, pipeline
 
 from hf_encoders import load_text_dataset, pack_for_mlm
-from hf_encoders.hub import build_model_card
-from hf_encoders.training import evaluate_masked_lm
+from hf_encoders.cards import build_model_card
+from hf_encoders.tasks.masked_lm import train as pretrain_mlm  # what training/pretrain_mlm.py runs
+from hf_encoders.tasks.masked_lm.evaluation import evaluate_masked_lm
 
 
 def test_pretrain_mlm_script_end_to_end(mlm_run):
@@ -41,11 +41,32 @@ def test_bert_pretrains_through_the_same_script_for_side_by_side_runs(mlm_run, m
     the same tokenizer, blocks and masks, with one padded row per document, in training and in evaluation."""
     output = tmp_path / "bert"
     run_script(
-        "pretrain_mlm.py", "--config", str(ROOT / "training" / "configs" / "mlm_tiny.yaml"), "--architecture", "bert",
-        "--tokenizer", str(mlm_run / "final"), "--train_data", str(mlm_corpus), "--train_split", "train",
-        "--eval_data", f"corpus={mlm_corpus}:validation", "--output_dir", str(output), "--block_size", "64",
-        "--max_steps", "6", "--eval_every", "6", "--num_proc", "1", "--best_metric", "corpus/loss",
-    )  # fmt: skip
+        "pretrain_mlm.py",
+        "--config",
+        str(ROOT / "hf_encoders" / "configs" / "mlm_tiny.yaml"),
+        "--architecture",
+        "bert",
+        "--tokenizer",
+        str(mlm_run / "final"),
+        "--train_data",
+        str(mlm_corpus),
+        "--train_split",
+        "train",
+        "--eval_data",
+        f"corpus={mlm_corpus}:validation",
+        "--output_dir",
+        str(output),
+        "--block_size",
+        "64",
+        "--max_steps",
+        "6",
+        "--eval_every",
+        "6",
+        "--num_proc",
+        "1",
+        "--best_metric",
+        "corpus/loss",
+    )
     results = json.loads((output / "results.json").read_text())
     settings = json.loads((output / "config.json").read_text())
     assert results["steps"] == 6 and settings["model"]["architecture"] == "bert"
@@ -53,7 +74,10 @@ def test_bert_pretrains_through_the_same_script_for_side_by_side_runs(mlm_run, m
     ours = AutoModelForMaskedLM.from_pretrained(mlm_run / "final")
     assert isinstance(model, BertForMaskedLM)
     assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.num_attention_heads) == (
-        ours.config.hidden_size, ours.config.num_hidden_layers, ours.config.num_attention_heads)  # fmt: skip
+        ours.config.hidden_size,
+        ours.config.num_hidden_layers,
+        ours.config.num_attention_heads,
+    )
     assert model.config.intermediate_size == ours.config.intermediate_size * 3 // 2  # geglu -> FLOP-equal gelu MLP
     tokenizer = AutoTokenizer.from_pretrained(output / "final")
     assert tokenizer.get_vocab() == AutoTokenizer.from_pretrained(mlm_run / "final").get_vocab()

@@ -8,14 +8,13 @@ import subprocess
 from pathlib import Path
 from unittest import mock
 
-import pretrain_mlm  # training/pretrain_mlm.py (conftest puts training/ on sys.path)
 import pytest
 from accelerate import Accelerator
 from conftest import ROOT, run_script
 from safetensors.torch import load_file
 from test_training import ACCELERATE, losses, run_job
 
-from hf_encoders import run_folder
+from hf_encoders import run_folder, tokenization
 from hf_encoders.run_folder import CheckpointError, checkpoints, start_run
 from hf_encoders.training import TrainingConfig, parse_config
 
@@ -108,9 +107,13 @@ def test_bad_settings_are_refused_before_the_first_step(tmp_path):
 
 
 def mlm_flags(corpus: Path, output: Path, *extra: str) -> list[str]:
-    return ["--config", str(ROOT / "training" / "configs" / "mlm_tiny.yaml"), "--train_data", str(corpus),
-            "--train_split", "train", "--eval_data", f"corpus={corpus}:validation", "--output_dir", str(output),
-            "--vocab_size", "200", "--block_size", "64", "--num_proc", "1", "--best_metric", "corpus/loss", *extra]  # fmt: skip
+    return [
+        *("--config", str(ROOT / "hf_encoders" / "configs" / "mlm_tiny.yaml")),
+        *("--train_data", str(corpus), "--train_split", "train", "--eval_data", f"corpus={corpus}:validation"),
+        *("--output_dir", str(output)),
+        *"--vocab_size 200 --block_size 64 --num_proc 1 --best_metric corpus/loss".split(),
+        *extra,
+    ]
 
 
 def test_a_resumed_script_keeps_the_tokenizer_it_trained(mlm_corpus, tmp_path, caplog):
@@ -118,7 +121,7 @@ def test_a_resumed_script_keeps_the_tokenizer_it_trained(mlm_corpus, tmp_path, c
     run_script("pretrain_mlm.py", *mlm_flags(mlm_corpus, output, "--max_steps", "4", "--save_every", "2"))
     trained = (output / "tokenizer" / "tokenizer.json").read_text()
     with (
-        mock.patch.object(pretrain_mlm, "train_tokenizer", side_effect=AssertionError("trained a tokenizer again")),
+        mock.patch.object(tokenization, "train_tokenizer", side_effect=AssertionError("trained a tokenizer again")),
         caplog.at_level(logging.INFO),
     ):
         done = run_script("pretrain_mlm.py", *mlm_flags(mlm_corpus, output, "--max_steps", "6", "--resume"))
@@ -126,8 +129,9 @@ def test_a_resumed_script_keeps_the_tokenizer_it_trained(mlm_corpus, tmp_path, c
     assert done.result["steps"] == 6
     assert (output / "final" / "tokenizer.json").read_text() == trained
     with pytest.raises(ValueError, match=r"data.vocab_size: 200 -> 300"):
-        run_script("pretrain_mlm.py", *mlm_flags(mlm_corpus, output, "--max_steps", "8", "--resume",
-                                                 "--vocab_size", "300"))  # fmt: skip
+        run_script(
+            "pretrain_mlm.py", *mlm_flags(mlm_corpus, output, "--max_steps", "8", "--resume", "--vocab_size", "300")
+        )
 
 
 def test_a_best_metric_the_evaluation_does_not_report_stops_the_script_at_once(mlm_corpus, tmp_path):
@@ -138,8 +142,8 @@ def test_a_best_metric_the_evaluation_does_not_report_stops_the_script_at_once(m
 
 def test_one_seed_gives_the_same_run(mlm_run, mlm_corpus, tmp_path):
     def weights(name: str, seed: str) -> dict:
-        flags = mlm_flags(mlm_corpus, tmp_path / name, "--tokenizer", str(mlm_run / "final"), "--max_steps", "1",
-                          "--seed", seed, "--learning_rate", "1e-9")  # fmt: skip
+        extra = ["--tokenizer", str(mlm_run / "final"), "--max_steps", "1", "--seed", seed, "--learning_rate", "1e-9"]
+        flags = mlm_flags(mlm_corpus, tmp_path / name, *extra)
         run_script("pretrain_mlm.py", *flags)
         return load_file(tmp_path / name / "final" / "model.safetensors")
 
@@ -153,12 +157,15 @@ def test_a_script_under_two_cpu_processes_trains_as_one_run_with_one_tokenizer(m
     """`accelerate launch` on CPUs: the script's processes form one run (a plain PartialState() would leave each
     training alone), and the tokenizer the main process trained is the one every process reads."""
     output = tmp_path / "run"
-    launcher = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519"]  # fmt: skip
-    done = subprocess.run(
-        [*launcher, str(ROOT / "training" / "pretrain_mlm.py"), *mlm_flags(mlm_corpus, output, "--max_steps", "2")],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "ACCELERATE_USE_CPU": "1"},
-    )  # fmt: skip
+    launcher = [
+        str(ACCELERATE),
+        *"launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no".split(),
+        *("--main_process_port", "29519"),
+    ]
+    script = ROOT / "training" / "pretrain_mlm.py"
+    command = [*launcher, str(script), *mlm_flags(mlm_corpus, output, "--max_steps", "2")]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert done.returncode == 0, done.stderr[-4000:]
     assert json.loads((output / "config.json").read_text())["num_processes"] == 2
     assert done.stderr.count(f"tokenizer: the run's own, {output / 'tokenizer'}") == 1  # the second process's

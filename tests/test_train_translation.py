@@ -5,14 +5,14 @@ import json
 from pathlib import Path
 
 import pytest
-import train_translation  # training/train_translation.py (conftest puts training/ on sys.path)
 from conftest import ROOT, SHARED, run_script
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, MarianMTModel
 
 from hf_encoders import Seq2SeqForConditionalGeneration, translate
-from hf_encoders.hub import build_model_card
+from hf_encoders.cards import build_model_card
+from hf_encoders.tasks.translation import train as train_translation  # training/train_translation.py's
 
-TINY = ["--config", str(ROOT / "training" / "configs" / "translation_tiny.yaml")]
+TINY = ["--config", str(ROOT / "hf_encoders" / "configs" / "translation_tiny.yaml")]
 
 
 def test_a_tiny_model_learns_a_handful_of_pairs_until_greedy_reproduces_them(handful, translation_run):
@@ -40,9 +40,26 @@ def test_a_tiny_model_learns_a_handful_of_pairs_until_greedy_reproduces_them(han
 
 def test_marian_trains_through_the_same_script(handful, tmp_path):
     output = tmp_path / "marian"
-    run_script("train_translation.py", *TINY, "--data", str(handful), "--output_dir", str(output), "--vocab_size",
-               "120", "--architecture", "marian", "--max_steps", "4", "--num_epochs", "0", "--eval_every", "2",
-               "--max_new_tokens", "8")  # fmt: skip
+    run_script(
+        "train_translation.py",
+        *TINY,
+        "--data",
+        str(handful),
+        "--output_dir",
+        str(output),
+        "--vocab_size",
+        "120",
+        "--architecture",
+        "marian",
+        "--max_steps",
+        "4",
+        "--num_epochs",
+        "0",
+        "--eval_every",
+        "2",
+        "--max_new_tokens",
+        "8",
+    )
     results = json.loads((output / "results.json").read_text())
     assert results["architecture"] == "marian" and results["train"]["steps"] == 4
     model = AutoModelForSeq2SeqLM.from_pretrained(output / "best")
@@ -67,15 +84,24 @@ def write_pairs(folder: Path, files: dict[str, list[str]]) -> Path:
     "flags, files, message",
     [
         (["--src", "xx"], None, "has no 'xx' side: its files give languages cs, de, en, fr"),
-        (["--src", "de", "--tgt", "en"], {"train.de": ["ein Hund"] * 3, "train.en": ["a dog"] * 2},
-         "Parallel files differ in length"),
-        (["--src", "de", "--tgt", "en"], {"train.de": ["ein Hund"] * 30, "train.en": ["a dog"] * 30},
-         "has no 'test' split of de-en pairs"),
-        (["--src", "de", "--tgt", "en"], {"train.de": ["ein Hund"] * 30, "train.fr": ["un chien"] * 30},
-         "has no 'en' side: its files give languages de, fr"),
+        (
+            ["--src", "de", "--tgt", "en"],
+            {"train.de": ["ein Hund"] * 3, "train.en": ["a dog"] * 2},
+            "Parallel files differ in length",
+        ),
+        (
+            ["--src", "de", "--tgt", "en"],
+            {"train.de": ["ein Hund"] * 30, "train.en": ["a dog"] * 30},
+            "has no 'test' split of de-en pairs",
+        ),
+        (
+            ["--src", "de", "--tgt", "en"],
+            {"train.de": ["ein Hund"] * 30, "train.fr": ["un chien"] * 30},
+            "has no 'en' side: its files give languages de, fr",
+        ),
         (["--architecture", "t5"], None, "architecture='t5': choose one of hf_seq2seq, marian"),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_refused_with_a_clear_message(flags, files, message, tmp_path):
     data = write_pairs(tmp_path / "data", files) if files else SHARED / "multi30k"
     with pytest.raises(ValueError) as error:

@@ -20,10 +20,25 @@ from hf_encoders import EncoderForSequenceClassification, EncoderForTokenClassif
 
 
 def arguments(output_dir, **overrides) -> TrainingArguments:
-    values = dict(output_dir=str(output_dir), max_steps=20, per_device_train_batch_size=8, per_device_eval_batch_size=8,
-                  learning_rate=3e-3, eval_strategy="steps", eval_steps=10, save_strategy="steps", save_steps=10,
-                  load_best_model_at_end=True, metric_for_best_model="loss", gradient_checkpointing=True,
-                  logging_steps=1, report_to=[], use_cpu=True, seed=0, disable_tqdm=True)  # fmt: skip
+    values = dict(
+        output_dir=str(output_dir),
+        max_steps=20,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=8,
+        learning_rate=3e-3,
+        eval_strategy="steps",
+        eval_steps=10,
+        save_strategy="steps",
+        save_steps=10,
+        load_best_model_at_end=True,
+        metric_for_best_model="loss",
+        gradient_checkpointing=True,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
     return TrainingArguments(**{**values, **overrides})
 
 
@@ -53,8 +68,14 @@ def test_trainer_fine_tunes_our_model_and_the_result_reloads(task, tokenizer, tm
 
         data = Dataset.from_dict({"text": sentences}).map(tag, remove_columns=["text"])
         collator, auto = DataCollatorForTokenClassification(tokenizer), AutoModelForTokenClassification
-    trainer = Trainer(model=model, args=arguments(tmp_path / "run"), train_dataset=data, eval_dataset=data,
-                      data_collator=collator, processing_class=tokenizer)  # fmt: skip
+    trainer = Trainer(
+        model=model,
+        args=arguments(tmp_path / "run"),
+        train_dataset=data,
+        eval_dataset=data,
+        data_collator=collator,
+        processing_class=tokenizer,
+    )
     result = trainer.train()
     assert result.global_step == 20 and torch.isfinite(torch.tensor(result.training_loss))
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

@@ -17,6 +17,7 @@ from transformers import AutoModelForMaskedLM
 from hf_encoders.run_folder import checkpoints, resolve_mixed_precision
 from hf_encoders.training import (
     NonFiniteLossError,
+    StopConditions,
     TrainingConfig,
     parameter_groups,
     parse_config,
@@ -37,8 +38,7 @@ def run_job(output_dir: Path, *flags: str, env: dict | None = None) -> ScriptRun
 def launch_job(output_dir: Path, *flags: str, launcher: list[str], env: dict) -> None:
     """tests/tiny_training_job.py under a launcher, in processes of its own."""
     command = [*launcher, str(JOB), "--output_dir", str(output_dir), "--log_every", "1", *flags]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=ROOT,
-                          env={**os.environ, **env})  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=ROOT, env={**os.environ, **env})
     assert done.returncode == 0, done.stderr[-4000:]
 
 
@@ -54,10 +54,13 @@ def test_two_processes_follow_one_process_with_the_same_global_batch(tmp_path):
     run_job(tmp_path / "one", "--per_device_batch_size", "8", "--max_steps", "6")
     # two CPU processes over gloo: this accelerate's `--cpu` flag starts a single process, so the multi-process
     # launcher (torchrun) is used with ACCELERATE_USE_CPU
-    launcher = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]  # fmt: skip
-    launch_job(tmp_path / "two", "--per_device_batch_size", "4", "--max_steps", "6", launcher=launcher,
-               env={"ACCELERATE_USE_CPU": "1"})  # fmt: skip
+    launcher = [
+        str(ACCELERATE),
+        *"launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no".split(),
+        *("--main_process_port", "29517"),
+    ]
+    flags = ["--per_device_batch_size", "4", "--max_steps", "6"]
+    launch_job(tmp_path / "two", *flags, launcher=launcher, env={"ACCELERATE_USE_CPU": "1"})
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one) == 6 and one.keys() == two.keys()
     for step in one:
@@ -71,8 +74,8 @@ def test_two_processes_follow_one_process_with_the_same_global_batch(tmp_path):
 def test_gradient_accumulation_4x2_equals_a_batch_of_8(label_smoothing, tmp_path):
     smoothing = ["--label_smoothing", label_smoothing]
     run_job(tmp_path / "big", "--per_device_batch_size", "8", "--max_steps", "5", *smoothing)
-    run_job(tmp_path / "accumulated", "--per_device_batch_size", "2", "--gradient_accumulation_steps", "4",
-            "--max_steps", "5", *smoothing)  # fmt: skip
+    four_by_two = ["--per_device_batch_size", "2", "--gradient_accumulation_steps", "4", "--max_steps", "5"]
+    run_job(tmp_path / "accumulated", *four_by_two, *smoothing)
     big, accumulated = losses(tmp_path / "big"), losses(tmp_path / "accumulated")
     for step in big:
         assert accumulated[step] == pytest.approx(big[step], rel=1e-4), (step, big, accumulated)
@@ -83,8 +86,7 @@ def test_gradient_accumulation_4x2_equals_a_batch_of_8(label_smoothing, tmp_path
 
 
 def test_resume_after_a_kill_and_after_a_crash_mid_checkpoint(tmp_path):
-    flags = ["--per_device_batch_size", "4", "--max_steps", "8", "--save_every", "3", "--lr_schedule", "cosine",
-             "--warmup_steps", "2"]  # fmt: skip
+    flags = "--per_device_batch_size 4 --max_steps 8 --save_every 3 --lr_schedule cosine --warmup_steps 2".split()
     dynamic = {"HF_ENCODERS_TEST_MASKING": "dynamic"}
     uninterrupted = run_job(tmp_path / "straight", *flags, env=dynamic).result
     straight = losses(tmp_path / "straight")
@@ -116,13 +118,28 @@ def test_resume_after_a_kill_and_after_a_crash_mid_checkpoint(tmp_path):
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    flags = ["--per_device_batch_size", "4", "--max_steps", "8", "--save_every", "2"]
     with pytest.raises(NonFiniteLossError) as error:
-        run_job(tmp_path, "--per_device_batch_size", "4", "--max_steps", "8", "--save_every", "2",
-                env={"HF_ENCODERS_TEST_NAN_AT_STEP": "5"})  # fmt: skip
+        run_job(tmp_path, *flags, env={"HF_ENCODERS_TEST_NAN_AT_STEP": "5"})
     assert "The training loss became nan by step 5" in str(error.value)
     assert f"The last good checkpoint is {tmp_path / 'checkpoint-4'}" in str(error.value)
     assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
     assert not (tmp_path / "final").exists()  # nothing exported from the broken weights
+
+
+def test_stop_conditions_count_steps_epochs_and_minutes():
+    by_epochs = StopConditions.from_config(TrainingConfig(num_epochs=2.5), steps_per_epoch=4)
+    assert by_epochs.total_steps == 10 and by_epochs.reached(9, 1e9) is None
+    assert by_epochs.reached(10, 0.0) == "max_steps"
+    timed = StopConditions.from_config(TrainingConfig(max_steps=5, max_minutes=0.5), steps_per_epoch=4)
+    assert timed.total_steps == 5 and timed.reached(1, 29.0) is None and timed.reached(1, 31.0) == "max_minutes"
+    assert timed.reached(5, 31.0) == "max_minutes"  # both reached: the time budget is named
+
+
+def test_the_time_budget_stops_the_run_with_a_checkpoint_and_an_export(tmp_path):
+    result = run_job(tmp_path, "--per_device_batch_size", "4", "--max_steps", "50", "--max_minutes", "0.00001").result
+    assert (result.steps, result.stopped_by) == (1, "max_minutes")
+    assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-1"] and (tmp_path / "final").is_dir()
 
 
 def test_bf16_on_cpu_trains_and_the_export_loads(tmp_path):
@@ -149,8 +166,10 @@ def test_training_curves_plot(tmp_path):
 
     metrics = tmp_path / "metrics.jsonl"
     rows = [{"step": s, "train/loss": 5 - s / 10, "train/lr": 1e-3} for s in range(1, 11)]
-    rows += [{"step": 5, "imdb/loss": 4.5, "imdb/accuracy": 0.2, "wiki/loss": 5.5, "wiki/accuracy": 0.1},
-             {"step": 10, "imdb/loss": 4.1, "imdb/accuracy": 0.3, "wiki/loss": 5.2, "wiki/accuracy": 0.15}]  # fmt: skip
+    rows += [
+        {"step": 5, "imdb/loss": 4.5, "imdb/accuracy": 0.2, "wiki/loss": 5.5, "wiki/accuracy": 0.1},
+        {"step": 10, "imdb/loss": 4.1, "imdb/accuracy": 0.3, "wiki/loss": 5.2, "wiki/accuracy": 0.15},
+    ]
     metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
     png = plot_training_curves(metrics, tmp_path / "curves.png", title="run")
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"

@@ -18,12 +18,26 @@ def test_a_language_without_a_tag_is_refused_with_the_languages_there_are(transl
 
 def test_a_tokenizer_without_language_tags_translates_without_one(tokenizer):
     torch.manual_seed(0)
-    model = MarianMTModel(MarianConfig(
-        vocab_size=len(tokenizer), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32,
-        pad_token_id=0, eos_token_id=2, decoder_start_token_id=0, forced_eos_token_id=None))  # fmt: skip
-    outputs = translate(model, tokenizer, ["the cat sat", "a dog"], "de", num_beams=1, max_new_tokens=4,
-                        show_progress=False)  # fmt: skip
+    model = MarianMTModel(
+        MarianConfig(
+            vocab_size=len(tokenizer),
+            d_model=16,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=32,
+            decoder_ffn_dim=32,
+            max_position_embeddings=32,
+            pad_token_id=0,
+            eos_token_id=2,
+            decoder_start_token_id=0,
+            forced_eos_token_id=None,
+        )
+    )
+    outputs = translate(
+        model, tokenizer, ["the cat sat", "a dog"], "de", num_beams=1, max_new_tokens=4, show_progress=False
+    )
     assert len(outputs) == 2 and all(isinstance(output, str) for output in outputs)
 
 

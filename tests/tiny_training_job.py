@@ -52,12 +52,25 @@ def fixed_masking(batch: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> TrainResult:
     (config,) = parse_config((TrainingConfig,), argv)
     run = start_run(config, {"script": "tiny_training_job"})
-    model = EncoderForMaskedLM(EncoderConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                             intermediate_size=64, max_position_embeddings=32, sparse_prediction=True))  # fmt: skip
+    model = EncoderForMaskedLM(
+        EncoderConfig(
+            vocab_size=64,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=32,
+            sparse_prediction=True,
+        )
+    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer(models.WordLevel({t: i for i, t in enumerate(VOCAB)}, unk_token="[UNK]")),
-        pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", unk_token="[UNK]",
-    )  # fmt: skip
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        unk_token="[UNK]",
+    )
     collator = (
         MLMCollator(tokenizer, 0.3, seed=0)
         if os.environ.get("HF_ENCODERS_TEST_MASKING") == "dynamic"

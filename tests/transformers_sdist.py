@@ -73,10 +73,21 @@ def fetch(version: str = transformers.__version__) -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as download:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-             f"transformers=={version}", "--dest", download],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                f"transformers=={version}",
+                "--dest",
+                download,
+            ],
             check=True,
-        )  # fmt: skip
+        )
         (sdist,) = Path(download).glob("transformers-*.tar.gz")
         package = Path(download) / PACKAGE
         package.mkdir()

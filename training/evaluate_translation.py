@@ -1,70 +1,11 @@
-"""Translate a test set with any seq2seq checkpoint and score it the way papers report it.
+"""BLEU/chrF of any seq2seq checkpoint on a test set:
 
     python training/evaluate_translation.py --model runs/translation_en_de/best --src en --tgt de
-    python training/evaluate_translation.py --model Helsinki-NLP/opus-mt-en-de --src en --tgt de --num_beams 5
 
-Batched beam search with `AutoModelForSeq2SeqLM` (hf_encoders checkpoints or transformers' own, e.g. Marian), the
-hypotheses written one per line, then sacreBLEU (cased and lowercased) and chrF with their signatures, printed and
-written as JSON beside the hypotheses. When the tokenizer has the target-language tag (`<2de>`), generation starts
-with it.
+It runs `main` of hf_encoders/tasks/translation/evaluate.py, as `hf-encoders evaluate-translation` does.
 """
 
-import logging
-import sys
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-
-import torch
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # running from a checkout without installing
-from hf_encoders import load_parallel_dataset, score_translations, translate, write_translations  # noqa: E402
-from hf_encoders.training import parse_config  # noqa: E402
-
-logger = logging.getLogger("evaluate_translation")
-
-
-@dataclass
-class EvaluationArguments:
-    model: str = field(
-        default="", metadata={"help": "Checkpoint folder or Hub id (AutoModelForSeq2SeqLM + tokenizer)."}
-    )
-    data: str = field(default="../shared/data/multi30k", metadata={"help": "Parallel data: path or Hub id."})
-    src: str = "en"
-    tgt: str = "de"
-    split: str = "test"
-    batch_size: int = 32
-    num_beams: int = 4
-    max_new_tokens: int = 128
-    length_penalty: float = 1.0
-    max_examples: int = field(default=0, metadata={"help": "Only the first N pairs (0: all)."})
-    output_dir: str = field(default="", metadata={"help": "Where hypotheses and scores go (default: the model's)."})
-
-
-def main(argv: list[str] | None = None) -> dict:
-    (args,) = parse_config((EvaluationArguments,), argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    if not args.model:
-        raise ValueError("Give the checkpoint to evaluate: --model PATH_OR_HUB_ID.")
-    pairs = load_parallel_dataset(args.data, args.src, args.tgt)
-    if args.split not in pairs:
-        raise ValueError(f"{args.data!r} has no split {args.split!r}; it has {sorted(pairs)}.")
-    data = pairs[args.split]
-    if args.max_examples:
-        data = data.select(range(min(args.max_examples, len(data))))
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForSeq2SeqLM.from_pretrained(args.model).eval()
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
-    hypotheses = translate(model, tokenizer, list(data[args.src]), args.tgt, args.batch_size, args.num_beams,
-                           args.max_new_tokens, args.length_penalty)  # fmt: skip
-    scores = score_translations(hypotheses, list(data[args.tgt]))
-    summary = {"settings": asdict(args), "examples": len(hypotheses), **scores}
-    output_dir = args.output_dir or (args.model if Path(args.model).is_dir() else ".")
-    write_translations(output_dir, args.split, args.src, args.tgt, hypotheses, summary)
-    for name in scores:
-        print(f"{name:<16} {scores[name]['score']:6.2f}   {scores[name]['signature']}")
-    return summary
-
+from hf_encoders.tasks.translation.evaluate import main
 
 if __name__ == "__main__":
     main()

@@ -64,9 +64,11 @@ class Classification(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
         if self.config_name not in (*TASKS, "default"):
             raise ValueError(f"Unknown task {self.config_name!r}; choose one of {', '.join(TASKS)}.")
-        value = {"single_label": datasets.Value("int64"), "regression": datasets.Value("float64"),
-                 "multi_label": datasets.Sequence(datasets.Value("int64"))}.get(self.config_name,
-                                                                             datasets.Value("int64"))  # fmt: skip
+        value = {
+            "single_label": datasets.Value("int64"),
+            "regression": datasets.Value("float64"),
+            "multi_label": datasets.Sequence(datasets.Value("int64")),
+        }.get(self.config_name, datasets.Value("int64"))
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation=_CITATION,
@@ -80,18 +82,26 @@ class Classification(evaluate.Metric):
             raise ValueError("No examples to score.")
         if self.config_name == "regression":
             predicted, gold = predicted.astype(float), gold.astype(float)
-            return {"pearson": pearson(predicted, gold), "spearman": pearson(ranks(predicted), ranks(gold)),
-                    "mse": float(((predicted - gold) ** 2).mean())}  # fmt: skip
+            return {
+                "pearson": pearson(predicted, gold),
+                "spearman": pearson(ranks(predicted), ranks(gold)),
+                "mse": float(((predicted - gold) ** 2).mean()),
+            }
         if self.config_name == "multi_label":
             predicted, gold = predicted.astype(bool), gold.astype(bool)
             micro_denominator = gold.sum() + predicted.sum()
-            return {"exact_match": float((predicted == gold).all(1).mean()),
-                    "f1_micro": float(2 * (gold & predicted).sum() / micro_denominator) if micro_denominator else 0.0,
-                    "f1_macro": float(f1_scores(gold, predicted).mean())}  # fmt: skip
+            return {
+                "exact_match": float((predicted == gold).all(1).mean()),
+                "f1_micro": float(2 * (gold & predicted).sum() / micro_denominator) if micro_denominator else 0.0,
+                "f1_macro": float(f1_scores(gold, predicted).mean()),
+            }
         classes = np.union1d(gold, predicted)
         indicators = lambda values: values[:, None] == classes[None, :]  # noqa: E731
         per_class = f1_scores(indicators(gold), indicators(predicted))
         binary = len(classes) <= 2 and set(classes.tolist()) <= {0, 1}
-        return {"accuracy": float((predicted == gold).mean()),
-                "f1": float(per_class[classes.tolist().index(1)]) if binary and 1 in classes else float(per_class.mean()),
-                "f1_macro": float(per_class.mean()), "matthews_correlation": matthews_correlation(gold, predicted)}  # fmt: skip
+        return {
+            "accuracy": float((predicted == gold).mean()),
+            "f1": float(per_class[classes.tolist().index(1)]) if binary and 1 in classes else float(per_class.mean()),
+            "f1_macro": float(per_class.mean()),
+            "matthews_correlation": matthews_correlation(gold, predicted),
+        }

@@ -8,7 +8,7 @@ exists.
         ...                                      # push and from_pretrained("org/name") in processes started with env
         hub.fail("commit", status=500)           # the next commit request fails, without effect (as on the Hub)
 
-    python -m hf_encoders.hub_server --port 8765  # the same server in the foreground
+    python -m hf_encoders.testing.local_hub --port 8765  # the same server in the foreground
 
 Commits are atomic, as on the Hub: a commit request is read and checked whole, then applied, or refused and nothing
 changes. Files are uploaded in the commit itself ("regular" upload mode), so no LFS or Xet storage is involved.
@@ -26,7 +26,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .hub import card_metadata_errors
+from ..hub import card_metadata_errors
 
 REPO = r"(?P<repo>[\w.-]+/[\w.-]+)"
 ROUTES = [  # (method, name, pattern)
@@ -162,8 +162,14 @@ class LocalHub:
         answer = []
         for entry in json.loads(body)["files"]:
             existing = files.get(entry["path"])
-            answer.append({"path": entry["path"], "uploadMode": "regular", "shouldIgnore": False,
-                           "oid": git_blob_id(existing) if existing is not None else None})  # fmt: skip
+            answer.append(
+                {
+                    "path": entry["path"],
+                    "uploadMode": "regular",
+                    "shouldIgnore": False,
+                    "oid": git_blob_id(existing) if existing is not None else None,
+                }
+            )
         return 200, {}, {"files": answer}
 
     def _commit(self, match, query, body):
@@ -191,8 +197,16 @@ class LocalHub:
             else:
                 raise HubError(400, f"This local Hub does not support {line['key']!r} operations")
         message = header.get("summary", "")
-        oid = hashlib.sha1(json.dumps([parent.oid if parent else None, message, time.time_ns(),
-                                       sorted((p, git_blob_id(d)) for p, d in files.items())]).encode()).hexdigest()  # fmt: skip
+        oid = hashlib.sha1(
+            json.dumps(
+                [
+                    parent.oid if parent else None,
+                    message,
+                    time.time_ns(),
+                    sorted((p, git_blob_id(d)) for p, d in files.items()),
+                ]
+            ).encode()
+        ).hexdigest()
         repository.commits[oid] = Commit(oid, parent.oid if parent else None, message, files)
         answer = {"commitUrl": f"{self.endpoint}/{repo_id}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None}
         if query.get("create_pr") == ["1"]:
@@ -220,17 +234,28 @@ class LocalHub:
         repository = self._repository(match["repo"])
         commit = self._commit_at(repository, unquote(match["revision"] or "main"))
         files = sorted(commit.files) if commit else []
-        return 200, {}, {"id": match["repo"], "modelId": match["repo"], "private": repository.private,
-                         "sha": commit.oid if commit else None,
-                         "siblings": [{"rfilename": path} for path in files]}  # fmt: skip
+        return (
+            200,
+            {},
+            {
+                "id": match["repo"],
+                "modelId": match["repo"],
+                "private": repository.private,
+                "sha": commit.oid if commit else None,
+                "siblings": [{"rfilename": path} for path in files],
+            },
+        )
 
     def _tree(self, match, query, body):
         repository = self._repository(match["repo"])
         commit = self._commit_at(repository, unquote(match["revision"]))
         prefix = (match["path"] or "").strip("/")
         files = commit.files if commit else {}
-        entries = [{"type": "file", "path": path, "size": len(data), "oid": git_blob_id(data)}
-                   for path, data in sorted(files.items()) if not prefix or path.startswith(prefix + "/")]  # fmt: skip
+        entries = [
+            {"type": "file", "path": path, "size": len(data), "oid": git_blob_id(data)}
+            for path, data in sorted(files.items())
+            if not prefix or path.startswith(prefix + "/")
+        ]
         return 200, {}, entries
 
     def _download(self, match, query, body):
@@ -240,8 +265,11 @@ class LocalHub:
         if commit is None or path not in commit.files:
             raise HubError(404, f"Entry not found: {path}", "EntryNotFound")
         data = commit.files[path]
-        headers = {"X-Repo-Commit": commit.oid, "ETag": f'"{git_blob_id(data)}"',
-                   "Content-Type": "application/octet-stream"}  # fmt: skip
+        headers = {
+            "X-Repo-Commit": commit.oid,
+            "ETag": f'"{git_blob_id(data)}"',
+            "Content-Type": "application/octet-stream",
+        }
         return 200, headers, data
 
 
@@ -261,8 +289,7 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
             for route_method, name, pattern in ROUTES:
                 if route_method == lookup and (match := pattern.match(url.path)):
                     try:
-                        status, headers, payload = hub.handle(name, match.groupdict(), parse_qs(url.query),
-                                                              body)  # fmt: skip
+                        status, headers, payload = hub.handle(name, match.groupdict(), parse_qs(url.query), body)
                     except HubError as error:
                         code = {"X-Error-Code": error.code} if error.code else {}
                         status, headers, payload = (

@@ -1,0 +1,390 @@
+"""Model cards written from a run's outputs alone.
+
+A *run* is the output folder of a training task (`hf_encoders/tasks/*`): `config.json` (its resolved settings,
+device and library versions), `results.json`, `metrics.jsonl`, `curves.png`, and the exported models `best/` and
+`final/`. From these
+
+    card = build_model_card("runs/de_en", repo_id="me/hf-seq2seq-multi30k-de-en")   # a huggingface_hub ModelCard
+
+writes the card: the sections every card has (architecture, training procedure, training data from the data's
+SOURCE.md) are built here; the rest comes from the run's task, whose `card.py` gives a `CardSection` (its results,
+usage example and text, and the Jinja template it is written with, which lies beside it). `hf-encoders card` is the
+same on the command line; `hf_encoders.hub` pushes a run with its card.
+"""
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .data import is_local
+from .tasks import task_for_script
+
+logger = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+ENCODER_TEMPLATE = Path(__file__).resolve().parent / "tasks" / "encoder_card.md"  # the encoder tasks share it
+ENCODER_FAMILY = "encoder (a BERT/ModernBERT-style transformer)"
+SEQ2SEQ_FAMILY = "encoder-decoder (a BART-style transformer)"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A training run's outputs, read and checked (by `read_run`)."""
+
+    directory: Path
+    settings: dict  # config.json: what the task was run with
+    results: dict  # results.json
+    model_dir: Path  # the model that is pushed: the one the results are about
+    model_config: dict  # its config.json
+
+    @property
+    def script(self) -> str:
+        """The training script the run records (`pretrain_mlm`, `train_translation`, ...): it names its task."""
+        return self.settings.get("script", "")
+
+    @property
+    def data(self) -> dict:
+        """The data settings the run was trained with."""
+        return self.settings["data"]
+
+    @property
+    def training(self) -> dict:
+        """The settings of the training loop (optimizer, schedule, batch, best metric, ...)."""
+        return self.settings.get("training", {})
+
+    @property
+    def train_results(self) -> dict:
+        """What the training loop reported: steps, seconds, tokens seen, final metrics."""
+        return self.results.get("train", self.results)
+
+    @property
+    def parameters(self) -> int:
+        return self.results.get("parameters") or self.settings.get("parameters", 0)
+
+    @property
+    def best_metric(self) -> str:
+        """The metric the kept checkpoint was chosen on, or "final step"."""
+        return self.training.get("best_metric") or "final step"
+
+    @property
+    def custom_code(self) -> bool:
+        """Whether the model is hf_encoders' own (its code named by `auto_map`), not a transformers model."""
+        return "auto_map" in self.model_config
+
+    @property
+    def architecture(self) -> str:
+        return (self.model_config.get("architectures") or ["?"])[0]
+
+    @property
+    def mask_token(self) -> str:
+        """The tokenizer's mask token, for fill-in examples."""
+        tokenizer_config = self.model_dir / "tokenizer_config.json"
+        mask = json.loads(tokenizer_config.read_text()).get("mask_token") if tokenizer_config.is_file() else None
+        return (mask.get("content") if isinstance(mask, dict) else mask) or "[MASK]"
+
+    def chosen_metrics(self) -> dict[str, float]:
+        """The validation metrics of the model the card is about: those of the evaluation that made it `best/` (from
+        the run's metrics.jsonl), else the final evaluation's."""
+        final = self.train_results.get("metrics", {})
+        best_metric, log = self.training.get("best_metric"), self.directory / "metrics.jsonl"
+        if self.model_dir.name != "best" or not best_metric or not log.is_file():
+            return final
+        evaluated = [
+            row for line in log.read_text().splitlines() if line.strip() and best_metric in (row := json.loads(line))
+        ]
+        if not evaluated:
+            return final
+        return (max if self.training.get("greater_is_better") else min)(evaluated, key=lambda row: row[best_metric])
+
+
+def read_run(run_dir: "str | Path | RunRecord") -> RunRecord:
+    """Read a run folder, refusing (with what is missing and why) one that cannot make a complete repository."""
+    if isinstance(run_dir, RunRecord):
+        return run_dir
+    directory = Path(run_dir)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"No run folder {str(directory)!r}.")
+    results_file = directory / "results.json"
+    if not results_file.is_file():
+        raise FileNotFoundError(
+            f"{directory} has no eval results (results.json): give the output_dir of a training run, which holds "
+            "results.json, config.json and the exported best/ or final/ model."
+        )
+    results = json.loads(results_file.read_text())
+    settings_file = directory / "config.json"
+    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    if "script" not in settings:
+        raise ValueError(f"{settings_file} is not a run's resolved settings (it names no training script).")
+    named = directory / Path(results["model"]).name if "model" in results else None
+    candidates = [named] if named else [directory / "best", directory / "final"]
+    model_dir = next((path for path in candidates if (path / "config.json").is_file()), None)
+    if model_dir is None:
+        raise FileNotFoundError(f"{directory} holds no exported model ({' or '.join(map(str, candidates))}).")
+    if not any(model_dir.glob("*.safetensors")):
+        pickles = sorted(path.name for path in model_dir.iterdir() if path.suffix in PICKLE_SUFFIXES)
+        only = f" (only {', '.join(pickles)}: pickle files are never uploaded; re-save with save_pretrained)."
+        raise FileNotFoundError(f"{model_dir} has no safetensors weights" + (only if pickles else "."))
+    if not (model_dir / "tokenizer.json").is_file() and not (model_dir / "tokenizer_config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} has no tokenizer (tokenizer.json / tokenizer_config.json).")
+    return RunRecord(directory, settings, results, model_dir, json.loads((model_dir / "config.json").read_text()))
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """What a card says about a data set (see `describe_data`)."""
+
+    title: str
+    name: str
+    location: str  # "Hub dataset `x`" or "local folder `x`"
+    url: str | None = None
+    source: str | None = None  # where it came from: the first sentence of SOURCE.md's **Source:**
+    license: str | None = None  # SOURCE.md's **License...:** paragraph
+    hub_id: str | None = None
+
+    @property
+    def dataset_type(self) -> str:
+        """The data set as the model-index names it: its Hub id, else its folder's name."""
+        return self.hub_id or self.name
+
+
+def describe_data(spec: str) -> DataSource:
+    """What a card says about a data set: its title, where it came from and its license, from the SOURCE.md of a
+    local data folder, or a link for a Hub id."""
+    path = Path(spec)
+    if not is_local(spec):
+        return DataSource(
+            spec, spec, f"Hub dataset `{spec}`", url=f"https://huggingface.co/datasets/{spec}", hub_id=spec
+        )
+    info = {"title": path.name, "source": None, "license": None}
+    source_file = path / "SOURCE.md"
+    if not path.exists():
+        logger.warning(
+            "the data folder %s is not here (relative to %s): the card cannot describe it", spec, Path.cwd()
+        )
+    if source_file.is_file():
+        text = source_file.read_text(encoding="utf-8")
+        if heading := re.search(r"^# (.+)$", text, flags=re.MULTILINE):
+            info["title"] = re.split(r" \(| — ", heading.group(1))[0].strip()  # "Multi30k (WMT16–18 ...) — raw"
+        for paragraph in re.split(r"\n\s*\n", text):
+            flat = " ".join(paragraph.split())
+            if label := re.match(r"\*\*(Source|License[^*]*):\*\*\s*", flat):
+                text = flat[label.end() :]
+                if label.group(1) == "Source":  # where it came from: the first sentence
+                    text = re.split(r"(?<=\.)\s", text, maxsplit=1)[0]
+                info["source" if label.group(1) == "Source" else "license"] = text
+    return DataSource(name=path.name, location=f"local folder `{path.name}`", **info)
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One result of a run: in the card's results table and, unless `in_model_index` is False (the validation
+    scores a checkpoint was chosen on, beside test scores), in its model-index metadata."""
+
+    task_type: str
+    task_name: str
+    dataset_type: str
+    dataset_name: str
+    dataset_config: str | None
+    dataset_split: str
+    metric_type: str
+    metric_name: str
+    value: float
+    signature: str | None = None  # a sacreBLEU signature, shown in the table
+    metric_args: dict | None = None
+    in_model_index: bool = True
+
+    def eval_result(self) -> EvalResult:
+        return EvalResult(
+            task_type=self.task_type,
+            task_name=self.task_name,
+            dataset_type=self.dataset_type,
+            dataset_name=self.dataset_name,
+            dataset_config=self.dataset_config,
+            dataset_split=self.dataset_split,
+            metric_type=self.metric_type,
+            metric_name=self.metric_name,
+            metric_value=round(self.value, 4),
+            metric_args=self.metric_args,
+        )
+
+    def table_row(self) -> dict:
+        signature = f"`{self.signature}`".replace("|", "\\|") if self.signature else ""  # | would end the cell
+        return {
+            "dataset": self.dataset_name,
+            "split": self.dataset_split,
+            "name": self.metric_name,
+            "value": self.value,
+            "signature": signature,
+        }
+
+
+@dataclass
+class CardSection:
+    """A task's part of its runs' cards: what `card_section(run: RunRecord) -> CardSection` in the task's `card.py`
+    gives. The card's common parts (architecture, training procedure, data provenance, model-index) come from
+    `build_model_card`; `template` is written with both (the common fields and `fields`).
+
+    Args:
+        results: the run's results, for the table and the model-index (at least one).
+        data: the training data.
+        pipeline_tag: the card's pipeline tag (also one of its tags), the usage example's pipeline.
+        template: the Jinja template of the card (beside the task's card.py, or `ENCODER_TEMPLATE`).
+        example: the input of the usage example.
+        evaluation_note: what the results measure, above their table.
+        fields: the template's other fields, e.g. the encoder template's `family`, `objective`, `intended_use`,
+            `auto_class`, `train_description`, `eval_data`.
+        languages: the languages of the run's text when the task knows them; `language` given to
+            `build_model_card` overrides them unless `languages_fixed` (a translation model's source and target).
+        base_model: the Hub model the run started from, when it did.
+        batch_unit: what a batch holds, for the training table ("sequences", "pairs").
+    """
+
+    results: list[ResultRow]
+    data: DataSource
+    pipeline_tag: str
+    template: Path
+    example: str
+    evaluation_note: str
+    fields: dict = field(default_factory=dict)
+    languages: list[str] | None = None
+    languages_fixed: bool = False
+    base_model: str | None = None
+    batch_unit: str = "sequences"
+
+
+def architecture_rows(config: dict, parameters: int) -> list[tuple[str, str]]:
+    """The card's architecture table, from the model's config.json."""
+    rows = [
+        ("model type", f"`{config.get('model_type')}` (`{', '.join(config.get('architectures') or [])}`)"),
+        ("parameters", f"{parameters:,}"),
+    ]
+    if "num_decoder_layers" in config:
+        rows += [("encoder / decoder layers", f"{config['num_hidden_layers']} / {config['num_decoder_layers']}")]
+    elif "num_hidden_layers" in config:
+        rows += [("layers", str(config["num_hidden_layers"]))]
+    names = {
+        "hidden_size": "hidden size",
+        "num_attention_heads": "attention heads",
+        "intermediate_size": "MLP size",
+        "hidden_activation": "MLP activation",
+        "norm_type": "normalization",
+        "position_embedding_type": "positions",
+        "max_position_embeddings": "longest sequence",
+        "local_attention": "local attention window",
+        "global_attn_every_n_layers": "global attention every",
+        "vocab_size": "vocabulary",
+        "tie_word_embeddings": "tied embeddings",
+        # MarianMTModel and BertForMaskedLM, trained by the same scripts
+        "d_model": "hidden size",
+        "encoder_layers": "encoder layers",
+        "decoder_layers": "decoder layers",
+        "encoder_attention_heads": "attention heads",
+        "encoder_ffn_dim": "MLP size",
+        "activation_function": "MLP activation",
+        "hidden_act": "MLP activation",
+    }
+    return rows + [(name, f"{config[key]}") for key, name in names.items() if config.get(key) is not None]
+
+
+def training_rows(run: RunRecord, unit: str = "sequences") -> list[tuple[str, str]]:
+    """The card's training-procedure table: optimizer, schedule, batch (of `unit`), steps, hardware, versions."""
+    training, train = run.training, run.train_results
+    processes = run.settings.get("num_processes", 1)
+    batch = training["per_device_batch_size"] * training["gradient_accumulation_steps"] * processes
+    schedule = f"{training['lr_schedule']}, {training['warmup_steps']} warmup steps"
+    rows = [
+        (
+            "optimizer",
+            f"AdamW (β {training['adam_beta1']}, {training['adam_beta2']}; ε {training['adam_epsilon']}), "
+            f"weight decay {training['weight_decay']}",
+        ),
+        ("learning rate", f"{training['learning_rate']} ({schedule})"),
+        (
+            "batch",
+            f"{batch} {unit} ({training['per_device_batch_size']} per device x "
+            f"{training['gradient_accumulation_steps']} accumulation x {processes} "
+            f"process{'es' if processes > 1 else ''})",
+        ),
+        ("steps", f"{train['steps']:,} (stopped by {train.get('stopped_by', 'max_steps')})"),
+        ("label smoothing", str(training.get("label_smoothing", 0.0))),
+        ("gradient clipping", str(training["max_grad_norm"])),
+        ("mixed precision", training["mixed_precision"]),
+        ("seed", str(training["seed"])),
+    ]
+    tokens = train.get("tokens_seen")
+    rows.append(("tokens seen", f"{tokens:,}" if tokens else "not recorded by this run"))
+    rows.append(("hardware", run.settings.get("device") or "not recorded by this run"))
+    rows.append(("wall time", f"{train['seconds'] / 60:.1f} min of training"))
+    versions = run.settings.get("versions")
+    rows.append(("versions", ", ".join(f"{k} {v}" for k, v in versions.items()) if versions else "not recorded"))
+    return rows
+
+
+def card_section(run: RunRecord) -> CardSection:
+    """The task's part of the run's card (from the `card.py` of the task that records runs as `run.script`)."""
+    task = task_for_script(run.script)
+    section = task.module(task.card).card_section(run)
+    if not section.results:
+        raise ValueError(f"{run.directory}/results.json holds no evaluation results to report.")
+    return section
+
+
+def build_model_card(
+    run_dir: "str | Path | RunRecord",
+    repo_id: str | None = None,
+    license: str = "apache-2.0",
+    language: list[str] | None = None,
+) -> ModelCard:
+    """The model card of a run, from its settings, results, logs and data's SOURCE.md. `repo_id` is where the model
+    will live (the usage examples load it from there; without one they load the local model folder); `language`
+    the languages of an encoder's text (a translation model's are its source and target)."""
+    run = read_run(run_dir)
+    section = card_section(run)
+    model_name = (repo_id or run.directory.resolve().name).split("/")[-1]
+    tags = ["hf_encoders", *(["custom_code"] if run.custom_code else []), run.model_config.get("model_type", "")]
+    card_data = ModelCardData(
+        model_name=model_name,
+        language=section.languages if section.languages_fixed else language or section.languages,
+        license=license,
+        library_name="transformers",
+        pipeline_tag=section.pipeline_tag,
+        tags=[*tags, section.pipeline_tag],
+        eval_results=[row.eval_result() for row in section.results if row.in_model_index],
+        datasets=[section.data.hub_id] if section.data.hub_id else None,
+        base_model=section.base_model,
+    )
+    common = dict(
+        model_name=model_name,
+        model_id=repo_id or str(run.model_dir),
+        parameters=run.parameters,
+        data=section.data,
+        architecture=run.architecture,
+        architecture_rows=architecture_rows(run.model_config, run.parameters),
+        training_rows=training_rows(run, section.batch_unit),
+        results=[row.table_row() for row in section.results],
+        script=f"training/{run.script}.py",
+        curves="curves.png",
+        custom_code=run.custom_code,
+        pipeline_tag=section.pipeline_tag,
+        example=section.example,
+        evaluation_note=section.evaluation_note,
+        best_metric=run.best_metric,
+    )
+    return ModelCard.from_template(card_data, template_path=str(section.template), **common, **section.fields)
+
+
+__all__ = [
+    "CardSection",
+    "DataSource",
+    "ResultRow",
+    "RunRecord",
+    "architecture_rows",
+    "build_model_card",
+    "describe_data",
+    "read_run",
+    "training_rows",
+]

@@ -1,0 +1,69 @@
+"""The model card's section of a fine-tuning run: the test scores (the validation scores the checkpoint was chosen
+on stay out of the model-index when there are test scores), the labels, a classification example."""
+
+from pathlib import Path
+
+from ...cards import ENCODER_FAMILY, ENCODER_TEMPLATE, CardSection, ResultRow, RunRecord, describe_data
+
+
+def card_section(run: RunRecord) -> CardSection:
+    data, results, labels = run.data, run.results, run.results["labels"]
+    kind, token = results["task"], results["task"] == "token"
+    dataset = describe_data(data["data"])
+    task = dict(
+        task_type="token-classification" if token else "text-classification",
+        task_name=f"{kind.replace('_', '-')} classification" if kind != "regression" else "regression",
+        dataset_type=dataset.dataset_type,
+        dataset_name=dataset.title,
+        dataset_config=None,
+    )
+    test = {key: value for key, value in results.get("test", {}).items() if key not in ("split", "examples")}
+    validation = {
+        key.partition("/")[2]: value for key, value in run.chosen_metrics().items() if key.startswith("validation/")
+    }
+    rows = [
+        ResultRow(
+            **task,
+            dataset_split=split,
+            metric_type=key,
+            metric_name=key.replace("_", " "),
+            value=value,
+            in_model_index=in_index,
+        )
+        for split, metrics, in_index in (
+            (results.get("test", {}).get("split"), test, True),
+            (data["validation_split"], validation, not test),
+        )
+        for key, value in metrics.items()
+        if isinstance(value, int | float)
+    ]
+    base = run.settings["model"]["model"]
+    local_base = Path(base).exists()
+    pipeline_tag = "token-classification" if token else "text-classification"
+    tested = any(row.dataset_split != data["validation_split"] for row in rows)
+    return CardSection(
+        results=rows,
+        data=dataset,
+        pipeline_tag=pipeline_tag,
+        template=ENCODER_TEMPLATE,
+        example="A sentence to label.",
+        evaluation_note=(
+            f"Scores of the `{data['validation_split']}` split (the checkpoint was chosen on it)"
+            + (f" and of the `{results['test']['split']}` split" if tested else "")
+            + "."
+        ),
+        fields=dict(
+            family=ENCODER_FAMILY,
+            objective=(
+                f"fine-tuned from `{'/'.join(Path(base).parts[-2:]) if local_base else base}` for "
+                f"{kind.replace('_', '-')} {'regression' if kind == 'regression' else 'classification'} "
+                f"(labels: {', '.join(labels)})"
+            ),
+            intended_use=f"Labelling {'words' if token else 'texts'} like those of {dataset.title} with "
+            f"{', '.join(labels)}.",
+            auto_class="AutoModelForTokenClassification" if token else "AutoModelForSequenceClassification",
+            train_description=f"{results['train_examples']:,} examples of split `{data['train_split']}`",
+            eval_data=[],
+        ),
+        base_model=None if local_base else base,
+    )

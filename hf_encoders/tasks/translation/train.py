@@ -1,0 +1,229 @@
+"""Train a translation model on the shared training loop, pick it on validation BLEU, score it on the test set.
+
+    accelerate launch training/train_translation.py --config translation_de_en
+    python training/train_translation.py --config translation_de_en --architecture marian \
+        --output_dir runs/marian_de_en                        # transformers' MarianMTModel, same data and budget
+
+Reads sentence pairs with `datasets` (aligned local files such as Multi30k's, or a Hub id like `bentrevett/multi30k`),
+trains a joint tokenizer with language tags unless one is given, and trains `Seq2SeqForConditionalGeneration` (or a
+`MarianMTModel` of the same size) with label-smoothed cross-entropy on length-bucketed batches. Every `eval_every`
+steps it reports validation loss and greedy BLEU/chrF; the best model by validation BLEU is exported to `best/`,
+then translated with beam search on the test split: hypotheses, scores with sacreBLEU signatures and `results.json`
+are written beside it.
+"""
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from transformers import AutoModelForSeq2SeqLM
+
+from ... import (
+    Seq2SeqCollator,
+    Seq2SeqConfig,
+    Seq2SeqForConditionalGeneration,
+    Seq2SeqVAEConfig,
+    Seq2SeqVAEForConditionalGeneration,
+    load_parallel_dataset,
+    prepare_translation,
+    score_translations,
+    translate,
+    write_translations,
+)
+from ...baselines import marian_mt
+from ...run_folder import start_run
+from ...training import LOSS_METRICS, TrainingConfig, evaluate_loss, train
+from ...translation import TRANSLATION_SCORES
+from ..harness import chosen_model, first_n, parameter_count, parse_arguments, run_tokenizer, write_results
+
+logger = logging.getLogger("train_translation")
+ARCHITECTURES = ("hf_seq2seq", "marian")
+
+
+@dataclass
+class ModelArguments:  # also the denoising task's (tasks/denoising/pretrain.py): the same models
+    architecture: str = field(default="hf_seq2seq", metadata={"help": "hf_seq2seq (ours) or marian (MarianMTModel)."})
+    hidden_size: int = 256
+    num_hidden_layers: int = field(default=3, metadata={"help": "Encoder layers."})
+    num_decoder_layers: int = 3
+    num_attention_heads: int = 4
+    intermediate_size: int = 1024
+    hidden_activation: str = field(default="gelu", metadata={"help": "gelu, geglu, swiglu (Marian: gelu only)."})
+    norm_type: str = "layernorm"
+    position_embedding_type: str = "rope"
+    max_position_embeddings: int = 256
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.0
+    attn_implementation: str = "sdpa"
+    latent_size: int | None = field(default=None, metadata={"help": "Variational bottleneck size (None: off)."})
+    latent_memory_tokens: int = field(default=1, metadata={"help": "Memory vectors the latent becomes."})
+    kl_free_bits: float = field(default=0.0, metadata={"help": "KL floor per latent dimension, in nats."})
+    init_from: str | None = field(default=None, metadata={"help": "Start from this seq2seq checkpoint."})
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture={self.architecture!r}: choose one of {', '.join(ARCHITECTURES)}.")
+        if self.architecture == "marian" and self.latent_size:
+            raise ValueError(
+                "The variational bottleneck (latent_size) is an hf_seq2seq feature; MarianMTModel has none."
+            )
+
+
+@dataclass
+class DataArguments:
+    data: str = field(default="../shared/data/multi30k", metadata={"help": "Parallel data: path or Hub id."})
+    src: str = "de"
+    tgt: str = "en"
+    tokenizer: str | None = field(default=None, metadata={"help": "A saved tokenizer; else a joint one is trained."})
+    tokenizer_model: str = field(default="unigram", metadata={"help": "unigram, bpe or wordpiece."})
+    vocab_size: int = 8000
+    max_source_length: int = 128
+    max_target_length: int = 128
+    overlong: str = field(default="truncate", metadata={"help": "Over-long pairs: truncate or drop (both logged)."})
+    max_train_examples: int = field(default=0, metadata={"help": "Only the first N training pairs (0: all)."})
+    num_proc: int | None = None
+
+
+@dataclass
+class EvaluationArguments:
+    eval_max_examples: int = field(default=0, metadata={"help": "Validation pairs for greedy BLEU (0: all)."})
+    eval_batch_size: int = 64
+    test_split: str = "test"
+    test_max_examples: int = field(default=0, metadata={"help": "Only the first N test pairs (0: all)."})
+    test_num_beams: int = 5
+    length_penalty: float = 1.0
+    max_new_tokens: int = 128
+
+
+def build_model(args: ModelArguments, tokenizer) -> torch.nn.Module:
+    if args.init_from:
+        return AutoModelForSeq2SeqLM.from_pretrained(args.init_from, attn_implementation=args.attn_implementation)
+    settings = {k: v for k, v in asdict(args).items() if k not in ("architecture", "init_from")}
+    vae = {name: settings.pop(name) for name in ("latent_size", "latent_memory_tokens", "kl_free_bits")}
+    if args.architecture == "marian":  # no bottleneck (refused in ModelArguments)
+        return marian_mt(tokenizer, **settings)
+    special = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "decoder_start_token_id": tokenizer.bos_token_id,
+    }
+    if vae["latent_size"]:  # the variational bottleneck: a sentence VAE
+        config = Seq2SeqVAEConfig(**settings, **vae, **special, sparse_prediction=True)
+        return Seq2SeqVAEForConditionalGeneration(config)
+    return Seq2SeqForConditionalGeneration(Seq2SeqConfig(**settings, **special, sparse_prediction=True))
+
+
+def translate_everywhere(model, state: PartialState, tokenizer, sources: list[str], tgt: str, **options) -> list[str]:
+    """Each process translates its contiguous slice of `sources`; every process gets all translations, in order."""
+    per_process = math.ceil(len(sources) / state.num_processes)
+    mine = sources[state.process_index * per_process : (state.process_index + 1) * per_process]
+    hypotheses = translate(model, tokenizer, mine, tgt, show_progress=state.is_local_main_process, **options)
+    return gather_object(hypotheses) if state.num_processes > 1 else hypotheses
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, eval_args, training = parse_arguments(
+        (ModelArguments, DataArguments, EvaluationArguments, TrainingConfig), argv
+    )
+    settings = {
+        "script": "train_translation",
+        "model": asdict(model_args),
+        "data": asdict(data_args),
+        "evaluation": asdict(eval_args),
+    }
+    run = start_run(training, settings, [f"validation/{key}" for key in (*LOSS_METRICS, *TRANSLATION_SCORES)])
+    state = PartialState()
+    src, tgt = data_args.src, data_args.tgt
+    with state.main_process_first():  # one process reads and tokenizes, filling the datasets cache for the others
+        pairs = load_parallel_dataset(data_args.data, src, tgt)
+        for split in ("train", "validation", eval_args.test_split):
+            if split not in pairs:
+                raise ValueError(f"{data_args.data!r} has no {split!r} split of {src}-{tgt} pairs: {sorted(pairs)}.")
+        pairs["train"] = first_n(pairs["train"], data_args.max_train_examples or None)  # 0: all
+        tokenizer = run_tokenizer(
+            run,
+            data_args.tokenizer or model_args.init_from,
+            [pairs["train"]],
+            [src, tgt],
+            data_args.vocab_size,
+            kind="seq2seq",
+            model=data_args.tokenizer_model,
+            languages=sorted((src, tgt)),
+            model_max_length=data_args.max_source_length,
+        )
+        tokenized = prepare_translation(
+            pairs,
+            tokenizer,
+            src,
+            tgt,
+            data_args.max_source_length,
+            data_args.max_target_length,
+            data_args.overlong,
+            data_args.num_proc,
+        )
+
+    model = build_model(model_args, tokenizer)
+    padding_free = isinstance(model, Seq2SeqForConditionalGeneration)  # Marian reads padded batches only
+    collator = Seq2SeqCollator(tokenizer, padding_free=padding_free)
+    validation = first_n(pairs["validation"], eval_args.eval_max_examples or None)
+    validation_sources, validation_references = list(validation[src]), list(validation[tgt])  # read once
+    generation = {
+        "batch_size": eval_args.eval_batch_size,
+        "max_new_tokens": eval_args.max_new_tokens,
+        "length_penalty": eval_args.length_penalty,
+    }
+
+    def evaluate(model, accelerator) -> dict[str, float]:
+        losses = evaluate_loss(model, tokenized["validation"], collator, accelerator, eval_args.eval_batch_size)
+        # the unwrapped model keeps the mixed-precision forward of the prepared one
+        hypotheses = translate_everywhere(
+            accelerator.unwrap_model(model), accelerator, tokenizer, validation_sources, tgt, num_beams=1, **generation
+        )
+        scores = score_translations(hypotheses, validation_references)
+        return {
+            **{f"validation/{k}": v for k, v in losses.items()},
+            **{f"validation/{name}": score["score"] for name, score in scores.items()},
+        }
+
+    parameters = parameter_count(model)
+    result = train(model, tokenized["train"], collator, run, tokenizer, evaluate)
+
+    # the test set, once, with the model chosen on validation
+    chosen = chosen_model(run)
+    best = AutoModelForSeq2SeqLM.from_pretrained(chosen).to(state.device)
+    started = time.perf_counter()
+    test = first_n(pairs[eval_args.test_split], eval_args.test_max_examples or None)
+    hypotheses = translate_everywhere(
+        best, state, tokenizer, list(test[src]), tgt, num_beams=eval_args.test_num_beams, **generation
+    )
+    scores = score_translations(hypotheses, list(test[tgt]))
+    summary = {
+        "model": str(chosen),
+        "architecture": model_args.architecture,
+        "parameters": parameters,
+        "train": asdict(result),
+        "train_pairs": len(tokenized["train"]),
+        "test": {
+            "split": eval_args.test_split,
+            "examples": len(hypotheses),
+            "num_beams": eval_args.test_num_beams,
+            "seconds": time.perf_counter() - started,
+            **scores,
+        },
+    }
+    if state.is_main_process:
+        write_translations(chosen, eval_args.test_split, src, tgt, hypotheses, summary["test"])
+        write_results(run.path, summary)
+        for name, score in scores.items():
+            print(f"test {name:<16} {score['score']:6.2f}   {score['signature']}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
