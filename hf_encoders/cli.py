@@ -221,82 +221,66 @@ RELOAD = textwrap.dedent(
 DEMO_OWN = ("--config", "--data", "--src", "--tgt", "--output_dir", "--output-dir")
 
 
-def demo_command(args: argparse.Namespace) -> dict:
-    """Tokenizer, training, test BLEU/chrF, card, push, reload in a fresh process, translations; then a summary."""
-    from .cards import build_model_card
+def demo_training_args(args: argparse.Namespace) -> list[str]:
+    """The arguments of the demo's `train-translation`: the demo's own settings, then the user's."""
+    if clash := [arg for arg in args.training_args if arg.split("=")[0] in DEMO_OWN]:
+        raise CommandError(f"{clash[0]}: give the demo's own --config/--data/--src/--tgt/--output-dir instead.")
+    # a finished demo in the folder is replaced by the new one; any other run there is the training rules' to refuse
+    again = (Path(args.output_dir) / "demo_summary.json").is_file() and "--resume" not in args.training_args
+    fresh = ["--overwrite_output_dir"] if again else []
+    own = ["--config", args.config, "--data", args.data, "--src", args.src, "--tgt", args.tgt]
+    return [*own, "--output_dir", str(Path(args.output_dir)), *fresh, *args.training_args]
+
+
+def push_demo(args: argparse.Namespace, output_dir: Path, stack: contextlib.ExitStack) -> tuple:
+    """Push the run as `--push-to` says: `(pushed files, the model id to reload, where it went, the environment of
+    the process that reloads it)`. A local Hub stays up until `stack` closes."""
     from .hub import push_to_hub, upload_plan
     from .testing.local_hub import LocalHub
 
-    if clash := [arg for arg in args.training_args if arg.split("=")[0] in DEMO_OWN]:
-        raise CommandError(f"{clash[0]}: give the demo's own --config/--data/--src/--tgt/--output-dir instead.")
-    output_dir = Path(args.output_dir)
-    times: dict[str, float] = {}
-    started = time.perf_counter()
-    print(f"[1/4] training the joint tokenizer and a {args.src}->{args.tgt} model on {args.data} ({args.config})")
-    # a finished demo in the folder is replaced by the new one; any other run there is the training rules' to refuse
-    again = (output_dir / "demo_summary.json").is_file() and "--resume" not in args.training_args
-    fresh = ["--overwrite_output_dir"] if again else []
-    results = run_task(
-        "train-translation",
-        [
-            "--config",
-            args.config,
-            "--data",
-            args.data,
-            "--src",
-            args.src,
-            "--tgt",
-            args.tgt,
-            "--output_dir",
-            str(output_dir),
-            *fresh,
-            *args.training_args,
-        ],
-    )
-    times["train + evaluate"] = time.perf_counter() - started
-
-    print("[2/4] writing the model card")
-    card_path = output_dir / "README.md"
-    card_path.write_text(str(build_model_card(output_dir, repo_id=args.repo_id)), encoding="utf-8")
-
-    print(f"[3/4] pushing to {args.push_to}")
-    mark = time.perf_counter()
     env = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1"}
-    with contextlib.ExitStack() as stack:
-        if args.push_to == "local":
-            hub = stack.enter_context(LocalHub())
-            env.update(HF_ENDPOINT=hub.endpoint, HF_TOKEN="local", HF_HUB_CACHE=str(output_dir / "hub_cache"))
-            env.pop("HF_HUB_OFFLINE", None)
-            files = push_to_hub(output_dir, args.repo_id, endpoint=hub.endpoint, token="local").files
-            model_id, where = args.repo_id, f"{args.repo_id} on the local Hub {hub.endpoint} (stopped with the demo)"
-        elif args.push_to == "hub":
-            pushed = push_to_hub(output_dir, args.repo_id, private=True)
-            files, model_id, where = pushed.files, args.repo_id, pushed.commit_url
-        else:  # a folder: the files the commit would hold
-            folder = Path(args.push_to).resolve()
-            folder.mkdir(parents=True, exist_ok=True)
-            files = upload_plan(output_dir, args.repo_id)
-            for path, content in files.items():
-                (folder / path).write_bytes(content)
-            model_id = where = str(folder)
-        times["card + push"] = time.perf_counter() - mark
+    if args.push_to == "local":
+        hub = stack.enter_context(LocalHub())
+        env.update(HF_ENDPOINT=hub.endpoint, HF_TOKEN="local", HF_HUB_CACHE=str(output_dir / "hub_cache"))
+        env.pop("HF_HUB_OFFLINE", None)
+        files = push_to_hub(output_dir, args.repo_id, endpoint=hub.endpoint, token="local").files
+        model_id, where = args.repo_id, f"{args.repo_id} on the local Hub {hub.endpoint} (stopped with the demo)"
+    elif args.push_to == "hub":
+        pushed = push_to_hub(output_dir, args.repo_id, private=True)
+        files, model_id, where = pushed.files, args.repo_id, pushed.commit_url
+    else:  # a folder: the files the commit would hold
+        folder = Path(args.push_to).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        files = upload_plan(output_dir, args.repo_id)
+        for path, content in files.items():
+            (folder / path).write_bytes(content)
+        model_id = where = str(folder)
+    return files, model_id, where, env
 
-        print("[4/4] loading the pushed model in a fresh process and translating")
-        mark = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-c", RELOAD, model_id, args.tgt, json.dumps(DEMO_SENTENCES)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=600,
-        )
-    if done.returncode != 0:
-        raise RuntimeError(f"Reloading {model_id} in a fresh process failed: {done.stderr.strip().splitlines()[-1]}")
-    reloaded = json.loads(done.stdout.strip().splitlines()[-1])
-    times["reload + translate"] = time.perf_counter() - mark
 
+def reload_in_fresh_process(model_id: str, target: str, env: dict) -> subprocess.CompletedProcess:
+    """`RELOAD` in a new Python process: the pushed model through `pipeline`, translating `DEMO_SENTENCES`."""
+    return subprocess.run(
+        [sys.executable, "-c", RELOAD, model_id, target, json.dumps(DEMO_SENTENCES)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+
+
+def demo_summary(
+    results: dict,
+    seconds: dict[str, float],
+    output_dir: Path,
+    card_path: Path,
+    files: dict,
+    where: str,
+    reloaded: dict,
+) -> dict:
+    """What `demo_summary.json` holds: the test figures of the translation run, the times, where things are."""
     test = results["test"]
-    summary = {
+    return {
         "test": {
             "split": test["split"],
             "examples": test["examples"],
@@ -306,7 +290,7 @@ def demo_command(args: argparse.Namespace) -> dict:
             "bleu_signature": test["bleu"]["signature"],
         },
         "train_steps": results["train"]["steps"],
-        "seconds": {**times, "total": time.perf_counter() - started},
+        "seconds": seconds,
         "run_dir": str(output_dir),
         "model": str(output_dir / Path(results["model"]).name),
         "card": str(card_path),
@@ -315,14 +299,18 @@ def demo_command(args: argparse.Namespace) -> dict:
         "reloaded_class": reloaded["class"],
         "translations": dict(zip(DEMO_SENTENCES, reloaded["translations"], strict=True)),
     }
-    (output_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+
+
+def print_demo_summary(summary: dict, summary_path: Path) -> None:
+    """The demo's figures and where its outputs are, as a two-column table."""
+    test, reloaded_class = summary["test"], summary["reloaded_class"]
     rows = [
         (
             "test BLEU",
-            f"{summary['test']['bleu']:.2f} ({test['split']}, {test['examples']:,} sentences, "
-            f"beam {test['num_beams']}; {test['bleu']['signature']})",
+            f"{test['bleu']:.2f} ({test['split']}, {test['examples']:,} sentences, "
+            f"beam {test['num_beams']}; {test['bleu_signature']})",
         ),
-        ("test chrF", f"{summary['test']['chrf']:.2f}"),
+        ("test chrF", f"{test['chrf']:.2f}"),
         ("training", f"{summary['train_steps']:,} steps"),
         *(
             (f"time: {name}", f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s")
@@ -331,21 +319,58 @@ def demo_command(args: argparse.Namespace) -> dict:
         ("run folder", summary["run_dir"]),
         ("model", summary["model"]),
         ("card", summary["card"]),
-        ("pushed to", where),
+        ("pushed to", summary["pushed_to"]),
         (
             "reloaded as",
-            reloaded["class"].rpartition(".")[2]
+            reloaded_class.rpartition(".")[2]
             + (
                 " (the repository's own code, trust_remote_code)"
-                if reloaded["class"].startswith("transformers_modules")
+                if reloaded_class.startswith("transformers_modules")
                 else ""
             ),
         ),
         *((f"'{source}'", target) for source, target in summary["translations"].items()),
-        ("summary", str(output_dir / "demo_summary.json")),
+        ("summary", str(summary_path)),
     ]
     width = max(len(name) for name, _ in rows)
     print("\n" + "\n".join(f"{name:<{width}}  {value}" for name, value in rows))
+
+
+def demo_command(args: argparse.Namespace) -> dict:
+    """Tokenizer, training, test BLEU/chrF, card, push, reload in a fresh process, translations; then a summary."""
+    from .cards import build_model_card
+
+    training_args = demo_training_args(args)
+    output_dir = Path(args.output_dir)
+    times: dict[str, float] = {}
+    started = time.perf_counter()
+    print(f"[1/4] training the joint tokenizer and a {args.src}->{args.tgt} model on {args.data} ({args.config})")
+    results = run_task("train-translation", training_args)
+    times["train + evaluate"] = time.perf_counter() - started
+
+    print("[2/4] writing the model card")
+    card_path = output_dir / "README.md"
+    card_path.write_text(str(build_model_card(output_dir, repo_id=args.repo_id)), encoding="utf-8")
+
+    print(f"[3/4] pushing to {args.push_to}")
+    mark = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        files, model_id, where, env = push_demo(args, output_dir, stack)
+        times["card + push"] = time.perf_counter() - mark
+
+        print("[4/4] loading the pushed model in a fresh process and translating")
+        mark = time.perf_counter()
+        done = reload_in_fresh_process(model_id, args.tgt, env)
+    if done.returncode != 0:
+        raise RuntimeError(f"Reloading {model_id} in a fresh process failed: {done.stderr.strip().splitlines()[-1]}")
+    reloaded = json.loads(done.stdout.strip().splitlines()[-1])
+    times["reload + translate"] = time.perf_counter() - mark
+
+    seconds = {**times, "total": time.perf_counter() - started}
+    summary = demo_summary(results, seconds, output_dir, card_path, files, where, reloaded)
+    summary_path = output_dir / "demo_summary.json"
+    summary_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    print_demo_summary(summary, summary_path)
     return summary
 
 

@@ -14,6 +14,7 @@ predicts the test split: `predictions.<split>.jsonl` beside it, test metrics in 
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -205,6 +206,74 @@ def scores(task: str, logits: list, labels: list) -> dict[str, float]:
     return metric.compute(predictions=predictions, references=labels)
 
 
+def wanted_splits(data: DataArguments) -> list[str]:
+    """The splits a run reads: training, validation and, unless '', test."""
+    return [data.train_split, data.validation_split, *([data.test_split] * bool(data.test_split))]
+
+
+def load_splits(data: DataArguments, task: str) -> dict:
+    """The data's splits, checked to have the wanted splits and columns; the training split cut to
+    `max_train_examples`."""
+    splits = load_text_dataset(data.data, text_column=None if task == "token" else data.text_column)
+    wanted = wanted_splits(data)
+    for split_name in wanted:
+        if split_name not in splits:
+            raise ValueError(f"{data.data!r} has no split {split_name!r}; it has {sorted(splits)}.")
+    for split_name in wanted:
+        columns = splits[split_name].column_names
+        needed = [data.text_column, data.text_pair_column]
+        needed += [data.label_column] if split_name != data.test_split else []
+        if missing := [column for column in needed if column and column not in columns]:
+            raise ValueError(f"Split {split_name!r} of {data.data!r} has no {missing[0]!r} column; it has {columns}.")
+    if len(splits[data.train_split]) == 0:
+        raise ValueError(f"The training split {data.train_split!r} of {data.data!r} is empty.")
+    splits[data.train_split] = first_n(splits[data.train_split], data.max_train_examples or None)
+    return splits
+
+
+def model_class(task: str) -> type:
+    return AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
+
+
+def build_model(args: ModelArguments, names: list[str], label2id: dict[str, int]) -> torch.nn.Module:
+    """The checkpoint with a new head of `len(names)` outputs, the label names in its config."""
+    problem_type = {
+        "single_label": "single_label_classification",
+        "multi_label": "multi_label_classification",
+        "regression": "regression",
+    }.get(args.task)
+    return model_class(args.task).from_pretrained(
+        args.model,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id=label2id,
+        trust_remote_code=args.trust_remote_code,
+        **({"problem_type": problem_type} if problem_type else {}),
+    )
+
+
+def validation_evaluator(validation, collator, task: str, batch_size: int) -> Callable:
+    """The run's `evaluate(model, accelerator)`: the task's metrics on the validation split."""
+
+    def evaluate(model, accelerator) -> dict[str, float]:
+        logits, labels = predict(model, validation, collator, accelerator, batch_size)
+        return {f"validation/{key}": value for key, value in scores(task, logits, labels).items()}
+
+    return evaluate
+
+
+def predict_test(chosen: Path, test, collator, state, args: ModelArguments, data: DataArguments) -> tuple:
+    """The chosen model's logits on the test split, and its figures (the metrics when the split has labels)."""
+    best = model_class(args.task).from_pretrained(chosen, trust_remote_code=args.trust_remote_code).to(state.device)
+    logits, labels = predict(best, test, collator, state, data.eval_batch_size)
+    figures = {
+        "split": data.test_split,
+        "examples": len(test),
+        **(scores(args.task, logits, labels) if labels else {}),
+    }
+    return logits, figures
+
+
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training = parse_arguments((ModelArguments, DataArguments, TrainingConfig), argv)
     if not model_args.model:
@@ -216,53 +285,18 @@ def main(argv: list[str] | None = None) -> dict:
     run = start_run(training, settings, [f"validation/{name}" for name in TASK_METRICS[task]])
     state = PartialState()
     with state.main_process_first():
-        splits = load_text_dataset(data_args.data, text_column=None if task == "token" else data_args.text_column)
-        wanted = [
-            data_args.train_split,
-            data_args.validation_split,
-            *([data_args.test_split] * bool(data_args.test_split)),
-        ]
-        for split_name in wanted:
-            if split_name not in splits:
-                raise ValueError(f"{data_args.data!r} has no split {split_name!r}; it has {sorted(splits)}.")
-        for split_name in wanted:
-            columns = splits[split_name].column_names
-            needed = [data_args.text_column, data_args.text_pair_column]
-            needed += [data_args.label_column] if split_name != data_args.test_split else []
-            if missing := [column for column in needed if column and column not in columns]:
-                raise ValueError(
-                    f"Split {split_name!r} of {data_args.data!r} has no {missing[0]!r} column; it has {columns}."
-                )
-        if len(splits[data_args.train_split]) == 0:
-            raise ValueError(f"The training split {data_args.train_split!r} of {data_args.data!r} is empty.")
-        splits[data_args.train_split] = first_n(splits[data_args.train_split], data_args.max_train_examples or None)
+        splits = load_splits(data_args, task)
         names = label_names_of(data_args, task, splits)
         label2id = {name: i for i, name in enumerate(names)}
         tokenizer = AutoTokenizer.from_pretrained(model_args.model, trust_remote_code=model_args.trust_remote_code)
-        encoded = {name: tokenize(name, splits[name], tokenizer, data_args, task, label2id) for name in wanted}
+        encoded = {
+            name: tokenize(name, splits[name], tokenizer, data_args, task, label2id)
+            for name in wanted_splits(data_args)
+        }
 
-    auto = AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
-    problem_type = {
-        "single_label": "single_label_classification",
-        "multi_label": "multi_label_classification",
-        "regression": "regression",
-    }.get(task)
-    model = auto.from_pretrained(
-        model_args.model,
-        num_labels=len(names),
-        id2label=dict(enumerate(names)),
-        label2id=label2id,
-        trust_remote_code=model_args.trust_remote_code,
-        **({"problem_type": problem_type} if problem_type else {}),
-    )
+    model = build_model(model_args, names, label2id)
     collator = (DataCollatorForTokenClassification if task == "token" else DataCollatorWithPadding)(tokenizer)
-
-    def evaluate(model, accelerator) -> dict[str, float]:
-        logits, labels = predict(
-            model, encoded[data_args.validation_split], collator, accelerator, data_args.eval_batch_size
-        )
-        return {f"validation/{key}": value for key, value in scores(task, logits, labels).items()}
-
+    evaluate = validation_evaluator(encoded[data_args.validation_split], collator, task, data_args.eval_batch_size)
     parameters = parameter_count(model)
     run.settings["labels"] = names
     result = train(model, encoded[data_args.train_split], collator, run, tokenizer, evaluate)
@@ -277,14 +311,9 @@ def main(argv: list[str] | None = None) -> dict:
         "train_examples": len(encoded[data_args.train_split]),
     }
     if data_args.test_split:
-        best = auto.from_pretrained(chosen, trust_remote_code=model_args.trust_remote_code).to(state.device)
-        test = encoded[data_args.test_split]
-        logits, labels = predict(best, test, collator, state, data_args.eval_batch_size)
-        summary["test"] = {
-            "split": data_args.test_split,
-            "examples": len(test),
-            **(scores(task, logits, labels) if labels else {}),
-        }
+        logits, summary["test"] = predict_test(
+            chosen, encoded[data_args.test_split], collator, state, model_args, data_args
+        )
         if state.is_main_process:
             write_predictions(chosen / f"predictions.{data_args.test_split}.jsonl", task, names, logits)
     if state.is_main_process:

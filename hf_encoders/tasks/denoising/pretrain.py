@@ -21,6 +21,7 @@ the bottleneck, sentences sampled from the prior and decoded along interpolation
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -140,10 +141,8 @@ def latent_examples(model, tokenizer, texts: list[str], language: str, max_new_t
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, noise_args, eval_args, training = parse_arguments(
-        (ModelArguments, DataArguments, NoiseArguments, EvaluationArguments, TrainingConfig), argv
-    )
+def denoising_sources(model_args: ModelArguments, data_args: DataArguments, training: TrainingConfig) -> list:
+    """The `texts` sources as `(language, spec, split)`, once the settings are known to fit denoising pretraining."""
     if model_args.architecture != "hf_seq2seq":
         raise ValueError("Denoising pretraining trains hf_seq2seq models (architecture=hf_seq2seq).")
     if model_args.latent_size and training.label_smoothing:
@@ -151,10 +150,125 @@ def main(argv: list[str] | None = None) -> dict:
     sources = [parse_named_source(entry, default_split="train", what="language") for entry in data_args.texts]
     if not sources:
         raise ValueError("Give at least one monolingual source in `texts`.")
+    return sources
+
+
+def metric_names(sources: list, latent_size: int | None) -> list[str]:
+    """Each source's validation losses; with the bottleneck, the latent figures too."""
     names = [
         f"{monolingual_source_name(language, spec)}/{key}" for language, spec, _ in sources for key in LOSS_METRICS
     ]
-    names += [f"latent/{key}" for key in LATENT_METRICS] if model_args.latent_size else []
+    return names + ([f"latent/{key}" for key in LATENT_METRICS] if latent_size else [])
+
+
+def load_documents(sources: list, data_args: DataArguments) -> dict:
+    """Each source's documents: name -> `(language, training documents, validation documents)`."""
+    documents = {}
+    for language, spec, split in sources:
+        data = load_monolingual_dataset(spec, language, split)
+        train_texts = first_n(data[split], data_args.max_documents or None)  # 0: all
+        documents[monolingual_source_name(language, spec)] = (language, train_texts, data["validation"])
+    return documents
+
+
+def denoising_tokenizer(run, documents: dict, sources: list, model_args: ModelArguments, data_args: DataArguments):
+    """The run's joint tokenizer, with the sources' language tags."""
+    return run_tokenizer(
+        run,
+        data_args.tokenizer or model_args.init_from,
+        [texts for _, texts, _ in documents.values()],
+        ["text"],
+        data_args.vocab_size,
+        kind="seq2seq",
+        model=data_args.tokenizer_model,
+        languages=sorted({language for language, _, _ in sources}),
+        model_max_length=data_args.max_length,
+    )
+
+
+def prepare_segments(documents: dict, tokenizer, data_args: DataArguments, eval_args: EvaluationArguments) -> tuple:
+    """The training segments of all sources, and each source's validation segments (cut to `eval_max_examples`)."""
+    segments, validation = [], {}
+    for name, (language, train_texts, validation_texts) in documents.items():
+        segments.append(
+            prepare_denoising(train_texts, tokenizer, language, data_args.max_length, num_proc=data_args.num_proc)
+        )
+        held_out = prepare_denoising(validation_texts, tokenizer, language, data_args.max_length)
+        validation[name] = first_n(held_out, eval_args.eval_max_examples or None)  # 0: all
+    return concatenate_datasets(segments), validation
+
+
+def noise_settings(noise_args: NoiseArguments) -> dict:
+    return {
+        "mask_ratio": noise_args.mask_ratio,
+        "poisson_lambda": noise_args.poisson_lambda,
+        "permute_sentence_ratio": noise_args.permute_sentence_ratio,
+    }
+
+
+def shared_latent_report(
+    model, accelerator, tokenizer, sentences: list[str], language: str, eval_args: EvaluationArguments
+) -> dict:
+    """`latent_report`, decoded on the main process; every process gets the figures (best_metric)."""
+    report = [
+        latent_report(
+            accelerator.unwrap_model(model),
+            tokenizer,
+            sentences,
+            language,
+            eval_args.eval_batch_size,
+            eval_args.max_new_tokens,
+        )
+        if accelerator.is_main_process
+        else None
+    ]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(report)
+    return report[0]
+
+
+def validation_evaluator(
+    validation: dict,
+    tokenizer,
+    noise_args: NoiseArguments,
+    eval_args: EvaluationArguments,
+    seed: int,
+    latent: tuple[list[str], str] | None = None,
+) -> Callable:
+    """The run's `evaluate(model, accelerator)`: each source's reconstruction loss, the same noise every time; with
+    the bottleneck (`latent`: held-out sentences and their language), the latent figures of those sentences too."""
+    noise = noise_settings(noise_args)
+
+    def evaluate(model, accelerator) -> dict[str, float]:
+        # the same noise at every evaluation, one seed per process
+        held_out = DenoisingCollator(tokenizer, **noise, seed=seed + 1 + accelerator.process_index)
+        metrics = {
+            f"{name}/{key}": value
+            for name, dataset in validation.items()
+            for key, value in evaluate_loss(model, dataset, held_out, accelerator, eval_args.eval_batch_size).items()
+        }
+        if latent:
+            report = shared_latent_report(model, accelerator, tokenizer, *latent, eval_args)
+            metrics.update({f"latent/{key}": value for key, value in report.items()})
+        return metrics
+
+    return evaluate
+
+
+def kl_annealing(steps: int) -> Callable[[int], dict[str, float]]:
+    """The model's `kl_weight` at each step: rising linearly from 0 to 1 over `steps` (0: always 1)."""
+
+    def anneal_kl(step: int) -> dict[str, float]:
+        return {"kl_weight": min(1.0, (step + 1) / steps) if steps else 1.0}
+
+    return anneal_kl
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, noise_args, eval_args, training = parse_arguments(
+        (ModelArguments, DataArguments, NoiseArguments, EvaluationArguments, TrainingConfig), argv
+    )
+    sources = denoising_sources(model_args, data_args, training)
     settings = {
         "script": "pretrain_denoising",
         "model": asdict(model_args),
@@ -162,99 +276,36 @@ def main(argv: list[str] | None = None) -> dict:
         "noise": asdict(noise_args),
         "evaluation": asdict(eval_args),
     }
-    run = start_run(training, settings, names)
+    run = start_run(training, settings, metric_names(sources, model_args.latent_size))
     state = PartialState()
     with state.main_process_first():  # one process reads and tokenizes, filling the datasets cache for the others
-        documents = {}
-        for language, spec, split in sources:
-            data = load_monolingual_dataset(spec, language, split)
-            train_texts = first_n(data[split], data_args.max_documents or None)  # 0: all
-            documents[monolingual_source_name(language, spec)] = (language, train_texts, data["validation"])
-
-        tokenizer = run_tokenizer(
-            run,
-            data_args.tokenizer or model_args.init_from,
-            [texts for _, texts, _ in documents.values()],
-            ["text"],
-            data_args.vocab_size,
-            kind="seq2seq",
-            model=data_args.tokenizer_model,
-            languages=sorted({language for language, _, _ in sources}),
-            model_max_length=data_args.max_length,
-        )
-        segments, validation = [], {}
-        for name, (language, train_texts, validation_texts) in documents.items():
-            segments.append(
-                prepare_denoising(train_texts, tokenizer, language, data_args.max_length, num_proc=data_args.num_proc)
-            )
-            held_out = prepare_denoising(validation_texts, tokenizer, language, data_args.max_length)
-            validation[name] = first_n(held_out, eval_args.eval_max_examples or None)  # 0: all
-        train_segments = concatenate_datasets(segments)
+        documents = load_documents(sources, data_args)
+        tokenizer = denoising_tokenizer(run, documents, sources, model_args, data_args)
+        train_segments, validation = prepare_segments(documents, tokenizer, data_args, eval_args)
 
     model = build_model(model_args, tokenizer)
-    noise = {
-        "mask_ratio": noise_args.mask_ratio,
-        "poisson_lambda": noise_args.poisson_lambda,
-        "permute_sentence_ratio": noise_args.permute_sentence_ratio,
-    }
-    collator = DenoisingCollator(tokenizer, **noise, padding_free=True, seed=training.seed)
-    # the same noise at every evaluation, one seed per process
-    first_language, _, first_validation = next(iter(documents.values()))
+    collator = DenoisingCollator(tokenizer, **noise_settings(noise_args), padding_free=True, seed=training.seed)
+    language, _, first_validation = next(iter(documents.values()))  # the latent figures: the first source's
     sentences = [text.strip() for text in first_validation["text"][: eval_args.reconstruction_examples]]
-
-    def evaluate(model, accelerator) -> dict[str, float]:
-        held_out = DenoisingCollator(tokenizer, **noise, seed=training.seed + 1 + accelerator.process_index)
-        metrics = {
-            f"{name}/{key}": value
-            for name, dataset in validation.items()
-            for key, value in evaluate_loss(model, dataset, held_out, accelerator, eval_args.eval_batch_size).items()
-        }
-        if model_args.latent_size:  # decoded on the main process; every process gets the figures (best_metric)
-            report = [
-                latent_report(
-                    accelerator.unwrap_model(model),
-                    tokenizer,
-                    sentences,
-                    first_language,
-                    eval_args.eval_batch_size,
-                    eval_args.max_new_tokens,
-                )
-                if accelerator.is_main_process
-                else None
-            ]
-            if accelerator.num_processes > 1:
-                broadcast_object_list(report)
-            metrics.update({f"latent/{key}": value for key, value in report[0].items()})
-        return metrics
-
-    def anneal_kl(step: int) -> dict[str, float]:
-        steps = noise_args.kl_annealing_steps
-        return {"kl_weight": min(1.0, (step + 1) / steps) if steps else 1.0}
-
+    latent = (sentences, language) if model_args.latent_size else None
+    evaluate = validation_evaluator(validation, tokenizer, noise_args, eval_args, training.seed, latent)
     parameters = parameter_count(model)
-    result = train(
-        model,
-        train_segments,
-        collator,
-        run,
-        tokenizer,
-        evaluate,
-        step_inputs=anneal_kl if model_args.latent_size else None,
-    )
+    step_inputs = kl_annealing(noise_args.kl_annealing_steps) if model_args.latent_size else None
+    result = train(model, train_segments, collator, run, tokenizer, evaluate, step_inputs=step_inputs)
+
     summary = {
         **asdict(result),
         "parameters": parameters,
         "train_segments": len(train_segments),
         "train_tokens_per_epoch": sum(map(len, train_segments["labels"])),
     }
-    output_dir = run.path
     if model_args.latent_size and state.is_main_process:
-        final = type(model).from_pretrained(output_dir / "final").to(state.device)
+        final = type(model).from_pretrained(run.path / "final").to(state.device)
         summary["latent_examples"] = latent_examples(
-            final, tokenizer, sentences, first_language, eval_args.max_new_tokens, training.seed
+            final, tokenizer, sentences, language, eval_args.max_new_tokens, training.seed
         )
     if state.is_main_process:
-        write_results(output_dir, summary)
+        write_results(run.path, summary)
         logger.info("done: %s", json.dumps(summary, ensure_ascii=False))
     return summary
 

@@ -15,6 +15,7 @@ are written beside it.
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -127,6 +128,116 @@ def translate_everywhere(model, state: PartialState, tokenizer, sources: list[st
     return gather_object(hypotheses) if state.num_processes > 1 else hypotheses
 
 
+def load_data(run, model_args: ModelArguments, data_args: DataArguments, eval_args: EvaluationArguments) -> tuple:
+    """The sentence pairs (the training split cut to `max_train_examples`), the run's joint tokenizer and the pairs
+    tokenized: `(pairs, tokenizer, tokenized)`."""
+    src, tgt = data_args.src, data_args.tgt
+    pairs = load_parallel_dataset(data_args.data, src, tgt)
+    for split in ("train", "validation", eval_args.test_split):
+        if split not in pairs:
+            raise ValueError(f"{data_args.data!r} has no {split!r} split of {src}-{tgt} pairs: {sorted(pairs)}.")
+    pairs["train"] = first_n(pairs["train"], data_args.max_train_examples or None)  # 0: all
+    tokenizer = run_tokenizer(
+        run,
+        data_args.tokenizer or model_args.init_from,
+        [pairs["train"]],
+        [src, tgt],
+        data_args.vocab_size,
+        kind="seq2seq",
+        model=data_args.tokenizer_model,
+        languages=sorted((src, tgt)),
+        model_max_length=data_args.max_source_length,
+    )
+    tokenized = prepare_translation(
+        pairs,
+        tokenizer,
+        src,
+        tgt,
+        data_args.max_source_length,
+        data_args.max_target_length,
+        data_args.overlong,
+        data_args.num_proc,
+    )
+    return pairs, tokenizer, tokenized
+
+
+def generation_options(eval_args: EvaluationArguments) -> dict:
+    """The settings of `translate` that validation (greedy) and test (beam search) share."""
+    return {
+        "batch_size": eval_args.eval_batch_size,
+        "max_new_tokens": eval_args.max_new_tokens,
+        "length_penalty": eval_args.length_penalty,
+    }
+
+
+def validation_evaluator(
+    pairs, tokenized, collator, tokenizer, data_args: DataArguments, eval_args: EvaluationArguments
+) -> Callable:
+    """The run's `evaluate(model, accelerator)`: validation loss, and BLEU/chrF of greedy translations."""
+    validation = first_n(pairs["validation"], eval_args.eval_max_examples or None)
+    validation_sources, validation_references = list(validation[data_args.src]), list(validation[data_args.tgt])
+    generation = generation_options(eval_args)
+
+    def evaluate(model, accelerator) -> dict[str, float]:
+        losses = evaluate_loss(model, tokenized["validation"], collator, accelerator, eval_args.eval_batch_size)
+        # the unwrapped model keeps the mixed-precision forward of the prepared one
+        hypotheses = translate_everywhere(
+            accelerator.unwrap_model(model),
+            accelerator,
+            tokenizer,
+            validation_sources,
+            data_args.tgt,
+            num_beams=1,
+            **generation,
+        )
+        scores = score_translations(hypotheses, validation_references)
+        return {
+            **{f"validation/{k}": v for k, v in losses.items()},
+            **{f"validation/{name}": score["score"] for name, score in scores.items()},
+        }
+
+    return evaluate
+
+
+def evaluate_on_test(
+    run, state: PartialState, tokenizer, pairs, data_args: DataArguments, eval_args: EvaluationArguments
+) -> tuple:
+    """The test set, once, translated with beam search by the model chosen on validation: `(chosen model folder,
+    hypotheses, test figures)`."""
+    chosen = chosen_model(run)
+    best = AutoModelForSeq2SeqLM.from_pretrained(chosen).to(state.device)
+    started = time.perf_counter()
+    test = first_n(pairs[eval_args.test_split], eval_args.test_max_examples or None)
+    hypotheses = translate_everywhere(
+        best,
+        state,
+        tokenizer,
+        list(test[data_args.src]),
+        data_args.tgt,
+        num_beams=eval_args.test_num_beams,
+        **generation_options(eval_args),
+    )
+    scores = score_translations(hypotheses, list(test[data_args.tgt]))
+    figures = {
+        "split": eval_args.test_split,
+        "examples": len(hypotheses),
+        "num_beams": eval_args.test_num_beams,
+        "seconds": time.perf_counter() - started,
+        **scores,
+    }
+    return chosen, hypotheses, figures
+
+
+def write_test_outputs(run, chosen, data_args: DataArguments, hypotheses: list[str], summary: dict) -> None:
+    """The test hypotheses and scores beside the chosen model, `results.json` in the run folder, the scores
+    printed."""
+    test = summary["test"]
+    write_translations(chosen, test["split"], data_args.src, data_args.tgt, hypotheses, test)
+    write_results(run.path, summary)
+    for name in TRANSLATION_SCORES:
+        print(f"test {name:<16} {test[name]['score']:6.2f}   {test[name]['signature']}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, eval_args, training = parse_arguments(
         (ModelArguments, DataArguments, EvaluationArguments, TrainingConfig), argv
@@ -139,89 +250,27 @@ def main(argv: list[str] | None = None) -> dict:
     }
     run = start_run(training, settings, [f"validation/{key}" for key in (*LOSS_METRICS, *TRANSLATION_SCORES)])
     state = PartialState()
-    src, tgt = data_args.src, data_args.tgt
     with state.main_process_first():  # one process reads and tokenizes, filling the datasets cache for the others
-        pairs = load_parallel_dataset(data_args.data, src, tgt)
-        for split in ("train", "validation", eval_args.test_split):
-            if split not in pairs:
-                raise ValueError(f"{data_args.data!r} has no {split!r} split of {src}-{tgt} pairs: {sorted(pairs)}.")
-        pairs["train"] = first_n(pairs["train"], data_args.max_train_examples or None)  # 0: all
-        tokenizer = run_tokenizer(
-            run,
-            data_args.tokenizer or model_args.init_from,
-            [pairs["train"]],
-            [src, tgt],
-            data_args.vocab_size,
-            kind="seq2seq",
-            model=data_args.tokenizer_model,
-            languages=sorted((src, tgt)),
-            model_max_length=data_args.max_source_length,
-        )
-        tokenized = prepare_translation(
-            pairs,
-            tokenizer,
-            src,
-            tgt,
-            data_args.max_source_length,
-            data_args.max_target_length,
-            data_args.overlong,
-            data_args.num_proc,
-        )
+        pairs, tokenizer, tokenized = load_data(run, model_args, data_args, eval_args)
 
     model = build_model(model_args, tokenizer)
     padding_free = isinstance(model, Seq2SeqForConditionalGeneration)  # Marian reads padded batches only
     collator = Seq2SeqCollator(tokenizer, padding_free=padding_free)
-    validation = first_n(pairs["validation"], eval_args.eval_max_examples or None)
-    validation_sources, validation_references = list(validation[src]), list(validation[tgt])  # read once
-    generation = {
-        "batch_size": eval_args.eval_batch_size,
-        "max_new_tokens": eval_args.max_new_tokens,
-        "length_penalty": eval_args.length_penalty,
-    }
-
-    def evaluate(model, accelerator) -> dict[str, float]:
-        losses = evaluate_loss(model, tokenized["validation"], collator, accelerator, eval_args.eval_batch_size)
-        # the unwrapped model keeps the mixed-precision forward of the prepared one
-        hypotheses = translate_everywhere(
-            accelerator.unwrap_model(model), accelerator, tokenizer, validation_sources, tgt, num_beams=1, **generation
-        )
-        scores = score_translations(hypotheses, validation_references)
-        return {
-            **{f"validation/{k}": v for k, v in losses.items()},
-            **{f"validation/{name}": score["score"] for name, score in scores.items()},
-        }
-
+    evaluate = validation_evaluator(pairs, tokenized, collator, tokenizer, data_args, eval_args)
     parameters = parameter_count(model)
     result = train(model, tokenized["train"], collator, run, tokenizer, evaluate)
 
-    # the test set, once, with the model chosen on validation
-    chosen = chosen_model(run)
-    best = AutoModelForSeq2SeqLM.from_pretrained(chosen).to(state.device)
-    started = time.perf_counter()
-    test = first_n(pairs[eval_args.test_split], eval_args.test_max_examples or None)
-    hypotheses = translate_everywhere(
-        best, state, tokenizer, list(test[src]), tgt, num_beams=eval_args.test_num_beams, **generation
-    )
-    scores = score_translations(hypotheses, list(test[tgt]))
+    chosen, hypotheses, test = evaluate_on_test(run, state, tokenizer, pairs, data_args, eval_args)
     summary = {
         "model": str(chosen),
         "architecture": model_args.architecture,
         "parameters": parameters,
         "train": asdict(result),
         "train_pairs": len(tokenized["train"]),
-        "test": {
-            "split": eval_args.test_split,
-            "examples": len(hypotheses),
-            "num_beams": eval_args.test_num_beams,
-            "seconds": time.perf_counter() - started,
-            **scores,
-        },
+        "test": test,
     }
     if state.is_main_process:
-        write_translations(chosen, eval_args.test_split, src, tgt, hypotheses, summary["test"])
-        write_results(run.path, summary)
-        for name, score in scores.items():
-            print(f"test {name:<16} {score['score']:6.2f}   {score['signature']}")
+        write_test_outputs(run, chosen, data_args, hypotheses, summary)
     return summary
 
 
