@@ -453,24 +453,30 @@ def test_save_load_and_auto_classes(tmp_path):
 
 REMOTE_SCRIPT = REFUSE_HF_ENCODERS + textwrap.dedent(
     """
-    import torch
-    from transformers import AutoModel, AutoModelForSeq2SeqLM, pipeline
+    from pathlib import Path
 
-    folder, expected_file = sys.argv[1], sys.argv[2]
+    import torch
+    from transformers import AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer, pipeline
+
+    folder, expected_file, resaved = sys.argv[1], sys.argv[2], sys.argv[3]
     expected = torch.load(expected_file)
     model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True).eval()
     assert type(model).__module__.startswith("transformers_modules")
+    # saved again before any pipeline fetched pipeline_seq2seq.py: the copy still carries the pipelines' code
+    model.save_pretrained(resaved)
+    AutoTokenizer.from_pretrained(folder, trust_remote_code=True).save_pretrained(resaved)
     with torch.no_grad():
         logits = model(**expected["inputs"]).logits
     generated = model.generate(expected["inputs"]["input_ids"], attention_mask=expected["inputs"]["attention_mask"],
                                num_beams=2, max_new_tokens=8)
     base = AutoModel.from_pretrained(folder, trust_remote_code=True)
-    translate = pipeline("translation", model=folder, trust_remote_code=True, tgt_lang="de", max_new_tokens=5)
+    translate = pipeline("translation", model=resaved, trust_remote_code=True, tgt_lang="de", max_new_tokens=5)
     print(json.dumps({
         "logits": float((logits - expected["logits"]).abs().max()),
         "generate_equal": bool(torch.equal(generated, expected["generated"])),
         "base": type(base).__name__,
         "translation": translate("a dog runs")[0]["translation_text"],
+        "resaved_code": sorted(path.name for path in Path(resaved).glob("*.py")),
     }))
     """
 )
@@ -491,9 +497,13 @@ def test_trust_remote_code_without_the_package(tmp_path):
         logits = model(**inputs).logits
     generated = model.generate(ids, attention_mask=mask, num_beams=2, max_new_tokens=8)
     torch.save({"inputs": inputs, "logits": logits, "generated": generated}, tmp_path / "expected.pt")
-    result = run_without_the_package(REMOTE_SCRIPT, folder, tmp_path / "expected.pt", modules=tmp_path / "modules")
+    result = run_without_the_package(
+        REMOTE_SCRIPT, folder, tmp_path / "expected.pt", tmp_path / "resaved", modules=tmp_path / "modules"
+    )
     assert result["logits"] < 1e-5 and result["generate_equal"] and result["base"] == "Seq2SeqModel", result
     assert isinstance(result["translation"], str)
+    code = ["configuration_hf_encoders.py", "modeling_encoder.py", "modeling_seq2seq.py", "pipeline_seq2seq.py"]
+    assert result["resaved_code"] == code, result
 
 
 def test_translation_and_text2text_pipelines(tmp_path):
