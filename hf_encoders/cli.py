@@ -385,17 +385,7 @@ class Parser(argparse.ArgumentParser):
         raise CommandError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    tasks = "\n".join(f"  {name} ({', '.join(task.commands)}): {task.summary}" for name, task in TASKS.items())
-    parser = Parser(
-        prog="hf-encoders",
-        description=__doc__,
-        epilog=f"training tasks (hf_encoders.tasks):\n{tasks}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--debug", action="store_true", help="Show the full traceback of an error.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_demo_command(commands: argparse._SubParsersAction) -> None:
     sub = commands.add_parser(
         "demo",
         help="Train, evaluate, card, push, reload and translate: the whole mission.",
@@ -428,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.set_defaults(handler=demo_command, passthrough=True)
 
+
+def add_train_tokenizer_command(commands: argparse._SubParsersAction) -> None:
     sub = commands.add_parser(
         "train-tokenizer",
         help="Train a tokenizer on a text corpus or parallel data.",
@@ -456,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--model-max-length", type=int, default=512)
     sub.set_defaults(handler=train_tokenizer_command)
 
+
+def add_task_commands(commands: argparse._SubParsersAction) -> None:
+    """The tasks' commands (hf_encoders.tasks): every argument goes to their `main`."""
     for command, module in task_commands().items():  # the tasks' commands: every argument goes to their main
         help = command_summary(module)
         sub = commands.add_parser(
@@ -466,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.set_defaults(handler=task_command, passthrough=True)
 
+
+def add_translate_command(commands: argparse._SubParsersAction) -> None:
     sub = commands.add_parser(
         "translate",
         help="Translate sentences with a seq2seq model.",
@@ -482,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--trust-remote-code", action="store_true", help="Run the model folder's own code.")
     sub.set_defaults(handler=translate_command)
 
+
+def add_card_command(commands: argparse._SubParsersAction) -> None:
     sub = commands.add_parser(
         "card",
         help="Write a run's model card (README.md) from its outputs.",
@@ -495,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--output", help="Where to write the card (default: RUN_DIR/README.md).")
     sub.set_defaults(handler=card_command)
 
+
+def add_push_command(commands: argparse._SubParsersAction) -> None:
     sub = commands.add_parser(
         "push",
         help="Push a run's model, tokenizer, code, card and results to the Hub in one commit.",
@@ -513,6 +514,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--language", nargs="*", help="An encoder's languages, for a generated card.")
     sub.add_argument("--dry-run", action="store_true", help="List what would be uploaded; upload nothing.")
     sub.set_defaults(handler=push_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    tasks = "\n".join(f"  {name} ({', '.join(task.commands)}): {task.summary}" for name, task in TASKS.items())
+    parser = Parser(
+        prog="hf-encoders",
+        description=__doc__,
+        epilog=f"training tasks (hf_encoders.tasks):\n{tasks}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="Show the full traceback of an error.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_demo_command(commands)
+    add_train_tokenizer_command(commands)
+    add_task_commands(commands)
+    add_translate_command(commands)
+    add_card_command(commands)
+    add_push_command(commands)
     return parser
 
 
