@@ -16,6 +16,8 @@ import logging
 
 from transformers import BertConfig, BertForMaskedLM, MarianConfig, MarianMTModel, PreTrainedTokenizerBase
 
+from .tokenization import seq2seq_token_ids
+
 logger = logging.getLogger(__name__)
 GATED_ACTIVATIONS = ("geglu", "swiglu")
 
@@ -80,13 +82,7 @@ def marian_mt(
             "MarianMTModel is post-norm LayerNorm with sinusoidal positions and one activation (gelu here); "
             "hidden_activation, norm_type and position_embedding_type do not apply to it"
         )
-    special = {
-        "vocab_size": len(tokenizer),
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "decoder_start_token_id": tokenizer.bos_token_id,
-    }
+    special = seq2seq_token_ids(tokenizer)
     config = MarianConfig(
         d_model=hidden_size,
         encoder_layers=num_hidden_layers,

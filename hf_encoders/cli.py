@@ -56,9 +56,7 @@ def resolve_config(argv: list[str]) -> list[str]:
 
 def task_commands() -> dict[str, str]:
     """Every task's commands: command -> its module (`hf_encoders.tasks.<task>.<module>`)."""
-    return {
-        command: f"{task.package}.{module}" for task in TASKS.values() for command, module in task.commands.items()
-    }
+    return {command: task.module_name(module) for task in TASKS.values() for command, module in task.commands.items()}
 
 
 def command_summary(module: str) -> str:
@@ -81,9 +79,10 @@ def task_command(args: argparse.Namespace) -> None:
 def logging_for(command: str) -> None:
     """Warnings and errors on stderr. A task's own progress and the library's ("Resumed from ...") are shown too, at
     INFO, as `python training/<script>.py` shows them; other libraries' INFO lines are not."""
-    if command not in task_commands():
+    name = task_commands().get(command)
+    if name is None:
         return configure_logging(show=())
-    module = importlib.import_module(task_commands()[command])
+    module = importlib.import_module(name)
     own = getattr(module, "logger", logging.getLogger(module.__name__)).name  # e.g. "pretrain_mlm"
     configure_logging(show=("hf_encoders", own))
 

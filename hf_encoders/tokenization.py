@@ -41,6 +41,18 @@ def language_tag(language: str) -> str:
     return f"<2{language}>"
 
 
+def seq2seq_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """The ids a seq2seq model of ours or Marian takes from its tokenizer: the vocabulary size, padding, and `<s>`
+    to start (also the decoder's start) and `</s>` to end generation."""
+    return {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "decoder_start_token_id": tokenizer.bos_token_id,
+    }
+
+
 def target_language_token(tokenizer: PreTrainedTokenizerBase, language: str) -> int | None:
     """The id of the tokenizer's `<2xx>` tag for `language`, or None if it has none (e.g. a Marian tokenizer)."""
     tag = tokenizer.convert_tokens_to_ids(language_tag(language))

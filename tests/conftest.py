@@ -18,12 +18,12 @@ from transformers import PreTrainedTokenizerFast
 
 import hf_encoders  # noqa: F401  (registers the Auto classes)
 from hf_encoders import EncoderConfig
+from hf_encoders.tasks.harness import CONFIGS  # the packaged training configs
 
 torch.set_num_threads(2)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-CONFIGS = ROOT / "hf_encoders" / "configs"  # the packaged training configs
 # training/<script>.py -> the task module whose main it runs
 SCRIPT_MODULES = {
     "pretrain_mlm": "hf_encoders.tasks.masked_lm.train",

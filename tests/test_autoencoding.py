@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SHARED, run_script, tiny_config
+from conftest import CONFIGS, ROOT, SHARED, run_script, tiny_config
 from datasets import Dataset
 from test_modeling_seq2seq_vae import vae
 
@@ -204,7 +204,7 @@ def test_denoising_pretraining_then_translation_fine_tuning(handful, tmp_path):
     run_script(
         "pretrain_denoising.py",
         "--config",
-        str(ROOT / "hf_encoders" / "configs" / "denoising_multi30k.yaml"),
+        str(CONFIGS / "denoising_multi30k.yaml"),
         "--texts",
         f"en={handful}",
         f"de={handful}",
@@ -261,7 +261,7 @@ def test_denoising_pretraining_then_translation_fine_tuning(handful, tmp_path):
     run_script(
         "train_translation.py",
         "--config",
-        str(ROOT / "hf_encoders" / "configs" / "translation_tiny.yaml"),
+        str(CONFIGS / "translation_tiny.yaml"),
         "--data",
         str(handful),
         "--init_from",
@@ -288,7 +288,7 @@ def test_variational_autoencoder_script_reports_latent_figures(handful, tmp_path
     run_script(
         "pretrain_denoising.py",
         "--config",
-        str(ROOT / "hf_encoders" / "configs" / "vae_multi30k_en.yaml"),
+        str(CONFIGS / "vae_multi30k_en.yaml"),
         "--texts",
         f"en={handful}",
         "--best_metric",
@@ -336,7 +336,7 @@ def test_variational_autoencoder_script_reports_latent_figures(handful, tmp_path
         run_script(
             "pretrain_denoising.py",
             "--config",
-            str(ROOT / "hf_encoders" / "configs" / "vae_multi30k_en.yaml"),
+            str(CONFIGS / "vae_multi30k_en.yaml"),
             "--texts",
             f"en={handful}",
             "--label_smoothing",
@@ -366,7 +366,7 @@ def test_a_latent_best_metric_works_across_two_cpu_processes(handful, tmp_path):
     ]
     flags = [
         "--config",
-        str(ROOT / "hf_encoders" / "configs" / "vae_multi30k_en.yaml"),
+        str(CONFIGS / "vae_multi30k_en.yaml"),
         "--texts",
         f"en={handful}",
         "--best_metric",

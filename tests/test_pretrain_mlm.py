@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import ROOT, run_script
+from conftest import CONFIGS, run_script
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertForMaskedLM, pipeline
 
 from hf_encoders import load_text_dataset, pack_for_mlm
@@ -43,7 +43,7 @@ def test_bert_pretrains_through_the_same_script_for_side_by_side_runs(mlm_run, m
     run_script(
         "pretrain_mlm.py",
         "--config",
-        str(ROOT / "hf_encoders" / "configs" / "mlm_tiny.yaml"),
+        str(CONFIGS / "mlm_tiny.yaml"),
         "--architecture",
         "bert",
         "--tokenizer",

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import pytest
 
-import hf_encoders
 from hf_encoders import Seq2SeqConfig, Seq2SeqForConditionalGeneration, cli, train_tokenizer
+from hf_encoders.tasks.harness import CONFIGS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-PACKAGED_CONFIGS = Path(hf_encoders.__file__).resolve().parent / "configs"
 TRANSLATION_MODEL = "runs/translation_tiny/best"  # where the README's translation example loads its model from
 
 
@@ -147,7 +146,7 @@ def test_shell_commands_name_real_things(line, words, monkeypatch):
     arguments = words[1:] if words[0] == "hf-encoders" else words[2:]
     for flag, value in zip(arguments, arguments[1:], strict=False):
         if flag == "--config" and not Path(value).is_file():
-            assert (PACKAGED_CONFIGS / f"{value}.yaml").is_file(), f"README.md:{line}: no packaged config {value!r}"
+            assert (CONFIGS / f"{value}.yaml").is_file(), f"README.md:{line}: no packaged config {value!r}"
     if words[0] == "hf-encoders":
         text = help_of(lambda: cli.main([*arguments, "--help"]))
     else:

@@ -10,7 +10,7 @@ from unittest import mock
 
 import pytest
 from accelerate import Accelerator
-from conftest import ROOT, run_script
+from conftest import CONFIGS, ROOT, run_script
 from safetensors.torch import load_file
 from test_training import ACCELERATE, losses, run_job
 
@@ -108,7 +108,7 @@ def test_bad_settings_are_refused_before_the_first_step(tmp_path):
 
 def mlm_flags(corpus: Path, output: Path, *extra: str) -> list[str]:
     return [
-        *("--config", str(ROOT / "hf_encoders" / "configs" / "mlm_tiny.yaml")),
+        *("--config", str(CONFIGS / "mlm_tiny.yaml")),
         *("--train_data", str(corpus), "--train_split", "train", "--eval_data", f"corpus={corpus}:validation"),
         *("--output_dir", str(output)),
         *"--vocab_size 200 --block_size 64 --num_proc 1 --best_metric corpus/loss".split(),

@@ -34,8 +34,11 @@ class Task:
     card: str = "card"  # the module (relative to the folder) whose `card_section(run)` renders the task's section
     package: str = field(default="", compare=False)
 
+    def module_name(self, relative: str) -> str:
+        return f"{self.package}.{relative}"
+
     def module(self, relative: str) -> ModuleType:
-        return importlib.import_module(f"{self.package}.{relative}")
+        return importlib.import_module(self.module_name(relative))
 
     def entry_point(self, command: str):
         """The `main(argv)` that `hf-encoders COMMAND` runs."""

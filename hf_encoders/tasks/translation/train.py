@@ -37,6 +37,7 @@ from ... import (
 )
 from ...baselines import marian_mt
 from ...run_folder import start_run
+from ...tokenization import seq2seq_token_ids
 from ...training import LOSS_METRICS, TrainingConfig, evaluate_loss, train
 from ...translation import TRANSLATION_SCORES
 from ..harness import chosen_model, first_n, parameter_count, parse_arguments, run_tokenizer, write_results
@@ -107,13 +108,7 @@ def build_model(args: ModelArguments, tokenizer) -> torch.nn.Module:
     vae = {name: settings.pop(name) for name in ("latent_size", "latent_memory_tokens", "kl_free_bits")}
     if args.architecture == "marian":  # no bottleneck (refused in ModelArguments)
         return marian_mt(tokenizer, **settings)
-    special = {
-        "vocab_size": len(tokenizer),
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "decoder_start_token_id": tokenizer.bos_token_id,
-    }
+    special = seq2seq_token_ids(tokenizer)
     if vae["latent_size"]:  # the variational bottleneck: a sentence VAE
         config = Seq2SeqVAEConfig(**settings, **vae, **special, sparse_prediction=True)
         return Seq2SeqVAEForConditionalGeneration(config)
