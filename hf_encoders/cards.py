@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .data import is_local
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 ENCODER_TEMPLATE = Path(__file__).resolve().parent / "tasks" / "encoder_card.md"  # the encoder tasks share it
+SERVING_TEMPLATE = ENCODER_TEMPLATE.with_name("serving_card.md")  # the exports' part of every card
+EXPORT_FORMATS = ("ctranslate2", "onnx")  # `hf-encoders export` writes them beside the weights, `push` uploads them
 ENCODER_FAMILY = "encoder (a BERT/ModernBERT-style transformer)"
 SEQ2SEQ_FAMILY = "encoder-decoder (a BART-style transformer)"
 
@@ -324,6 +327,32 @@ def training_rows(run: RunRecord, unit: str = "sequences") -> list[tuple[str, st
     return rows
 
 
+def model_exports(model_dir: Path) -> list[dict]:
+    """The serving exports beside a model (`ctranslate2/`, `onnx/`): their export.json, with the format's name."""
+    found = []
+    for name in EXPORT_FORMATS:
+        info_file = model_dir / name / "export.json"
+        if info_file.is_file():
+            found.append({**json.loads(info_file.read_text()), "format": name})
+    return found
+
+
+def serving_section(exports: list[dict], model_id: str, hub: bool, example: str, target_language: str | None) -> str:
+    """The card's Serving section: each export and how to run it (nothing without exports)."""
+    if not exports:
+        return ""
+    for export in exports:
+        if export["format"] == "ctranslate2":
+            export["prefix"] = export["target_prefix"].get(target_language)  # None: a tokenizer without tags
+        else:
+            checked = export["verification"]["float32"]
+            export["checked"] = ", ".join(
+                f"{name} within {diff:.1e}" for name, diff in checked["max_abs_diff"].items()
+            )
+    template = jinja2.Template(SERVING_TEMPLATE.read_text(encoding="utf-8"))
+    return template.render(exports=exports, model_id=model_id, hub=hub, example=example).strip() + "\n\n"
+
+
 def card_section(run: RunRecord) -> CardSection:
     """The task's part of the run's card (from the `card.py` of the task that records runs as `run.script`)."""
     task = task_for_script(run.script)
@@ -345,7 +374,9 @@ def build_model_card(
     run = read_run(run_dir)
     section = card_section(run)
     model_name = (repo_id or run.directory.resolve().name).split("/")[-1]
+    exports = model_exports(run.model_dir)
     tags = ["hf_encoders", *(["custom_code"] if run.custom_code else []), run.model_config.get("model_type", "")]
+    tags += [export["format"] for export in exports]
     card_data = ModelCardData(
         model_name=model_name,
         language=section.languages if section.languages_fixed else language or section.languages,
@@ -373,6 +404,13 @@ def build_model_card(
         example=section.example,
         evaluation_note=section.evaluation_note,
         best_metric=run.best_metric,
+        serving=serving_section(
+            exports,
+            repo_id or str(run.model_dir),
+            repo_id is not None,
+            section.example,
+            section.fields.get("target_language"),
+        ),
     )
     return ModelCard.from_template(card_data, template_path=str(section.template), **common, **section.fields)
 

@@ -8,7 +8,9 @@
     hf-encoders evaluate-translation --model RUN/best --src en --tgt de    # hf_encoders.tasks.translation.evaluate
     hf-encoders pretrain-denoising --config denoising_multi30k [...]       # hf_encoders.tasks.denoising.pretrain
     hf-encoders evaluate-anomaly --model RUN/final [--in_domain ...]       # hf_encoders.tasks.denoising.anomaly
-    hf-encoders translate MODEL "A dog runs." --tgt-lang de                # or --file F, or stdin
+    hf-encoders translate MODEL "A dog runs." --tgt-lang de                # or --file F, or stdin; MODEL may be
+                                                                           # a CTranslate2 export
+    hf-encoders export MODEL --format ctranslate2 [--quantization int8]    # or --format onnx [--quantize]
     hf-encoders card RUN_DIR [--repo-id ORG/NAME]                          # RUN_DIR/README.md from the run
     hf-encoders push RUN_DIR ORG/NAME [--private] [--create-pr] [--revision BRANCH] [--dry-run]
 
@@ -151,10 +153,15 @@ def translate_command(args: argparse.Namespace) -> None:
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+    from .export_ctranslate2 import is_ctranslate2_export, translate_ctranslate2
     from .translation import translate
 
     check_model_location(args.model)
     sentences = read_sentences(args.sentences, args.file)
+    if is_ctranslate2_export(args.model):
+        options = dict(batch_size=args.batch_size, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+        print("\n".join(translate_ctranslate2(args.model, sentences, args.tgt_lang, **options)))
+        return
     model = AutoModelForSeq2SeqLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -169,6 +176,35 @@ def translate_command(args: argparse.Namespace) -> None:
         show_progress=len(sentences) > args.batch_size,
     ):
         print(line)
+
+
+def export_output(model: str, format: str, output: str | None) -> Path:
+    """Where an export goes: `--output`, else the `ctranslate2/` or `onnx/` subfolder of a local model folder
+    (which `hf-encoders push` uploads beside the weights)."""
+    if output:
+        return Path(output)
+    if not Path(model).is_dir():
+        raise CommandError(f"{model} is a Hub id: give --output, the folder to write the {format} export to.")
+    return Path(model) / format
+
+
+def export_command(args: argparse.Namespace) -> None:
+    check_model_location(args.model)
+    output = export_output(args.model, args.format, args.output)
+    if args.format == "ctranslate2":
+        from .export_ctranslate2 import convert_to_ctranslate2
+
+        if args.quantize:
+            raise CommandError("--quantize is for --format onnx; CTranslate2 takes --quantization int8 (or others).")
+        convert_to_ctranslate2(args.model, output, args.quantization, args.force)
+        print(f"wrote the CTranslate2 model ({args.quantization or 'float32'}) to {output}")
+        return
+    from .export_onnx import export_onnx
+
+    if args.quantization:
+        raise CommandError("--quantization is for --format ctranslate2; ONNX takes --quantize (int8 dynamic).")
+    info = export_onnx(args.model, output, quantize=args.quantize, trust_remote_code=args.trust_remote_code)
+    print(f"wrote the ONNX model ({info['task']}) to {output}: {', '.join(info['files'])}")
 
 
 def card_command(args: argparse.Namespace) -> None:
@@ -479,6 +515,29 @@ def add_translate_command(commands: argparse._SubParsersAction) -> None:
     sub.set_defaults(handler=translate_command)
 
 
+def add_export_command(commands: argparse._SubParsersAction) -> None:
+    sub = commands.add_parser(
+        "export",
+        help="Export a model for serving: CTranslate2 (translation) or ONNX Runtime (encoders).",
+        description="Convert a seq2seq checkpoint to CTranslate2 (--format ctranslate2, optionally quantized) or "
+        "an encoder head (embeddings, classification, fill-mask) to ONNX (--format onnx, optionally int8). The "
+        "export is checked against the PyTorch model; it is written to --output, by default the model folder's "
+        "ctranslate2/ or onnx/ subfolder, which `hf-encoders push` uploads.",
+    )
+    sub.add_argument("model", help="A model folder or Hub id.")
+    sub.add_argument("--format", required=True, choices=["ctranslate2", "onnx"])
+    sub.add_argument("--output", help="The export folder (default: MODEL/ctranslate2 or MODEL/onnx).")
+    sub.add_argument(
+        "--quantization",
+        choices=["int8", "int8_float32", "int16", "float32"],
+        help="ctranslate2: the weights' type (default float32).",
+    )
+    sub.add_argument("--quantize", action="store_true", help="onnx: also write model_quantized.onnx (int8).")
+    sub.add_argument("--force", action="store_true", help="ctranslate2: replace an existing export folder.")
+    sub.add_argument("--trust-remote-code", action="store_true", help="onnx: run the model folder's own code.")
+    sub.set_defaults(handler=export_command)
+
+
 def add_card_command(commands: argparse._SubParsersAction) -> None:
     sub = commands.add_parser(
         "card",
@@ -529,6 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_tokenizer_command(commands)
     add_task_commands(commands)
     add_translate_command(commands)
+    add_export_command(commands)
     add_card_command(commands)
     add_push_command(commands)
     return parser

@@ -56,6 +56,9 @@ class EncoderConfig(PreTrainedConfig):
         local_attention: total width of the sliding window of local layers (each token sees `local_attention // 2`
             tokens on either side). Set together with `global_attn_every_n_layers`; all layers are global when unset.
         global_attn_every_n_layers: every n-th layer (from the first) is global, the others are local.
+        first_layer_attention_norm: whether the first layer normalises its attention input as every other layer
+            does. Off (ModernBERT's layout), it reads the already normalised embeddings directly. The encoder-decoder
+            turns it on (see [`Seq2SeqConfig`]).
         attention_bias / mlp_bias / decoder_bias / classifier_bias: biases of the projections.
         embedding_dropout / attention_dropout / hidden_dropout / classifier_dropout: dropout probabilities of the
             embeddings, the attention probabilities, the residual branches and the classification heads.
@@ -91,6 +94,7 @@ class EncoderConfig(PreTrainedConfig):
     max_position_embeddings: int = 1024
     local_attention: int | None = None
     global_attn_every_n_layers: int | None = None
+    first_layer_attention_norm: bool = False
     attention_bias: bool = False
     mlp_bias: bool = False
     decoder_bias: bool = True
@@ -221,6 +225,10 @@ class Seq2SeqConfig(EncoderConfig):
         tie_word_embeddings: one matrix for the encoder embeddings, the decoder embeddings and the LM head.
         decoder_start_token_id: the id the decoder starts from (what `labels` are shifted right with).
         use_cache: keep keys and values of past decoder steps during generation.
+        first_layer_attention_norm: the first encoder and decoder layers normalise their attention input like every
+            other layer (on by default): the standard pre-norm layout, which CTranslate2 runs (`hf-encoders export
+            --format ctranslate2`). A config.json without the field was saved before it existed, when both first
+            layers read the normalised embeddings directly: it loads with the field off.
         classifier_pooling: how the encoder's `pooler_output` (sentence embeddings, and the input of the variational
             bottleneck of [`Seq2SeqVAEConfig`]) is pooled; `"mean"` over the source tokens by default (sources carry
             no `[CLS]`).
@@ -246,6 +254,15 @@ class Seq2SeqConfig(EncoderConfig):
     is_encoder_decoder: bool = True
     use_cache: bool = True
     classifier_pooling: str = "mean"
+    first_layer_attention_norm: bool = True
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> PreTrainedConfig:
+        """A saved config.json without `first_layer_attention_norm` describes the layout of its time (first layers
+        without an attention norm), not the default of new models."""
+        if "first_layer_attention_norm" not in config_dict:
+            config_dict = {**config_dict, "first_layer_attention_norm": False}
+        return super().from_dict(config_dict, **kwargs)
 
     def __post_init__(self, **kwargs):
         _refuse_vae_settings(kwargs)

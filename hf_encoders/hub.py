@@ -4,8 +4,8 @@ A *run* is the output folder of a training task (see `hf_encoders.cards`, which 
 
     push_to_hub("runs/de_en", "me/hf-seq2seq-multi30k-de-en", private=True)       # card, weights, code, results
 
-uploads the pushed model's folder, its card (the run's README.md when there is one, else one built) and the run's
-results, settings and training curves. `hf-encoders push` is the same on the command line.
+uploads the pushed model's folder (with its `ctranslate2/` and `onnx/` exports, if any), its card (the run's README.md
+when there is one, else one built) and the run's results, settings and training curves. `hf-encoders push` is the same on the command line.
 """
 
 import importlib
@@ -22,7 +22,7 @@ from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from .cards import build_model_card, read_run
+from .cards import EXPORT_FORMATS, build_model_card, read_run
 from .plots import plot_training_curves
 
 # Network errors of the HTTP client huggingface_hub talks through: httpx2 from huggingface_hub 2 on, httpx before.
@@ -101,6 +101,10 @@ def upload_plan(
     for pattern in MODEL_FILES:
         for path in sorted(run.model_dir.glob(pattern)):
             files[path.name] = path.read_bytes()
+    for export in EXPORT_FORMATS:  # `hf-encoders export` folders beside the weights go up whole, as subfolders
+        for path in sorted((run.model_dir / export).rglob("*")):
+            if path.is_file():
+                files[path.relative_to(run.model_dir).as_posix()] = path.read_bytes()
     if "auto_map" not in run.model_config and run.model_config.get("model_type", "").startswith("hf_"):
         raise ValueError(f"{run.model_dir}/config.json has no auto_map: save it with hf_encoders imported.")
     for name, path_in_repo in RUN_FILES.items():

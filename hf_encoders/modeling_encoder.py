@@ -455,13 +455,14 @@ class EncoderMLP(nn.Module):
 
 
 class EncoderLayer(GradientCheckpointingLayer):
-    """Pre-norm transformer layer. The first layer reads the already normalised embeddings, so it has no
-    attention norm of its own."""
+    """Pre-norm transformer layer. Unless `config.first_layer_attention_norm`, the first layer reads the already
+    normalised embeddings and has no attention norm of its own (ModernBERT's layout)."""
 
     def __init__(self, config: EncoderConfig, layer_idx: int):
         super().__init__()
         self.attention_type = config.layer_types[layer_idx]
-        self.attn_norm = nn.Identity() if layer_idx == 0 else make_norm(config)
+        own_norm = layer_idx > 0 or config.first_layer_attention_norm
+        self.attn_norm = make_norm(config) if own_norm else nn.Identity()
         self.attn = EncoderAttention(config, layer_idx)
         self.mlp_norm = make_norm(config)
         self.mlp = EncoderMLP(config)

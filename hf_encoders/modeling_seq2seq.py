@@ -249,12 +249,13 @@ class DecoderCrossAttention(nn.Module):
 
 
 class DecoderLayer(GradientCheckpointingLayer):
-    """Pre-norm decoder layer: causal self-attention, cross-attention, MLP. As in the encoder, the first layer reads
-    the already normalised embeddings and has no self-attention norm."""
+    """Pre-norm decoder layer: causal self-attention, cross-attention, MLP. As in the encoder, the first layer has a
+    self-attention norm of its own only with `config.first_layer_attention_norm`."""
 
     def __init__(self, config: Seq2SeqConfig, layer_idx: int):
         super().__init__()
-        self.self_attn_norm = nn.Identity() if layer_idx == 0 else make_norm(config)
+        own_norm = layer_idx > 0 or config.first_layer_attention_norm
+        self.self_attn_norm = make_norm(config) if own_norm else nn.Identity()
         self.self_attn = DecoderSelfAttention(config, layer_idx)
         self.cross_attn_norm = make_norm(config)
         self.cross_attn = DecoderCrossAttention(config, layer_idx)

@@ -49,10 +49,12 @@ def translate(
     max_new_tokens: int = 128,
     length_penalty: float = 1.0,
     show_progress: bool = True,
+    **generate_kwargs,
 ) -> list[str]:
     """Translate `sources` with `model.generate`, in batches of similar lengths (less padding); the order of the
     output follows `sources`. When the tokenizer has language tags, generation starts with the target language's
-    (`<2de>`), and a language without one is a ValueError; a tokenizer without tags (Marian's) needs none."""
+    (`<2de>`), and a language without one is a ValueError; a tokenizer without tags (Marian's) needs none.
+    `generate_kwargs` go to `generate` as they are (e.g. `early_stopping=True`)."""
     forced = target_language_start(tokenizer, target_language)
     was_training = model.training
     model.eval()
@@ -62,7 +64,12 @@ def translate(
         chunk = order[start : start + batch_size]
         inputs = tokenizer([sources[i] for i in chunk], return_tensors="pt", padding=True).to(model.device)
         output = model.generate(
-            **inputs, num_beams=num_beams, max_new_tokens=max_new_tokens, length_penalty=length_penalty, **forced
+            **inputs,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            length_penalty=length_penalty,
+            **forced,
+            **generate_kwargs,
         )
         for i, text in zip(chunk, tokenizer.batch_decode(output, skip_special_tokens=True), strict=True):
             hypotheses[i] = text.strip()

@@ -24,6 +24,7 @@ COMMANDS = [
     "pretrain-denoising",
     "evaluate-anomaly",
     "translate",
+    "export",
     "card",
     "push",
 ]

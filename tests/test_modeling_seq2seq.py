@@ -616,3 +616,32 @@ def test_labels_of_the_wrong_shape_and_empty_batches_are_refused():
     encoded = model.get_encoder()(ids, mask)  # a target batch that is empty although the source is not
     with pytest.raises(ValueError, match=r"`decoder_input_ids` is an empty batch \(shape \(0, 3\)\)"):
         model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=empty_target)
+
+
+def test_new_models_normalise_the_first_layers_input_and_keep_it_through_save_and_load(tmp_path):
+    model = build()
+    assert model.config.first_layer_attention_norm
+    assert isinstance(model.model.encoder.layers[0].attn_norm, torch.nn.LayerNorm)
+    assert isinstance(model.model.decoder.layers[0].self_attn_norm, torch.nn.LayerNorm)
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["first_layer_attention_norm"] is True
+    assert AutoModelForSeq2SeqLM.from_pretrained(tmp_path).config.first_layer_attention_norm
+
+
+def test_a_config_saved_before_first_layer_attention_norm_loads_the_layout_of_its_time(tmp_path):
+    """`Seq2SeqConfig.from_dict` (a transformers hook): a config.json without the field is the old layout."""
+    model = build(first_layer_attention_norm=False)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["first_layer_attention_norm"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert not AutoConfig.from_pretrained(tmp_path).first_layer_attention_norm
+    loaded, info = AutoModelForSeq2SeqLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert isinstance(loaded.model.encoder.layers[0].attn_norm, torch.nn.Identity)
+    ids, mask = source_batch()
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :3]).logits
+        torch.testing.assert_close(
+            loaded(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :3]).logits, expected
+        )

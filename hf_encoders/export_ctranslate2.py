@@ -1,0 +1,264 @@
+"""Serving an encoder-decoder with CTranslate2: `convert_to_ctranslate2` writes a `Seq2SeqForConditionalGeneration`
+checkpoint in CTranslate2's format, and `translate_ctranslate2` translates with it (`hf-encoders export MODEL --format
+ctranslate2` and `hf-encoders translate EXPORT_DIR`).
+
+The converter is written on `ctranslate2.specs`, as CTranslate2's own converters for transformers models are: a
+`TransformerSpec` whose options say what our layers do (pre-norm, the norm after the embeddings, rotary or learned
+positions, the gated MLP and its activation, no embedding scaling), filled with our weights. The export folder also
+holds the tokenizer and `export.json`; `ctranslate2.Translator(folder)` runs it, with the target language's tag as
+`target_prefix`:
+
+    import ctranslate2
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained("model/ctranslate2")
+    translator = ctranslate2.Translator("model/ctranslate2", device="cpu", intra_threads=2)
+    source = tokenizer.convert_ids_to_tokens(tokenizer("Ein Hund rennt.")["input_ids"])
+    result = translator.translate_batch([source], target_prefix=[["<2en>"]], beam_size=4)
+    print(tokenizer.decode(tokenizer.convert_tokens_to_ids(result[0].hypotheses[0]), skip_special_tokens=True))
+
+What CTranslate2 cannot express is refused by name (`check_convertible`), never converted approximately.
+"""
+
+import json
+from pathlib import Path
+
+import ctranslate2
+import torch
+import transformers
+from ctranslate2.converters import Converter
+from ctranslate2.specs import common_spec, transformer_spec
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+
+from .configuration_hf_encoders import Seq2SeqConfig
+from .modeling_seq2seq import Seq2SeqForConditionalGeneration
+from .translation import target_language_start
+
+QUANTIZATIONS = ("float32", "int8", "int8_float32", "int16")
+ACTIVATIONS = {
+    "gelu": (common_spec.Activation.GELU, False),
+    "geglu": (common_spec.Activation.GELU, True),
+    "swiglu": (common_spec.Activation.SWISH, True),
+}
+EXPORT_INFO = "export.json"
+
+
+def check_convertible(config: Seq2SeqConfig) -> None:
+    """Refuse, by name, every setting that CTranslate2's Transformer cannot run exactly."""
+    if config.model_type != "hf_seq2seq":
+        raise ValueError(
+            f"model_type {config.model_type!r}: only `Seq2SeqForConditionalGeneration` checkpoints (model_type "
+            "'hf_seq2seq') convert to CTranslate2; the variational bottleneck of a sentence VAE (`latent_size`) "
+            "has no CTranslate2 counterpart."
+        )
+    if config.local_attention is not None:
+        raise ValueError(
+            f"`local_attention`={config.local_attention} with `global_attn_every_n_layers`="
+            f"{config.global_attn_every_n_layers}: CTranslate2's encoder attends globally in every layer (its "
+            "`sliding_window` applies to all layers alike), so alternating local/global attention cannot be converted."
+        )
+    if not config.first_layer_attention_norm:
+        raise ValueError(
+            "`first_layer_attention_norm`=False: the first encoder and decoder layers of this checkpoint read the "
+            "normalised embeddings without a norm of their own, and every pre-norm layer of CTranslate2 has one. "
+            "Models trained with `first_layer_attention_norm=True` (the default of `Seq2SeqConfig` since the option "
+            "exists) convert exactly; this one would need retraining."
+        )
+
+
+def vocabulary(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> list[str]:
+    """The token strings by id, as CTranslate2 maps them, padded to the model's vocabulary with unused names."""
+    if len(tokenizer) > vocab_size:
+        raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the model only {vocab_size} embeddings.")
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    if len(set(tokens)) != len(tokens):
+        raise ValueError("The tokenizer maps two ids to the same token string; CTranslate2 looks tokens up by string.")
+    return tokens + [f"<madeupword{i}>" for i in range(vocab_size - len(tokens))]
+
+
+class HfEncodersConverter(Converter):
+    """CTranslate2's converter interface (`.convert(output_dir, quantization=...)`) for our encoder-decoder."""
+
+    def __init__(self, model: Seq2SeqForConditionalGeneration, tokenizer: PreTrainedTokenizerBase):
+        check_convertible(model.config)
+        self.model, self.tokenizer = model, tokenizer
+
+    def _load(self) -> transformer_spec.TransformerSpec:
+        config = self.model.config
+        spec = transformer_spec.TransformerSpec(
+            transformer_spec.TransformerEncoderSpec(config.num_hidden_layers, **self.layer_options()),
+            transformer_spec.TransformerDecoderSpec(config.num_decoder_layers, **self.layer_options()),
+        )
+        self.set_stack(spec.encoder, self.model.model.encoder, decoder=False)
+        self.set_stack(spec.decoder, self.model.model.decoder, decoder=True)
+        self.set_linear(spec.decoder.projection, self.model.lm_head)
+        tokens = vocabulary(self.tokenizer, config.vocab_size)
+        spec.register_source_vocabulary(tokens)
+        spec.register_target_vocabulary(tokens)
+        spec.config.bos_token, spec.config.eos_token = tokens[config.bos_token_id], tokens[config.eos_token_id]
+        spec.config.decoder_start_token = tokens[config.decoder_start_token_id]
+        spec.config.unk_token = self.tokenizer.unk_token or tokens[config.pad_token_id]
+        spec.config.layer_norm_epsilon = config.norm_eps
+        return spec
+
+    def layer_options(self) -> dict:
+        config = self.model.config
+        activation, glu = ACTIVATIONS[config.hidden_activation]
+        options = dict(
+            num_heads=config.num_attention_heads,
+            pre_norm=True,
+            activation=activation,
+            ffn_glu=glu,
+            rms_norm=config.norm_type == "rmsnorm",
+            layernorm_embedding=True,
+        )
+        if config.position_embedding_type == "rope":  # ours rotate the two halves of each head (not interleaved)
+            options.update(rotary_dim=0, rotary_interleave=False, rotary_base=config.rope_theta)
+        return options
+
+    def set_stack(self, spec, stack: torch.nn.Module, decoder: bool) -> None:
+        spec.scale_embeddings = False
+        embeddings = stack.embeddings
+        self.set_weight(spec.embeddings[0] if isinstance(spec.embeddings, list) else spec.embeddings, embeddings)
+        if embeddings.position_embeddings is not None:
+            spec.position_encodings.encodings = self.tensor(embeddings.position_embeddings.weight)
+        self.set_norm(spec.layernorm_embedding, embeddings.norm)
+        self.set_norm(spec.layer_norm, stack.final_norm)
+        for layer_spec, layer in zip(spec.layer, stack.layers, strict=True):
+            if decoder:
+                self.set_decoder_layer(layer_spec, layer)
+            else:
+                self.set_attention(layer_spec.self_attention, layer.attn_norm, layer.attn.qkv_proj, layer.attn.o_proj)
+                self.set_ffn(layer_spec.ffn, layer)
+
+    def set_decoder_layer(self, spec, layer: torch.nn.Module) -> None:
+        attention = layer.self_attn
+        self.set_attention(spec.self_attention, layer.self_attn_norm, attention.qkv_proj, attention.o_proj)
+        cross = layer.cross_attn
+        self.set_attention(spec.attention, layer.cross_attn_norm, cross.q_proj, cross.kv_proj, cross.o_proj)
+        self.set_ffn(spec.ffn, layer)
+
+    def set_attention(self, spec, norm: torch.nn.Module, *linears: torch.nn.Linear) -> None:
+        """Pre-norm attention: its norm and its projections ([qkv, out] or, across, [q, kv, out]) in order."""
+        self.set_norm(spec.layer_norm, norm)
+        for linear_spec, linear in zip(spec.linear, linears, strict=True):
+            self.set_linear(linear_spec, linear)
+
+    def set_ffn(self, spec, layer: torch.nn.Module) -> None:
+        self.set_norm(spec.layer_norm, layer.mlp_norm)
+        mlp = layer.mlp
+        if mlp.gated:  # ours compute act(x W_a) * (x W_b) from one projection [W_a; W_b]
+            self.set_linear(spec.linear_0, mlp.up_proj, rows=slice(0, mlp.down_proj.in_features))
+            self.set_linear(spec.linear_0_noact, mlp.up_proj, rows=slice(mlp.down_proj.in_features, None))
+        else:
+            self.set_linear(spec.linear_0, mlp.up_proj)
+        self.set_linear(spec.linear_1, mlp.down_proj)
+
+    def set_norm(self, spec, norm: torch.nn.Module) -> None:
+        spec.gamma = self.tensor(norm.weight)
+        if hasattr(spec, "beta"):  # LayerNorm; ours may have no bias
+            spec.beta = self.tensor(norm.bias) if norm.bias is not None else torch.zeros_like(spec.gamma)
+
+    def set_linear(self, spec, linear: torch.nn.Linear, rows: slice = slice(None)) -> None:
+        spec.weight = self.tensor(linear.weight[rows])
+        if linear.bias is not None:
+            spec.bias = self.tensor(linear.bias[rows])
+
+    def set_weight(self, spec, embeddings: torch.nn.Module) -> None:
+        spec.weight = self.tensor(embeddings.tok_embeddings.weight)
+
+    @staticmethod
+    def tensor(value: torch.Tensor) -> torch.Tensor:
+        return value.detach().float().contiguous()
+
+
+def convert_to_ctranslate2(
+    model_name_or_path: str | Path,
+    output_dir: str | Path,
+    quantization: str | None = None,
+    force: bool = False,
+) -> Path:
+    """Convert a `Seq2SeqForConditionalGeneration` checkpoint (a folder or a Hub id) to a CTranslate2 model in
+    `output_dir`, weights quantized as `quantization` (`int8`, `int8_float32`, `int16`; float32 by default), with its
+    tokenizer and an `export.json` that says what it is and how to run it."""
+    if quantization not in (None, *QUANTIZATIONS):
+        raise ValueError(f"--quantization {quantization!r}: choose one of {', '.join(QUANTIZATIONS)}.")
+    config = AutoConfig.from_pretrained(model_name_or_path)
+    check_convertible(config)
+    model = Seq2SeqForConditionalGeneration.from_pretrained(model_name_or_path, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    output_dir = Path(output_dir)
+    with torch.no_grad():
+        HfEncodersConverter(model, tokenizer).convert(str(output_dir), quantization=quantization, force=force)
+    tokenizer.save_pretrained(output_dir)
+    languages = sorted(token for token in tokenizer.get_vocab() if token.startswith("<2") and token.endswith(">"))
+    info = {
+        "format": "ctranslate2",
+        "task": "translation",
+        "source": str(model_name_or_path),
+        "quantization": quantization or "float32",
+        "target_prefix": {tag[2:-1]: [tag] for tag in languages},
+        "max_position_embeddings": config.max_position_embeddings,
+        "versions": {"ctranslate2": ctranslate2.__version__, "transformers": transformers.__version__},
+        "usage": "ctranslate2.Translator(folder).translate_batch(source_tokens, target_prefix=[[tag]] * n)",
+    }
+    (output_dir / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    return output_dir
+
+
+def is_ctranslate2_export(folder: str | Path) -> bool:
+    return (Path(folder) / "model.bin").is_file() and (Path(folder) / EXPORT_INFO).is_file()
+
+
+def target_prefix(tokenizer: PreTrainedTokenizerBase, target_language: str) -> list[str] | None:
+    """The forced first target token (the `<2xx>` tag) as CTranslate2's prefix; None for a tokenizer without tags."""
+    forced = target_language_start(tokenizer, target_language)
+    return tokenizer.convert_ids_to_tokens([forced["forced_bos_token_id"]]) if forced else None
+
+
+def check_lengths(source_tokens: list[list[str]], max_new_tokens: int, info: dict) -> None:
+    """Refuse sources and target budgets beyond the model's `max_position_embeddings`, which ours refuses too."""
+    limit = info["max_position_embeddings"]
+    if longest := max(source_tokens, key=len, default=None):
+        if len(longest) > limit:
+            index = source_tokens.index(longest)
+            raise ValueError(f"Source {index} has {len(longest)} tokens; the model takes at most {limit}.")
+    if max_new_tokens + 1 > limit:  # the decoder also reads its start token
+        raise ValueError(f"max_new_tokens={max_new_tokens}: the decoder takes at most {limit - 1} new tokens.")
+
+
+def translate_ctranslate2(
+    folder: str | Path,
+    sources: list[str],
+    target_language: str,
+    batch_size: int = 32,
+    num_beams: int = 4,
+    max_new_tokens: int = 128,
+    length_penalty: float = 1.0,
+    threads: int = 0,
+    translator: "ctranslate2.Translator | None" = None,
+) -> list[str]:
+    """Translate `sources` with the CTranslate2 export in `folder`, as `translation.translate` does with `generate`
+    (same tokens in, same target tag, same beams and lengths). Its beam search ends when `num_beams` hypotheses are
+    finished, as `generate(..., early_stopping=True)` does: with that setting the tokens are ours. `translator`
+    reuses a loaded one; a source longer than the model's positions is refused, as ours refuses it."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    translator = translator or ctranslate2.Translator(str(folder), device="cpu", intra_threads=threads)
+    source_tokens = [tokenizer.convert_ids_to_tokens(ids) for ids in tokenizer(sources)["input_ids"]]
+    check_lengths(source_tokens, max_new_tokens, json.loads((Path(folder) / EXPORT_INFO).read_text()))
+    prefix = target_prefix(tokenizer, target_language)
+    results = translator.translate_batch(
+        source_tokens,
+        target_prefix=[prefix] * len(sources) if prefix else None,
+        beam_size=num_beams,
+        length_penalty=length_penalty,
+        max_decoding_length=max_new_tokens,
+        max_input_length=0,  # (CTranslate2 would cut longer sources silently; check_lengths refused them)
+        max_batch_size=batch_size,
+        batch_type="examples",
+    )
+    outputs = [tokenizer.convert_tokens_to_ids(result.hypotheses[0]) for result in results]
+    return [text.strip() for text in tokenizer.batch_decode(outputs, skip_special_tokens=True)]
+
+
+__all__ = ["convert_to_ctranslate2", "translate_ctranslate2", "check_convertible", "is_ctranslate2_export"]
