@@ -81,7 +81,8 @@ def convert_marian(folder: str, output: Path, quantization: str) -> Path:
     SpecConverter(OurRecipeMarianLoader()(model, tokenizer)).convert(str(output), quantization=quantization)
     tokenizer.save_pretrained(output)
     info = {"format": "ctranslate2", "quantization": quantization, "converter": OurRecipeMarianLoader.__name__}
-    (output / EXPORT_INFO).write_text(json.dumps({**info, "max_position_embeddings": 10**6}) + "\n")
+    info["max_position_embeddings"] = model.config.max_position_embeddings
+    (output / EXPORT_INFO).write_text(json.dumps(info) + "\n")
     return output
 
 

@@ -32,7 +32,8 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from .configuration_hf_encoders import Seq2SeqConfig
 from .modeling_seq2seq import Seq2SeqForConditionalGeneration
-from .translation import target_language_start
+from .tokenization import language_tag
+from .translation import tagged_languages, target_language_start
 
 QUANTIZATIONS = ("float32", "int8", "int8_float32", "int16")
 ACTIVATIONS = {
@@ -119,7 +120,8 @@ class HfEncodersConverter(Converter):
     def set_stack(self, spec, stack: torch.nn.Module, decoder: bool) -> None:
         spec.scale_embeddings = False
         embeddings = stack.embeddings
-        self.set_weight(spec.embeddings[0] if isinstance(spec.embeddings, list) else spec.embeddings, embeddings)
+        token_spec = spec.embeddings[0] if isinstance(spec.embeddings, list) else spec.embeddings  # encoder: a list
+        token_spec.weight = self.tensor(embeddings.tok_embeddings.weight)
         if embeddings.position_embeddings is not None:
             spec.position_encodings.encodings = self.tensor(embeddings.position_embeddings.weight)
         self.set_norm(spec.layernorm_embedding, embeddings.norm)
@@ -164,9 +166,6 @@ class HfEncodersConverter(Converter):
         if linear.bias is not None:
             spec.bias = self.tensor(linear.bias[rows])
 
-    def set_weight(self, spec, embeddings: torch.nn.Module) -> None:
-        spec.weight = self.tensor(embeddings.tok_embeddings.weight)
-
     @staticmethod
     def tensor(value: torch.Tensor) -> torch.Tensor:
         return value.detach().float().contiguous()
@@ -191,13 +190,12 @@ def convert_to_ctranslate2(
     with torch.no_grad():
         HfEncodersConverter(model, tokenizer).convert(str(output_dir), quantization=quantization, force=force)
     tokenizer.save_pretrained(output_dir)
-    languages = sorted(token for token in tokenizer.get_vocab() if token.startswith("<2") and token.endswith(">"))
     info = {
         "format": "ctranslate2",
         "task": "translation",
         "source": str(model_name_or_path),
         "quantization": quantization or "float32",
-        "target_prefix": {tag[2:-1]: [tag] for tag in languages},
+        "target_prefix": {language: [language_tag(language)] for language in tagged_languages(tokenizer)},
         "max_position_embeddings": config.max_position_embeddings,
         "versions": {"ctranslate2": ctranslate2.__version__, "transformers": transformers.__version__},
         "usage": "ctranslate2.Translator(folder).translate_batch(source_tokens, target_prefix=[[tag]] * n)",
