@@ -1,11 +1,14 @@
-"""Masked-LM training-step throughput of EncoderForMaskedLM beside transformers' BertForMaskedLM and
-ModernBertForMaskedLM of the same dimensions, in one process, on the same batches.
+"""Encoder speed on a CPU beside transformers' BertForMaskedLM and ModernBertForMaskedLM of the same dimensions, in
+one process, on the same inputs, models taking turns.
 
-Each step is forward + backward + AdamW update. Throughput counts real (non-padding) tokens per second, so padding
-costs the models that compute on it. Our model runs the padding-free path (sequences packed into one row) with
-sparse prediction; the transformers models get dynamically padded batches with an attention mask, as
-`DataCollatorForLanguageModeling` gives them. ModernBERT is measured as configured by default and once more with its
-own `sparse_prediction=True`.
+Training (forward + backward + AdamW): every model gets the same padded batches (`input_ids`, `attention_mask`,
+`labels`), as `DataCollatorForLanguageModeling` and `Trainer` give them, each model with its default config; ours is
+also shown without unpadding and with dense logits (its behaviour before they became the defaults), and fed our own
+padding-free collator's layout (sequences packed in one row). ModernBERT is measured as configured by default and
+with its own `sparse_prediction=True`. Throughput counts real (non-padding) tokens per second.
+
+Inference: sequence classification and feature extraction (the pooled embedding) on padded batches of texts, as
+`pipeline(...)` or `tokenizer(..., padding=True)` give them, ours beside ModernBERT's.
 
     python benchmarks/bench_encoder_cpu.py                       # the issue's CPU case
     python benchmarks/bench_encoder_cpu.py --output benchmarks/results/encoder_mlm_cpu.json
@@ -15,20 +18,29 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    ModernBertConfig,
+    ModernBertForMaskedLM,
+    ModernBertForSequenceClassification,
+    ModernBertModel,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import write_result  # noqa: E402
-from hf_encoders import EncoderConfig, EncoderForMaskedLM  # noqa: E402
+from hf_encoders import EncoderConfig, EncoderForMaskedLM, EncoderForSequenceClassification, EncoderModel  # noqa: E402
 
 PAD, CLS, SEP, MASK = 0, 1, 2, 3
+OURS = "hf_encoders EncoderForMaskedLM"
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser(description: str = __doc__.split("\n\n")[0]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--hidden-size", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
@@ -38,75 +50,87 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--min-length", type=int, default=128)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--mask-rate", type=float, default=0.3)
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per model and round")
+    parser.add_argument("--inference-batch-size", type=int, default=32)
+    parser.add_argument("--inference-min-length", type=int, default=16)
+    parser.add_argument("--inference-max-length", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps (batches) per model and round")
     parser.add_argument("--rounds", type=int, default=3, help="models take turns this many times")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-inference", action="store_true")
     parser.add_argument("--output", type=Path, help="write the figures as JSON here")
-    return parser.parse_args()
+    return parser
 
 
-def make_batches(args: argparse.Namespace, count: int) -> list[dict]:
-    """Random documents of lengths in [min, max], [CLS] ... [SEP], with mask_rate of the inner tokens masked."""
+def make_batch(sizes: list[int], vocab_size: int, mask_rate: float, generator: torch.Generator) -> dict:
+    """Random documents of the given sizes, [CLS] ... [SEP], with `mask_rate` of the inner tokens masked; padded
+    (`padded`) and packed into one row (`packed`)."""
+    sequences, labels = [], []
+    for size in sizes:
+        ids = torch.randint(5, vocab_size, (size,), generator=generator)
+        ids[0], ids[-1] = CLS, SEP
+        masked = torch.rand(size, generator=generator) < mask_rate
+        masked[0] = masked[-1] = False
+        labels.append(torch.where(masked, ids, -100))
+        sequences.append(ids.masked_fill(masked, MASK))
+    padded = torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True, padding_value=PAD)
+    padded_labels = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=-100)
+    attention_mask = (torch.arange(padded.shape[1]) < torch.tensor(sizes)[:, None]).long()
+    return {
+        "tokens": sum(sizes),
+        "padded": {"input_ids": padded, "attention_mask": attention_mask, "labels": padded_labels},
+        "packed": {
+            "input_ids": torch.cat(sequences)[None],
+            "position_ids": torch.cat([torch.arange(size) for size in sizes])[None],
+            "labels": torch.cat(labels)[None],
+        },
+    }
+
+
+def make_batches(
+    args: argparse.Namespace, count: int, batch_size: int, lengths: tuple[int, int], mask_rate: float
+) -> list[dict]:
+    """`count` batches of `batch_size` documents of lengths drawn uniformly from `lengths`."""
     generator = torch.Generator().manual_seed(args.seed)
-    batches = []
-    for _ in range(count):
-        lengths = torch.randint(args.min_length, args.max_length + 1, (args.batch_size,), generator=generator)
-        sequences, labels = [], []
-        for length in lengths.tolist():
-            ids = torch.randint(5, args.vocab_size, (length,), generator=generator)
-            ids[0], ids[-1] = CLS, SEP
-            masked = torch.rand(length, generator=generator) < args.mask_rate
-            masked[0] = masked[-1] = False
-            labels.append(torch.where(masked, ids, -100))
-            sequences.append(ids.masked_fill(masked, MASK))
-        longest = int(lengths.max())
-        padded = torch.full((args.batch_size, longest), PAD)
-        padded_labels = torch.full((args.batch_size, longest), -100)
-        attention_mask = torch.zeros(args.batch_size, longest, dtype=torch.long)
-        for row, (ids, label) in enumerate(zip(sequences, labels, strict=True)):
-            padded[row, : len(ids)], padded_labels[row, : len(ids)], attention_mask[row, : len(ids)] = ids, label, 1
-        batches.append(
-            {
-                "tokens": int(lengths.sum()),
-                "padded": {"input_ids": padded, "attention_mask": attention_mask, "labels": padded_labels},
-                "packed": {
-                    "input_ids": torch.cat(sequences)[None],
-                    "position_ids": torch.cat([torch.arange(n) for n in lengths.tolist()])[None],
-                    "labels": torch.cat(labels)[None],
-                },
-            }
+    return [
+        make_batch(
+            torch.randint(lengths[0], lengths[1] + 1, (batch_size,), generator=generator).tolist(),
+            args.vocab_size,
+            mask_rate,
+            generator,
         )
-    return batches
+        for _ in range(count)
+    ]
 
 
-def build_models(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, str]]:
-    """name -> (model, batch layout). All share width, depth, heads, FFN size and vocabulary."""
-    common = dict(
+def dimensions(args: argparse.Namespace) -> dict:
+    return dict(
         vocab_size=args.vocab_size,
         hidden_size=args.hidden_size,
         num_hidden_layers=args.layers,
         num_attention_heads=args.heads,
         intermediate_size=args.intermediate_size,
-    )
-    special = dict(pad_token_id=PAD, bos_token_id=CLS, eos_token_id=SEP, cls_token_id=CLS, sep_token_id=SEP)
-    ours = EncoderConfig(
-        **common,
-        **special,
-        mask_token_id=MASK,
         max_position_embeddings=512,
-        hidden_activation="geglu",
-        local_attention=128,
-        global_attn_every_n_layers=3,
-        sparse_prediction=True,
-        attn_implementation="sdpa",
     )
-    bert = BertConfig(**common, max_position_embeddings=512, hidden_act="gelu", attn_implementation="sdpa")
-    modernbert = dict(**common, **special, max_position_embeddings=512, attn_implementation="sdpa")
+
+
+SPECIAL = dict(pad_token_id=PAD, bos_token_id=CLS, eos_token_id=SEP, cls_token_id=CLS, sep_token_id=SEP)
+
+
+def training_models(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, str]]:
+    """name -> (model, batch layout). All share width, depth, heads, FFN size and vocabulary; the rest is each
+    library's default (ModernBERT: local attention every 2 of 3 layers; ours: global attention)."""
+    ours = dict(**dimensions(args), **SPECIAL, mask_token_id=MASK)
+    modernbert = dict(**dimensions(args), **SPECIAL)
     return {
-        "hf_encoders EncoderForMaskedLM (packed, sparse)": (EncoderForMaskedLM(ours), "packed"),
-        "transformers BertForMaskedLM": (BertForMaskedLM(bert), "padded"),
+        OURS: (EncoderForMaskedLM(EncoderConfig(**ours)), "padded"),
+        f"{OURS} (unpadding=False, sparse_prediction=False)": (
+            EncoderForMaskedLM(EncoderConfig(**ours, unpadding=False, sparse_prediction=False)),
+            "padded",
+        ),
+        f"{OURS} (our padding-free collator)": (EncoderForMaskedLM(EncoderConfig(**ours)), "packed"),
+        "transformers BertForMaskedLM": (BertForMaskedLM(BertConfig(**dimensions(args))), "padded"),
         "transformers ModernBertForMaskedLM": (ModernBertForMaskedLM(ModernBertConfig(**modernbert)), "padded"),
         "transformers ModernBertForMaskedLM (sparse_prediction=True)": (
             ModernBertForMaskedLM(ModernBertConfig(**modernbert, sparse_prediction=True)),
@@ -115,62 +139,158 @@ def build_models(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, s
     }
 
 
-def time_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: list[dict], layout: str) -> float:
-    """Wall-clock seconds of one training step on each of the batches, summed."""
-    seconds = 0.0
-    for batch in batches:
-        start = time.perf_counter()
-        loss = model(**batch[layout]).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        seconds += time.perf_counter() - start
-    return seconds
+def training_step(model: torch.nn.Module, batch: dict) -> None:
+    model(**batch).loss.backward()
+    model.optimizer.step()
+    model.optimizer.zero_grad(set_to_none=True)
 
 
-def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    batches = make_batches(args, args.steps)
-    models = build_models(args)
-    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, (model, _) in models.items()}
-    for name, (model, layout) in models.items():
-        model.train()
-        time_steps(model, optimizers[name], batches[: args.warmup], layout)
+@torch.inference_mode()
+def inference_step(model: torch.nn.Module, batch: dict) -> None:
+    model(**batch)
 
+
+def take_turns(
+    models: dict[str, tuple[torch.nn.Module, str]],
+    batches: list[dict],
+    step: Callable[[torch.nn.Module, dict], None],
+    args: argparse.Namespace,
+) -> dict[str, list[float]]:
+    """Real tokens per second of each model in each round; the models take turns, so that drift of the machine
+    hits every model alike. `args.warmup` batches first, untimed."""
+    for model, layout in models.values():
+        for batch in batches[: args.warmup]:
+            step(model, batch[layout])
     tokens = sum(batch["tokens"] for batch in batches)
-    padded_tokens = sum(batch["padded"]["input_ids"].numel() for batch in batches)
     throughput: dict[str, list[float]] = {name: [] for name in models}
-    for round_index in range(args.rounds):  # take turns, so that drift of the machine hits every model alike
+    for round_index in range(args.rounds):
         for name, (model, layout) in models.items():
-            seconds = time_steps(model, optimizers[name], batches, layout)
-            throughput[name].append(tokens / seconds)
-            print(f"round {round_index + 1}/{args.rounds}  {name:<62} {tokens / seconds:9.0f} tokens/s", flush=True)
+            start = time.perf_counter()
+            for batch in batches:
+                step(model, batch[layout])
+            throughput[name].append(tokens / (time.perf_counter() - start))
+            print(
+                f"round {round_index + 1}/{args.rounds}  {name:<72} {throughput[name][-1]:9.0f} tokens/s", flush=True
+            )
+    return throughput
 
-    ours = next(iter(models))
+
+def summarize(title: str, models: dict, throughput: dict[str, list[float]], batches: list[dict]) -> dict:
+    """Print the table (ours against each) and return its figures."""
     median = {name: statistics.median(values) for name, values in throughput.items()}
-    print(f"\n{'model':<62} {'params':>8} {'tokens/s':>10} {'ours is':>9}")
+    ours = next(iter(models))
+    real = sum(batch["tokens"] for batch in batches) / len(batches)
+    padded = sum(batch["padded"]["input_ids"].numel() for batch in batches) / len(batches)
+    print(f"\n{title}\n{'model':<72} {'params':>8} {'tokens/s':>10} {'ours is':>9}")
     for name, (model, _) in models.items():
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        print(f"{name:<62} {params:7.2f}M {median[name]:10.0f} {median[ours] / median[name]:8.2f}x")
-    print(
-        f"(real tokens per step {tokens / len(batches):.0f}; padded batches hold {padded_tokens / len(batches):.0f})"
-    )
+        print(f"{name:<72} {params:7.2f}M {median[name]:10.0f} {median[ours] / median[name]:8.2f}x")
+    print(f"(real tokens per batch {real:.0f}; padded batches hold {padded:.0f})\n")
+    return {
+        "real_tokens_per_batch": real,
+        "padded_tokens_per_batch": padded,
+        "tokens_per_second": median,
+        "tokens_per_second_per_round": throughput,
+        "speedup_of_ours": {name: median[ours] / value for name, value in median.items()},
+    }
 
+
+def run_training(args: argparse.Namespace) -> dict:
+    batches = make_batches(args, args.steps, args.batch_size, (args.min_length, args.max_length), args.mask_rate)
+    models = training_models(args)
+    for model, _ in models.values():
+        model.train()
+        model.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    throughput = take_turns(models, batches, training_step, args)
+    title = "masked-LM training step (forward, backward, AdamW) on the same padded batches"
+    return summarize(title, models, throughput, batches)
+
+
+def inference_models(args: argparse.Namespace) -> dict[str, dict[str, tuple[torch.nn.Module, str]]]:
+    ours, modernbert = EncoderConfig(**dimensions(args), **SPECIAL), ModernBertConfig(**dimensions(args), **SPECIAL)
+    return {
+        "sequence classification": {
+            "hf_encoders EncoderForSequenceClassification": (EncoderForSequenceClassification(ours), "padded"),
+            "transformers ModernBertForSequenceClassification": (
+                ModernBertForSequenceClassification(modernbert),
+                "padded",
+            ),
+        },
+        "feature extraction": {
+            "hf_encoders EncoderModel": (EncoderModel(ours), "padded"),
+            "transformers ModernBertModel": (ModernBertModel(modernbert), "padded"),
+        },
+    }
+
+
+def run_inference(args: argparse.Namespace) -> dict:
+    lengths = (args.inference_min_length, args.inference_max_length)
+    batches = make_batches(args, args.steps, args.inference_batch_size, lengths, mask_rate=0.0)
+    for batch in batches:
+        del batch["padded"]["labels"]
+    results = {}
+    for task, models in inference_models(args).items():
+        for model, _ in models.values():
+            model.eval()
+        throughput = take_turns(models, batches, inference_step, args)
+        results[task] = summarize(f"{task}, inference on padded batches", models, throughput, batches)
+    return results
+
+
+def sizes_with_padding(batch_size: int, length: int, padding: float) -> list[int]:
+    """Document sizes filling a (batch_size, length) batch but for the share `padding`, taken off the last rows."""
+    sizes, missing = [length] * batch_size, round(padding * batch_size * length)
+    for row in reversed(range(1, batch_size)):
+        cut = min(missing, length // 2)
+        sizes[row], missing = length - cut, missing - cut
+    return sizes
+
+
+def run_padding_sweep(args: argparse.Namespace) -> dict:
+    """Ours with and without unpadding on batches holding a given share of padding (where the threshold
+    UNPAD_MIN_PADDING comes from), training and inference; and a pipeline's tiny batch of two short texts."""
+    generator = torch.Generator().manual_seed(args.seed)
+    unpadded = EncoderForMaskedLM(EncoderConfig(**dimensions(args), **SPECIAL, mask_token_id=MASK))
+    padded = EncoderForMaskedLM(EncoderConfig(**dimensions(args), **SPECIAL, mask_token_id=MASK, unpadding=False))
+    padded.load_state_dict(unpadded.state_dict())
+    models = {"unpadding": (unpadded, "padded"), "unpadding=False": (padded, "padded")}
+    shares = {"training": {}, "inference": {}}
+    for padding in (0.0, 0.01, 0.025, 0.05, 0.1, 0.2):
+        sizes = sizes_with_padding(args.batch_size, args.max_length, padding)
+        batches = [make_batch(sizes, args.vocab_size, args.mask_rate, generator) for _ in range(args.steps)]
+        for mode, step in (("training", training_step), ("inference", inference_step)):
+            for model, _ in models.values():
+                model.train(mode == "training")
+                model.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            print(f"{mode}, {padding:.1%} padding", flush=True)
+            median = {name: statistics.median(v) for name, v in take_turns(models, batches, step, args).items()}
+            shares[mode][padding] = median["unpadding"] / median["unpadding=False"]
+    tiny = [make_batch([8, 12], args.vocab_size, 0.0, generator) for _ in range(200)]
+    for batch in tiny:
+        del batch["padded"]["labels"]
+    for model, _ in models.values():
+        model.eval()
+    print("a pipeline's tiny batch (2 texts of 8 and 12 tokens)", flush=True)
+    median = {name: statistics.median(v) for name, v in take_turns(models, tiny, inference_step, args).items()}
+    shares["tiny inference batch"] = median["unpadding"] / median["unpadding=False"]
+    print(f"\nunpadding is (x as fast as without): {shares}\n")
+    return shares
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    parser.add_argument("--padding-sweep", action="store_true", help="also: unpadding's speed-up by padding share")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    figures = {"training": run_training(args)}
+    if not args.skip_inference:
+        figures["inference"] = run_inference(args)
+    if args.padding_sweep:
+        figures["unpadding_speedup_by_padding_share"] = run_padding_sweep(args)
     if args.output:
-        write_result(
-            args.output,
-            "masked-LM training step (forward, backward, AdamW)",
-            {k: v for k, v in vars(args).items() if k != "output"},
-            {
-                "real_tokens_per_step": tokens / len(batches),
-                "padded_tokens_per_step": padded_tokens / len(batches),
-                "tokens_per_second": median,
-                "tokens_per_second_per_round": throughput,
-                "speedup_of_ours": {name: median[ours] / value for name, value in median.items()},
-            },
-        )
+        settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "output"}
+        write_result(args.output, "encoder training and inference speed on padded batches", settings, figures)
 
 
 if __name__ == "__main__":

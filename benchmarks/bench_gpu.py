@@ -4,7 +4,8 @@ size, in one process, on the same variable-length batches, bf16 autocast and Ada
 `torch.compile`.
 
 Batches are documents of random lengths (seeded, uniform in [min, max] tokens). Ours reads them packed into one row
-(padding-free, sparse masked-LM prediction); the anchors read them padded with an attention mask, with their best
+(padding-free, sparse masked-LM prediction) and padded as the anchors do (eagerly unpadded inside; compiled, a padded
+batch is not unpadded); the anchors read them padded with an attention mask, with their best
 attention backend (flash-attention 2 where the `flash_attn` package is installed — ModernBERT then unpads inside —
 else SDPA) and ModernBERT with its own sparse prediction. Tokens/s counts real tokens; MFU counts model FLOPs
 (`benchmarks/flops.py`: the formula, written out) over the device's dense bf16 peak; the step has no host syncs.
@@ -103,7 +104,8 @@ def on_device(batch: dict, device: str) -> dict:
 def encoder_batches(args: argparse.Namespace, device: str) -> list[dict]:
     """bench_encoder_cpu's batches (the same documents packed and padded) with their training FLOPs."""
     batches = []
-    for batch in make_encoder_batches(args, args.steps):
+    lengths = (args.min_length, args.max_length)
+    for batch in make_encoder_batches(args, args.steps, args.batch_size, lengths, args.mask_rate):
         sizes = batch["padded"]["attention_mask"].sum(1).tolist()
         predicted = int((batch["packed"]["labels"] != -100).sum())
         flops = 3 * encoder_forward_flops(
@@ -220,6 +222,7 @@ def encoder_models(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module,
     )
     return {
         f"hf_encoders EncoderForMaskedLM (packed, {attention})": (EncoderForMaskedLM(ours), "packed"),
+        f"hf_encoders EncoderForMaskedLM (padded, {attention})": (EncoderForMaskedLM(ours), "padded"),
         f"transformers ModernBertForMaskedLM ({attention})": (ModernBertForMaskedLM(modernbert), "padded"),
         "transformers BertForMaskedLM (sdpa)": (BertForMaskedLM(bert), "padded"),
     }

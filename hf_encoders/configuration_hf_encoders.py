@@ -66,7 +66,13 @@ class EncoderConfig(PreTrainedConfig):
         initializer_cutoff_factor: truncation of the initialisation at this many standard deviations.
         classifier_pooling: `"cls"` (first token) or `"mean"` (mean over non-padding tokens) for `pooler_output` and
             the sequence-classification head.
-        sparse_prediction: compute the masked-LM vocabulary projection only where `labels != -100`.
+        sparse_prediction: when `labels` are given, compute the masked-LM head only where `labels != -100`, so
+            that `logits` has one row per labelled position (in that order); without labels (fill-mask) the head
+            covers every position. Off, `logits` is (batch, sequence, vocab) also with labels.
+        unpadding: run the token-wise work (embeddings, projections, MLPs, norms, heads) of a padded batch on its
+            real tokens only, re-padding for attention kernels without a variable-length mode; outputs keep the
+            batch's shape. Batches with little padding, and forwards that return hidden states or attentions, are
+            not unpadded.
         pad/bos/eos/cls/sep/mask_token_id: ids of the special tokens.
         tie_word_embeddings: share the masked-LM decoder matrix with the input embeddings.
 
@@ -106,7 +112,8 @@ class EncoderConfig(PreTrainedConfig):
     initializer_range: float | int = 0.02
     initializer_cutoff_factor: float | int = 2.0
     classifier_pooling: str = "cls"
-    sparse_prediction: bool = False
+    sparse_prediction: bool = True
+    unpadding: bool = True
     pad_token_id: int | None = 0
     cls_token_id: int | None = 1
     sep_token_id: int | None = 2
@@ -229,6 +236,8 @@ class Seq2SeqConfig(EncoderConfig):
             other layer (on by default): the standard pre-norm layout, which CTranslate2 runs (`hf-encoders export
             --format ctranslate2`). A config.json without the field was saved before it existed, when both first
             layers read the normalised embeddings directly: it loads with the field off.
+        sparse_prediction: with `labels`, compute the LM head only on labelled target positions (`logits` then has one
+            row for each); off by default, so that `Seq2SeqTrainer`'s evaluation gets (batch, target, vocab) logits.
         classifier_pooling: how the encoder's `pooler_output` (sentence embeddings, and the input of the variational
             bottleneck of [`Seq2SeqVAEConfig`]) is pooled; `"mean"` over the source tokens by default (sources carry
             no `[CLS]`).
@@ -255,6 +264,7 @@ class Seq2SeqConfig(EncoderConfig):
     use_cache: bool = True
     classifier_pooling: str = "mean"
     first_layer_attention_norm: bool = True
+    sparse_prediction: bool = False
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs) -> PreTrainedConfig:

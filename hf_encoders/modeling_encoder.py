@@ -13,6 +13,7 @@ This file is copied next to every saved checkpoint for `trust_remote_code=True`:
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -72,24 +73,36 @@ def checked_forward_kwargs(kwargs: dict[str, Any], model: nn.Module) -> dict[str
 
 # --------------------------------------------------------------------------------------------------------------------
 # Input checks: bad input gets a ValueError that says what is wrong, never an index error from deep inside torch.
+#
+# A check that reads a tensor's values on the host (`.tolist()`, `.item()`, a boolean index) makes the host wait for
+# the device. A forward reads everything its checks and its token layout need in one copy (`read_batch`); under
+# `torch.compile` it reads nothing (dynamo cannot read tensor values on the host) and the checks are skipped.
 
 
-def _id_range(ids: torch.Tensor, ignore_index: int | None) -> tuple[int, int] | None:
-    """(smallest, largest) of `ids` leaving out `ignore_index`, in one host sync; None where there is nothing to check
-    (no ids, or compiling: dynamo cannot read tensor values on the host)."""
-    if is_torchdynamo_compiling() or ids.numel() == 0:
-        return None
+def read_on_host(values: dict[str, torch.Tensor]) -> dict[str, int]:
+    """0-d integer tensors, read on the host in one device-to-host copy."""
+    if not values:
+        return {}
+    read = torch.stack([value.to(torch.long) for value in values.values()]).tolist()
+    return dict(zip(values, read, strict=True))
+
+
+def id_bounds(ids: torch.Tensor, name: str, ignore_index: int | None = None) -> dict[str, torch.Tensor]:
+    """`{name}_low` and `{name}_high`: the smallest and largest of `ids` leaving out `ignore_index` (0-d tensors, to
+    be read with `read_on_host`); nothing for an empty tensor."""
+    if ids.numel() == 0:
+        return {}
     if ignore_index is not None:
         ids = ids.masked_fill(ids == ignore_index, 0)
-    low, high = torch.stack(torch.aminmax(ids)).tolist()
-    return low, high
+    low, high = torch.aminmax(ids)
+    return {f"{name}_low": low, f"{name}_high": high}
 
 
-def check_token_ids(ids: torch.Tensor, vocab_size: int, name: str = "input_ids", ignore_index: int | None = None):
-    """Raise a ValueError if `ids` (ignoring `ignore_index`) fall outside `[0, vocab_size)`. One host sync."""
-    if (bounds := _id_range(ids, ignore_index)) is None:
+def check_id_bounds(read: dict[str, int], vocab_size: int, name: str = "input_ids") -> None:
+    """Raise a ValueError if the ids read by `id_bounds(..., name)` fall outside `[0, vocab_size)`."""
+    if f"{name}_low" not in read:
         return
-    low, high = bounds
+    low, high = read[f"{name}_low"], read[f"{name}_high"]
     if low < 0:
         raise ValueError(f"`{name}` contains negative ids (smallest {low}); ids must lie in [0, {vocab_size}).")
     if high >= vocab_size:
@@ -99,11 +112,12 @@ def check_token_ids(ids: torch.Tensor, vocab_size: int, name: str = "input_ids",
         )
 
 
-def check_class_labels(labels: torch.Tensor, num_labels: int, ignore_index: int = -100):
-    """Raise a ValueError if class ids in `labels` fall outside `[0, num_labels)` (`ignore_index` is ignored)."""
-    if (bounds := _id_range(labels, ignore_index)) is None:
+def check_class_bounds(read: dict[str, int], num_labels: int, ignore_index: int = -100) -> None:
+    """Raise a ValueError if the class ids read by `id_bounds(labels, "labels", ignore_index)` fall outside
+    `[0, num_labels)`."""
+    if "labels_low" not in read:
         return
-    low, high = bounds
+    low, high = read["labels_low"], read["labels_high"]
     if low < 0 or high >= num_labels:
         raise ValueError(
             f"`labels` contains label {low if low < 0 else high}, which is out of range: num_labels is {num_labels} "
@@ -148,7 +162,11 @@ def check_attention_mask(
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Padding-free batches
+# Padding-free batches, and padded batches unpadded inside the model
+
+# A padded batch is unpadded (token-wise work on its real tokens only) when at least this share of it is padding:
+# below, the gathers and scatters around each attention cost about what the padding would (benchmarks/RESULTS.md).
+UNPAD_MIN_PADDING = 0.05
 
 
 @dataclass
@@ -156,25 +174,22 @@ class PackedBatch:
     """Layout of a padding-free batch: `num_sequences` sequences laid back to back in one row of `total` tokens.
 
     Token-wise work (projections, MLP, norms) runs on the `total` real tokens only. Attention kernels without a
-    variable-length mode (eager, sdpa, flex) see the sequences re-padded to `(num_sequences, max_length)` with
-    `pad`, and their output comes back with `unpad`; flash attention reads `cu_seq_lens` directly.
+    variable-length mode (eager, sdpa, flex) see the sequences re-padded into a `padding_mask`-shaped grid with
+    `pad`, and their output comes back with `unpad`; flash attention reads `cu_seq_lens` directly. A padded batch
+    unpadded inside the model re-pads into its own (batch_size, sequence_length) grid and attention mask.
     """
 
     cu_seq_lens: torch.Tensor  # (num_sequences + 1,) int32 offsets of the sequences in the row
     max_length: int  # longest sequence
-    index: torch.Tensor  # (total,) where each token sits in the flattened (num_sequences, max_length) grid
-    padding_mask: torch.Tensor  # (num_sequences, max_length), True on real tokens
-    position_ids: torch.Tensor  # (1, total) position of each token inside its sequence
+    index: torch.Tensor  # (total,) where each token sits in the flattened grid of `padding_mask`
+    padding_mask: torch.Tensor  # (num_sequences, grid_length), True on real tokens
+    position_ids: torch.Tensor  # (1, total) position of each token
 
     @classmethod
-    def from_cu_seq_lens(cls, cu_seq_lens: torch.Tensor, total: int) -> "PackedBatch":
+    def from_cu_seq_lens(cls, cu_seq_lens: torch.Tensor, total: int, longest: int) -> "PackedBatch":
+        """Sequences of `total` tokens at offsets `cu_seq_lens` (checked by the batch's probe), the longest
+        `longest`."""
         cu = cu_seq_lens.to(torch.long).flatten()
-        lengths = cu.diff()
-        first, last, shortest, longest = torch.stack([cu[0], cu[-1], lengths.min(), lengths.max()]).tolist()
-        if first != 0 or last != total or shortest <= 0:
-            raise ValueError(
-                f"`cu_seq_lens_q` must rise strictly from 0 to the number of tokens ({total}); got {cu.tolist()}."
-            )
         device = cu.device
         starts = torch.zeros(total, dtype=torch.long, device=device)
         starts[cu[1:-1]] = 1
@@ -184,18 +199,28 @@ class PackedBatch:
             cu_seq_lens=cu.to(torch.int32),
             max_length=longest,
             index=sequence * longest + position,
-            padding_mask=torch.arange(longest, device=device) < lengths[:, None],
+            padding_mask=torch.arange(longest, device=device) < cu.diff()[:, None],
             position_ids=position[None],
         )
 
     @classmethod
-    def from_position_ids(cls, position_ids: torch.Tensor) -> "PackedBatch":
-        """A new sequence starts wherever the position does not continue the previous token's."""
-        positions = position_ids.flatten()
-        starts = torch.ones_like(positions, dtype=torch.bool)
-        starts[1:] = positions[1:] != positions[:-1] + 1
-        cu = torch.cat([starts.nonzero().flatten(), positions.new_tensor([positions.numel()])])
-        return cls.from_cu_seq_lens(cu, positions.numel())
+    def from_attention_mask(
+        cls, attention_mask: torch.Tensor, total: int, longest: int, position_ids: torch.Tensor | None
+    ) -> "PackedBatch":
+        """The `total` real tokens of a padded batch, the longest row holding `longest`; positions as the padded
+        batch has them (`position_ids`, or the column)."""
+        mask = attention_mask.bool()
+        index = torch.nonzero_static(mask.flatten(), size=total).flatten()
+        if position_ids is None:
+            position_ids = torch.arange(mask.shape[1], device=mask.device)
+        lengths = mask.sum(dim=1)
+        return cls(
+            cu_seq_lens=nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32),
+            max_length=longest,
+            index=index,
+            padding_mask=mask,
+            position_ids=position_ids.expand(mask.shape).flatten().index_select(0, index)[None],
+        )
 
     @property
     def num_sequences(self) -> int:
@@ -207,41 +232,185 @@ class PackedBatch:
         return like.new_empty(*self.padding_mask.shape, 0), self.padding_mask
 
     def pad(self, packed: torch.Tensor) -> torch.Tensor:
-        """(1, total, *rest) -> (num_sequences, max_length, *rest), zeros on padding."""
+        """(1, total, *rest) -> (num_sequences, grid_length, *rest), zeros on padding."""
         rest = packed.shape[2:]
         padded = packed.new_zeros(self.padding_mask.numel(), *rest)
         padded = padded.index_copy(0, self.index, packed[0])
         return padded.view(*self.padding_mask.shape, *rest)
 
     def unpad(self, padded: torch.Tensor) -> torch.Tensor:
-        """(num_sequences, max_length, *rest) -> (1, total, *rest)."""
+        """(num_sequences, grid_length, *rest) -> (1, total, *rest)."""
         return padded.flatten(0, 1).index_select(0, self.index)[None]
 
 
-def packed_batch_from_inputs(
-    input_shape: torch.Size,
-    attention_mask: torch.Tensor | None,
-    position_ids: torch.Tensor | None,
-    cu_seq_lens_q: torch.Tensor | None = None,
-) -> PackedBatch | None:
-    """The padding-free layout of a batch, or None for an ordinary (padded) batch."""
-    if cu_seq_lens_q is None and position_ids is None:
-        return None
-    batch_size, total = input_shape
-    if batch_size != 1 or attention_mask is not None:
-        if cu_seq_lens_q is not None:
-            raise ValueError(
-                "Padding-free batches (`cu_seq_lens_q`) hold all sequences in one row of shape (1, total_tokens) "
-                f"without an `attention_mask`; got batch size {batch_size}"
-                + (" and an attention_mask." if attention_mask is not None else ".")
+@dataclass
+class BatchLayout:
+    """What a batch's probe found: the layout its layers run in, and what was read on the host for the checks and
+    the heads (`labelled`: how many labels are not -100)."""
+
+    packed: PackedBatch | None = None  # sequences back to back in one row, given so or unpadded from a padded batch
+    unpadded: bool = False  # `packed` holds a padded batch's real tokens: outputs go back to the batch's shape
+    padding: bool | None = None  # whether the grid the attention kernels see holds padding (None: a 4D mask)
+    read: dict[str, int] | None = None  # everything read on the host (`labels_low`, `labelled`, ...)
+
+
+def _cu_seq_lens_reads(cu_seq_lens: torch.Tensor) -> dict[str, torch.Tensor]:
+    cu = cu_seq_lens.to(torch.long).flatten()
+    lengths = cu.diff()
+    return {"first": cu[0], "last": cu[-1], "shortest": lengths.min(), "longest": lengths.max()}
+
+
+def _position_ids_reads(position_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Where sequences start in a row of positions (a new one wherever a position does not continue the previous
+    token's), and how many there are, the shortest and the longest, without a host read."""
+    positions = position_ids.flatten()
+    starts = torch.ones_like(positions, dtype=torch.bool)
+    starts[1:] = positions[1:] != positions[:-1] + 1
+    token = torch.arange(positions.numel(), device=positions.device)
+    offset = token - torch.where(starts, token, 0).cummax(0).values  # place of each token in its sequence
+    ends = torch.ones_like(starts)
+    ends[:-1] = starts[1:]
+    lengths = torch.where(ends, offset + 1, positions.numel())
+    return starts, {"sequences": starts.sum(), "shortest": lengths.min(), "longest": offset.max() + 1}
+
+
+@dataclass
+class BatchProbe:
+    """A batch's inputs, and the 0-d tensors (`reads`) that its checks and its layout need read on the host.
+    `layout` turns what was read into the `BatchLayout`. Probes of several batches (an encoder-decoder's sources,
+    targets and labels) are read together, in one device-to-host copy (`read_layouts`)."""
+
+    input_shape: torch.Size
+    attention_mask: torch.Tensor | None
+    position_ids: torch.Tensor | None
+    cu_seq_lens_q: torch.Tensor | None
+    vocab_size: int | None
+    max_position_embeddings: int | None
+    unpad: bool
+    name: str
+    reads: dict[str, torch.Tensor]
+    check_labels: Callable[[dict[str, int]], None] | None = None  # the head's check of the labels' bounds
+    starts: torch.Tensor | None = None  # where the sequences of a row of `position_ids` start
+
+    @property
+    def packed_rows(self) -> bool:
+        return (
+            self.input_shape[0] == 1
+            and self.attention_mask is None
+            and (self.cu_seq_lens_q is not None or self.position_ids is not None)
+        )
+
+    def layout(self, read: dict[str, int]) -> BatchLayout:
+        """Check the ids against the vocabulary, the sequences against the length limit and the padding-free offsets,
+        and lay the batch out."""
+        if self.check_labels is not None:
+            self.check_labels(read)
+        if self.vocab_size is not None:
+            check_id_bounds(read, self.vocab_size, self.name)
+        layout = self.find_layout(read)
+        if self.max_position_embeddings is not None:
+            packed_rows = layout.packed is not None and not layout.unpadded
+            longest = layout.packed.max_length if packed_rows else self.input_shape[1]
+            check_sequence_length(longest, self.max_position_embeddings, self.name)
+        return layout
+
+    def find_layout(self, read: dict[str, int]) -> BatchLayout:
+        """Padding-free (`cu_seq_lens_q`, or one row of `position_ids` restarting per sequence), padded, or unpadded
+        (a padded batch with at least `UNPAD_MIN_PADDING` padding, with `unpad`)."""
+        batch_size, length = self.input_shape
+        if self.packed_rows and self.cu_seq_lens_q is not None:
+            if read["first"] != 0 or read["last"] != length or read["shortest"] <= 0:
+                raise ValueError(
+                    f"`cu_seq_lens_q` must rise strictly from 0 to the number of tokens ({length}); got "
+                    f"{self.cu_seq_lens_q.flatten().tolist()}."
+                )
+            packed = PackedBatch.from_cu_seq_lens(self.cu_seq_lens_q, length, read["longest"])
+            return BatchLayout(packed, padding=read["shortest"] < read["longest"], read=read)
+        if self.packed_rows and read["sequences"] > 1:
+            sequence_starts = torch.nonzero_static(self.starts, size=read["sequences"]).flatten()
+            cu = torch.cat([sequence_starts, sequence_starts.new_tensor([length])])
+            packed = PackedBatch.from_cu_seq_lens(cu, length, read["longest"])
+            return BatchLayout(packed, padding=read["shortest"] < read["longest"], read=read)
+        if self.attention_mask is None or self.attention_mask.ndim != 2:  # no mask, or a prepared 4D one
+            return BatchLayout(padding=False if self.attention_mask is None else None, read=read)
+        padding = batch_size * length - read["real"]
+        if self.unpad and padding >= UNPAD_MIN_PADDING * batch_size * length:
+            packed = PackedBatch.from_attention_mask(
+                self.attention_mask, read["real"], read["longest"], self.position_ids
             )
-        return None
-    packed = (
-        PackedBatch.from_cu_seq_lens(cu_seq_lens_q, total)
-        if cu_seq_lens_q is not None
-        else PackedBatch.from_position_ids(position_ids)
+            return BatchLayout(packed, unpadded=True, padding=True, read=read)
+        return BatchLayout(padding=padding > 0, read=read)
+
+
+def probe_batch(
+    input_shape: torch.Size,
+    input_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    vocab_size: int | None = None,
+    max_position_embeddings: int | None = None,
+    unpad: bool = False,
+    name: str = "input_ids",
+    check_labels: Callable[[dict[str, int]], None] | None = None,
+) -> BatchProbe | None:
+    """What to read of a batch for its checks and layout; None under `torch.compile`, which reads nothing, except
+    for padding-free rows, whose layout needs the reads (dynamo breaks the graph there).
+
+    `input_ids` get their bounds checked against `vocab_size`, the sequences their length against
+    `max_position_embeddings` (`name` says what the input is called in errors); integer `labels` get their bounds
+    (`labels_low`, `labels_high`, -100 left out), checked first by the head's `check_labels`, and their count
+    (`labelled`, for sparse prediction)."""
+    probe = BatchProbe(
+        input_shape,
+        attention_mask,
+        position_ids,
+        cu_seq_lens_q,
+        vocab_size,
+        max_position_embeddings,
+        unpad,
+        name,
+        reads={},
+        check_labels=check_labels if labels is not None else None,
     )
-    return packed if packed.num_sequences > 1 else None
+    if is_torchdynamo_compiling() and not probe.packed_rows:
+        return None
+    if cu_seq_lens_q is not None and cu_seq_lens_q.numel() < 2:
+        raise ValueError(
+            f"`cu_seq_lens_q` needs at least two offsets (0 and the number of tokens), got {cu_seq_lens_q}."
+        )
+    if cu_seq_lens_q is not None and not probe.packed_rows:
+        raise ValueError(
+            "Padding-free batches (`cu_seq_lens_q`) hold all sequences in one row of shape (1, total_tokens) "
+            f"without an `attention_mask`; got batch size {input_shape[0]}"
+            + (" and an attention_mask." if attention_mask is not None else ".")
+        )
+    reads = id_bounds(input_ids, name) if input_ids is not None else {}
+    if labels is not None and not labels.is_floating_point():
+        reads |= id_bounds(labels, "labels", ignore_index=-100) | {"labelled": (labels != -100).sum()}
+    if probe.packed_rows and cu_seq_lens_q is not None:
+        reads |= _cu_seq_lens_reads(cu_seq_lens_q)
+    elif probe.packed_rows:
+        probe.starts, position_reads = _position_ids_reads(position_ids)
+        reads |= position_reads
+    elif attention_mask is not None and attention_mask.ndim == 2:
+        lengths = attention_mask.bool().sum(dim=1)
+        reads |= {"real": lengths.sum(), "longest": lengths.max()}
+    probe.reads = reads
+    return probe
+
+
+def read_layouts(probes: dict[str, BatchProbe | None]) -> dict[str, BatchLayout | None]:
+    """The layouts of several batches, everything their probes need read in one device-to-host copy (a probe of
+    None, under `torch.compile`, gives None)."""
+    read = read_on_host(
+        {f"{name}.{key}": value for name, probe in probes.items() if probe for key, value in probe.reads.items()}
+    )
+    return {
+        name: probe.layout({key: read[f"{name}.{key}"] for key in probe.reads}) if probe is not None else None
+        for name, probe in probes.items()
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -562,6 +731,57 @@ class EncoderModel(EncoderPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding):
         self.embeddings.tok_embeddings = value
 
+    def probe(
+        self,
+        input_ids: torch.LongTensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor | None,
+        kwargs: dict[str, Any],
+        labels: torch.Tensor | None = None,
+        check_labels: Callable[[dict[str, int]], None] | None = None,
+    ) -> BatchProbe | None:
+        """Check the inputs' shapes and say what to read of them (`probe_batch`, with the heads' `labels` and their
+        check). A padded
+        batch is unpadded with `config.unpadding`, unless hidden states or attentions are recorded (they keep the
+        batch's shape)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        name = "input_ids" if input_ids is not None else "inputs_embeds"
+        input_shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
+        check_input_shape(input_shape, name)
+        check_attention_mask(attention_mask, input_shape, name)
+        recording = any(
+            kwargs.get(flag, getattr(self.config, flag)) for flag in ("output_hidden_states", "output_attentions")
+        )
+        return probe_batch(
+            input_shape,
+            input_ids,
+            attention_mask,
+            position_ids,
+            kwargs.get("cu_seq_lens_q"),
+            labels,
+            vocab_size=self.config.vocab_size,
+            max_position_embeddings=self.config.max_position_embeddings,
+            unpad=self.config.unpadding and not recording,
+            name=name,
+            check_labels=check_labels,
+        )
+
+    def read_batch(
+        self,
+        input_ids: torch.LongTensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor | None,
+        kwargs: dict[str, Any],
+        labels: torch.Tensor | None = None,
+        check_labels: Callable[[dict[str, int]], None] | None = None,
+    ) -> BatchLayout | None:
+        """The checked layout of the inputs, read on the host once (None under `torch.compile`)."""
+        probe = self.probe(input_ids, attention_mask, position_ids, inputs_embeds, kwargs, labels, check_labels)
+        return read_layouts({"batch": probe})["batch"]
+
     @capture_outputs
     def forward(
         self,
@@ -569,6 +789,7 @@ class EncoderModel(EncoderPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        batch_layout: BatchLayout | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         r"""
@@ -576,72 +797,89 @@ class EncoderModel(EncoderPreTrainedModel):
             `position_ids` that restart at each sequence or by `cu_seq_lens_q` (padding-free).
         attention_mask: (batch, seq), 1 on real tokens and 0 on padding; or a prepared 4D mask.
         position_ids: positions of the tokens (default 0, 1, ...).
+        batch_layout: what `read_batch` found, when a head has read the batch already (with its labels).
         """
         kwargs = checked_forward_kwargs(kwargs, self)
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
-        name = "input_ids" if input_ids is not None else "inputs_embeds"
+        layout = batch_layout
+        if layout is None:
+            layout = self.read_batch(input_ids, attention_mask, position_ids, inputs_embeds, kwargs)
+        for key in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx"):
+            kwargs.pop(key, None)  # recomputed from the layout
+        packed = layout.packed if layout is not None else None
         input_shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
-        check_input_shape(input_shape, name)
-        if input_ids is not None:
-            check_token_ids(input_ids, self.config.vocab_size)
-        check_attention_mask(attention_mask, input_shape, name)
-
-        cu_seq_lens_q = kwargs.pop("cu_seq_lens_q", None)
-        for key in ("cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx"):
-            kwargs.pop(key, None)  # recomputed below from `cu_seq_lens_q` or `position_ids`
-        packed = packed_batch_from_inputs(input_shape, attention_mask, position_ids, cu_seq_lens_q)
-        if packed is not None:
-            if position_ids is None:
-                position_ids = packed.position_ids
-            check_sequence_length(packed.max_length, self.config.max_position_embeddings, name)
-        else:
-            check_sequence_length(input_shape[1], self.config.max_position_embeddings, name)
-        if position_ids is None:
+        if packed is not None and (layout.unpadded or position_ids is None):
+            position_ids = packed.position_ids
+        elif position_ids is None:
             position_ids = torch.arange(input_shape[1], device=self.device)[None]
+        if layout is not None and layout.unpadded:  # token-wise work on the real tokens only
+            if input_ids is not None:
+                input_ids = input_ids.flatten().index_select(0, packed.index)[None]
+            else:
+                inputs_embeds = inputs_embeds.flatten(0, 1).index_select(0, packed.index)[None]
 
         hidden_states = self.embeddings(input_ids, inputs_embeds, position_ids)
-        flash = is_flash_attention_requested(self.config)
-        if packed is not None and flash:
-            kwargs.update(
-                cu_seq_lens_q=packed.cu_seq_lens,
-                cu_seq_lens_k=packed.cu_seq_lens,
-                max_length_q=packed.max_length,
-                max_length_k=packed.max_length,
-            )
-
-        # attention masks, in the padded layout that the attention kernels see
-        mask_embeds, mask_2d = hidden_states, attention_mask
-        if packed is not None and not flash:
-            mask_embeds, mask_2d = packed.mask_arguments(hidden_states)
-        mask_creators = {
-            "full_attention": create_bidirectional_mask,
-            "sliding_attention": create_bidirectional_sliding_window_mask,
-        }
-        masks = {
-            layer_type: mask_creators[layer_type](self.config, mask_embeds, mask_2d)
-            for layer_type in set(self.config.layer_types)
-        }
+        kwargs |= self.attention_arguments(packed)
+        masks = self.attention_masks(hidden_states, attention_mask, layout)
         position_embeddings = self.rotary_emb(hidden_states, position_ids) if self.rotary_emb is not None else None
-
         for layer in self.layers:
             hidden_states = layer(hidden_states, masks[layer.attention_type], position_embeddings, packed, **kwargs)
         hidden_states = self.final_norm(hidden_states)
 
+        if layout is not None and layout.unpadded:  # back in the batch's (batch, seq) shape, zeros on padding
+            hidden_states, packed = packed.pad(hidden_states), None
         return BaseModelOutputWithPooling(
             last_hidden_state=hidden_states, pooler_output=self.pool(hidden_states, attention_mask, packed)
         )
 
+    def attention_arguments(self, packed: PackedBatch | None) -> dict[str, Any]:
+        """Flash attention's variable-length offsets for a padding-free layout (the other kernels re-pad)."""
+        if packed is None or not is_flash_attention_requested(self.config):
+            return {}
+        return dict(
+            cu_seq_lens_q=packed.cu_seq_lens,
+            cu_seq_lens_k=packed.cu_seq_lens,
+            max_length_q=packed.max_length,
+            max_length_k=packed.max_length,
+        )
+
+    def attention_masks(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, layout: BatchLayout | None
+    ) -> dict[str, Any]:
+        """One mask per layer type, from `transformers.masking_utils`, for the layout the attention kernels see: the
+        batch, or a padding-free row re-padded (flash attention takes the row as it is, without a mask). Where the
+        layout says whether there is padding, masking_utils need not look at the mask on the host."""
+        packed = layout.packed if layout is not None else None
+        mask_embeds, mask_2d = hidden_states, attention_mask
+        if packed is not None:
+            flash = is_flash_attention_requested(self.config)
+            mask_embeds, mask_2d = (hidden_states, None) if flash else packed.mask_arguments(hidden_states)
+        skip_if_unpadded = True
+        if layout is not None and layout.padding is not None:
+            mask_2d = mask_2d if layout.padding else None
+            skip_if_unpadded = mask_2d is None
+        creators = {
+            "full_attention": create_bidirectional_mask,
+            "sliding_attention": create_bidirectional_sliding_window_mask,
+        }
+        return {
+            layer_type: creators[layer_type](
+                self.config, mask_embeds, mask_2d, allow_is_bidirectional_skip=skip_if_unpadded
+            )
+            for layer_type in set(self.config.layer_types)
+        }
+
     def pool(
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, packed: PackedBatch | None = None
     ) -> torch.Tensor:
-        """One embedding per sequence: the first token (`"cls"`) or the mean over real tokens (`"mean"`)."""
+        """One embedding per sequence: the first real token (`"cls"`; after the padding of a left-padded sequence) or
+        the mean over real tokens (`"mean"`)."""
         if packed is not None:
             hidden_states, attention_mask = packed.pad(hidden_states), packed.padding_mask
-        if self.config.classifier_pooling == "cls":
-            return hidden_states[:, 0]
         if attention_mask is None or attention_mask.ndim != 2:
-            return hidden_states.mean(dim=1)
+            return hidden_states[:, 0] if self.config.classifier_pooling == "cls" else hidden_states.mean(dim=1)
+        if self.config.classifier_pooling == "cls":
+            first = attention_mask.to(torch.int32).argmax(dim=1)  # the first real token
+            return hidden_states[torch.arange(hidden_states.shape[0], device=first.device), first]
         weights = attention_mask.to(hidden_states.dtype).unsqueeze(-1)
         return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
@@ -679,19 +917,26 @@ class EncoderForMaskedLM(EncoderPreTrainedModel):
         r"""
         labels: (batch, seq) ids of the original tokens at masked positions, -100 elsewhere.
         """
-        outputs = self.model(input_ids, attention_mask, position_ids, inputs_embeds, **kwargs)
+        if labels is not None and input_ids is not None and labels.shape != input_ids.shape:
+            raise ValueError(
+                f"`labels` has shape {tuple(labels.shape)} but the input has shape {tuple(input_ids.shape)}; they must "
+                "match."
+            )
+        check_labels = partial(check_id_bounds, vocab_size=self.config.vocab_size, name="labels")
+        layout = self.model.read_batch(
+            input_ids, attention_mask, position_ids, inputs_embeds, kwargs, labels, check_labels
+        )
+        outputs = self.model(input_ids, attention_mask, position_ids, inputs_embeds, batch_layout=layout, **kwargs)
         hidden_states = outputs.last_hidden_state
-        if labels is not None:
-            if labels.shape != hidden_states.shape[:-1]:
-                raise ValueError(
-                    f"`labels` has shape {tuple(labels.shape)} but the input has shape "
-                    f"{tuple(hidden_states.shape[:-1])}; they must match."
-                )
-            check_token_ids(labels, self.config.vocab_size, "labels", ignore_index=-100)
-            if self.config.sparse_prediction:
-                labels = labels.flatten()
-                predicted = labels != -100
-                hidden_states, labels = hidden_states.flatten(0, -2)[predicted], labels[predicted]
+        if labels is not None and labels.shape != hidden_states.shape[:-1]:
+            raise ValueError(
+                f"`labels` has shape {tuple(labels.shape)} but the input has shape "
+                f"{tuple(hidden_states.shape[:-1])}; they must match."
+            )
+        if labels is not None and self.config.sparse_prediction and layout is not None:
+            predicted = torch.nonzero_static(labels.flatten() != -100, size=layout.read["labelled"]).flatten()
+            hidden_states = hidden_states.flatten(0, -2).index_select(0, predicted)
+            labels = labels.flatten().index_select(0, predicted)
 
         logits = self.decoder(self.head(hidden_states))
         loss = None
@@ -729,14 +974,16 @@ class EncoderForSequenceClassification(EncoderPreTrainedModel):
         labels: (batch,) class ids, (batch, num_labels) multi-hot floats, or (batch,) / (batch, num_labels) targets
             for regression.
         """
-        outputs = self.model(input_ids, attention_mask, position_ids, inputs_embeds, **kwargs)
+        check_labels = partial(check_class_bounds, num_labels=self.num_labels) if self.num_labels > 1 else None
+        layout = self.model.read_batch(
+            input_ids, attention_mask, position_ids, inputs_embeds, kwargs, labels, check_labels
+        )
+        outputs = self.model(input_ids, attention_mask, position_ids, inputs_embeds, batch_layout=layout, **kwargs)
         logits = self.classifier(self.dropout(self.head(outputs.pooler_output)))
         loss = None
         if labels is not None:
             if labels.shape[0] != logits.shape[0]:
                 raise ValueError(f"`labels` has {labels.shape[0]} rows for {logits.shape[0]} sequences.")
-            if not labels.is_floating_point() and self.num_labels > 1:
-                check_class_labels(labels, self.num_labels)
             loss = self.loss_function(labels, logits, self.config, **kwargs)
         return SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
@@ -768,7 +1015,11 @@ class EncoderForTokenClassification(EncoderPreTrainedModel):
         r"""
         labels: (batch, seq) class ids, -100 on tokens to ignore.
         """
-        outputs = self.model(input_ids, attention_mask, position_ids, inputs_embeds, **kwargs)
+        check_labels = partial(check_class_bounds, num_labels=self.num_labels)
+        layout = self.model.read_batch(
+            input_ids, attention_mask, position_ids, inputs_embeds, kwargs, labels, check_labels
+        )
+        outputs = self.model(input_ids, attention_mask, position_ids, inputs_embeds, batch_layout=layout, **kwargs)
         logits = self.classifier(self.dropout(self.head(outputs.last_hidden_state)))
         loss = None
         if labels is not None:
@@ -776,7 +1027,6 @@ class EncoderForTokenClassification(EncoderPreTrainedModel):
                 raise ValueError(
                     f"`labels` has shape {tuple(labels.shape)} but the input has shape {tuple(logits.shape[:-1])}."
                 )
-            check_class_labels(labels, self.num_labels)
             loss = self.loss_function(logits, labels, self.config, **kwargs)
         return TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions

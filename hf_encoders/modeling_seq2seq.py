@@ -16,7 +16,9 @@ import shutil
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -42,6 +44,8 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_hf_encoders import Seq2SeqConfig
 from .modeling_encoder import (
+    BatchLayout,
+    BatchProbe,
     EncoderAttention,
     EncoderEmbeddings,
     EncoderMLP,
@@ -50,12 +54,13 @@ from .modeling_encoder import (
     EncoderRotaryEmbedding,
     PackedBatch,
     check_attention_mask,
+    check_id_bounds,
     check_input_shape,
     check_sequence_length,
-    check_token_ids,
     checked_forward_kwargs,
     make_norm,
-    packed_batch_from_inputs,
+    probe_batch,
+    read_layouts,
     run_attention,
 )
 
@@ -140,6 +145,7 @@ def decoder_causal_mask(
     attention_mask: torch.Tensor | None,
     cache: EncoderDecoderCache | None,
     position_ids: torch.Tensor | None,
+    allow_is_causal_skip: bool = True,
 ) -> torch.Tensor | None:
     """The decoder's causal self-attention mask over the cached and the new tokens. The decoder has one kind of
     layer: the config's `layer_types` describe the encoder's local/global pattern and do not apply here."""
@@ -149,8 +155,18 @@ def decoder_causal_mask(
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,
         position_ids=position_ids,
+        allow_is_causal_skip=allow_is_causal_skip,
         **{MASK_CACHE_ARGUMENT: self_attention_cache},
     )
+
+
+def labelled_target_mask(labels: torch.Tensor) -> torch.Tensor:
+    """The targets' attention mask where none is given, as `DataCollatorForSeq2Seq` pads them: -100 labels and no
+    `decoder_attention_mask`. Each row is real up to its last labelled position (at least its first) and padding
+    after it; the causal decoder's outputs up to there do not depend on what follows, so the loss is the same."""
+    positions = torch.arange(labels.shape[1], device=labels.device)
+    last = torch.where(labels != -100, positions, 0).amax(dim=1, keepdim=True)
+    return (positions <= last).long()
 
 
 def shift_tokens_right(
@@ -301,6 +317,7 @@ class DecoderMemory:
     attention_mask: torch.Tensor | None = None
     position_ids: torch.LongTensor | None = None
     outputs: dict = field(default_factory=dict)
+    layout: BatchLayout | None = None  # its layout, where known without a host read (None: the decoder reads it)
 
 
 class Seq2SeqPreTrainedModel(EncoderPreTrainedModel):
@@ -342,6 +359,41 @@ class Seq2SeqDecoder(Seq2SeqPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding):
         self.embeddings.tok_embeddings = value
 
+    def probe(
+        self,
+        input_ids: torch.LongTensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor | None,
+        cache: EncoderDecoderCache | None,
+        kwargs: dict[str, Any],
+        labels: torch.Tensor | None = None,
+    ) -> BatchProbe | None:
+        """Check the targets' shapes and say what to read of them (`probe_batch`, with the head's `labels`). Padded
+        targets decoded from scratch (training, scoring) are unpadded with `config.unpadding`, unless hidden states
+        or attentions are recorded; decoding steps that continue a cache are not."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `decoder_input_ids` or `decoder_inputs_embeds`.")
+        name = "decoder_input_ids" if input_ids is not None else "decoder_inputs_embeds"
+        input_shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
+        check_input_shape(input_shape, name)
+        past_length = cache.get_seq_length() if cache is not None else 0  # (a static cache's length is a tensor)
+        check_attention_mask(attention_mask, input_shape, "decoder_input_ids", past_length)
+        recording = any(
+            kwargs.get(flag, getattr(self.config, flag)) for flag in ("output_hidden_states", "output_attentions")
+        )
+        return probe_batch(
+            input_shape,
+            input_ids,
+            attention_mask,
+            position_ids,
+            labels=labels,
+            vocab_size=self.config.vocab_size,
+            unpad=self.config.unpadding and cache is None and not recording,
+            name=name,
+            check_labels=partial(check_id_bounds, vocab_size=self.config.vocab_size, name="labels"),
+        )
+
     @capture_outputs
     def forward(
         self,
@@ -355,6 +407,8 @@ class Seq2SeqDecoder(Seq2SeqPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         encoder_position_ids: torch.LongTensor | None = None,
         past_key_values: EncoderDecoderCache | None = None,
+        batch_layout: BatchLayout | None = None,
+        memory_layout: BatchLayout | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         r"""
@@ -364,71 +418,54 @@ class Seq2SeqDecoder(Seq2SeqPreTrainedModel):
         position_ids / encoder_position_ids: positions of the target and source tokens. For padding-free batches
             (targets in one row of shape (1, total), sources likewise), they restart at 0 with each sequence; each
             target then attends causally within itself and to its own source only.
+        batch_layout / memory_layout: the layouts of the targets and of `encoder_hidden_states`, when the model has
+            read them already (with the sources, in one host read).
         """
         kwargs = checked_forward_kwargs(kwargs, self)
         cache = resolve_cache(cache, past_key_values)
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of `decoder_input_ids` or `decoder_inputs_embeds`.")
         if encoder_hidden_states is None:
             raise ValueError("The decoder needs `encoder_hidden_states` (the encoder's output) to attend to.")
+        probes = {}
+        if batch_layout is None:
+            probes["target"] = self.probe(input_ids, attention_mask, position_ids, inputs_embeds, cache, kwargs)
+        if memory_layout is None:
+            memory_shape = encoder_hidden_states.shape[:2]
+            probes["memory"] = probe_batch(memory_shape, None, encoder_attention_mask, encoder_position_ids)
+        layouts = read_layouts(probes)  # what the model did not read already, in one host read
+        batch_layout, memory_layout = layouts.get("target", batch_layout), layouts.get("memory", memory_layout)
         input_shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
-        check_input_shape(input_shape, "decoder_input_ids" if input_ids is not None else "decoder_inputs_embeds")
-        if input_ids is not None:
-            check_token_ids(input_ids, self.config.vocab_size, "decoder_input_ids")
-        past_length = cache.get_seq_length() if cache is not None else 0  # (a static cache's length is a tensor)
-        check_attention_mask(attention_mask, input_shape, "decoder_input_ids", past_length)
-        if encoder_hidden_states.shape[0] != input_shape[0]:
-            raise ValueError(
-                f"The source batch has {encoder_hidden_states.shape[0]} sequences but the target batch has "
-                f"{input_shape[0]}."
-            )
-
-        packed = packed_batch_from_inputs(input_shape, attention_mask, position_ids)
-        source_packed = packed_batch_from_inputs(
-            encoder_hidden_states.shape[:2], encoder_attention_mask, encoder_position_ids
+        packed, source_packed = self.check_layouts(
+            batch_layout, memory_layout, input_shape, encoder_hidden_states, cache
         )
-        if (packed is None) != (source_packed is None) or (
-            packed is not None and packed.num_sequences != source_packed.num_sequences
-        ):
-            raise ValueError(
-                "Padding-free batches pack sources and targets alike: one row each, with `position_ids` and "
-                "`decoder_position_ids` restarting at every sequence, as many targets as sources; got "
-                f"{packed.num_sequences if packed else 'no packed'} targets and "
-                f"{source_packed.num_sequences if source_packed else 'no packed'} sources."
-            )
-        if packed is not None and cache is not None:
-            raise ValueError("Padding-free batches are for training: they take no cache.")
+        rows = packed is not None and not batch_layout.unpadded  # padding-free rows
 
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache and cache is None and packed is None and not (self.gradient_checkpointing and self.training):
+        if use_cache and cache is None and not rows and not (self.gradient_checkpointing and self.training):
             cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        longest = packed.max_length if packed is not None else past_length + input_shape[1]
+        past_length = cache.get_seq_length() if cache is not None else 0
+        longest = packed.max_length if rows else past_length + input_shape[1]
         check_sequence_length(longest, self.config.max_position_embeddings, "decoder_input_ids")
-        if position_ids is None:
+        if packed is not None and (batch_layout.unpadded or position_ids is None):
+            position_ids = packed.position_ids
+        elif position_ids is None:
             position_ids = (torch.arange(input_shape[1], device=self.device) + past_length)[None]
+        if packed is not None and batch_layout.unpadded:  # token-wise work on the real tokens only
+            if input_ids is not None:
+                input_ids = input_ids.flatten().index_select(0, packed.index)[None]
+            else:
+                inputs_embeds = inputs_embeds.flatten(0, 1).index_select(0, packed.index)[None]
 
         hidden_states = self.embeddings(input_ids, inputs_embeds, position_ids)
-        # attention masks, in the padded layout that the attention kernels see
-        mask_embeds, target_mask, source_embeds, source_mask = (
+        self_attention_mask, cross_attention_mask = self.attention_masks(
             hidden_states,
             attention_mask,
             encoder_hidden_states,
             encoder_attention_mask,
-        )
-        if packed is not None:
-            mask_embeds, target_mask = packed.mask_arguments(hidden_states)
-            source_embeds, source_mask = source_packed.mask_arguments(hidden_states)
-        self_attention_mask = decoder_causal_mask(
-            self.config, mask_embeds, target_mask, cache, position_ids if packed is None else None
-        )
-        cross_attention_mask = create_bidirectional_mask(
-            config=self.config,
-            inputs_embeds=mask_embeds,
-            attention_mask=source_mask,
-            encoder_hidden_states=source_embeds,
+            cache,
+            batch_layout,
+            memory_layout,
         )
         position_embeddings = self.rotary_emb(hidden_states, position_ids) if self.rotary_emb is not None else None
-
         for layer in self.layers:
             hidden_states = layer(
                 hidden_states,
@@ -441,9 +478,78 @@ class Seq2SeqDecoder(Seq2SeqPreTrainedModel):
                 source_packed,
                 **kwargs,
             )
+        hidden_states = self.final_norm(hidden_states)
+        if packed is not None and batch_layout.unpadded:  # back in the batch's shape, zeros on padding
+            hidden_states = packed.pad(hidden_states)
         return BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=self.final_norm(hidden_states), **{OUTPUT_CACHE_FIELD: cache}
+            last_hidden_state=hidden_states, **{OUTPUT_CACHE_FIELD: cache}
         )
+
+    def check_layouts(
+        self,
+        target: BatchLayout | None,
+        memory: BatchLayout | None,
+        input_shape: torch.Size,
+        encoder_hidden_states: torch.Tensor,
+        cache: EncoderDecoderCache | None,
+    ) -> tuple[PackedBatch | None, PackedBatch | None]:
+        """The targets' and the sources' packed layouts, which must agree: padding-free targets (one row) with
+        padding-free sources, as many of each, and no cache."""
+        if encoder_hidden_states.shape[0] != input_shape[0]:
+            raise ValueError(
+                f"The source batch has {encoder_hidden_states.shape[0]} sequences but the target batch has "
+                f"{input_shape[0]}."
+            )
+        packed = target.packed if target is not None else None
+        source_packed = memory.packed if memory is not None else None
+        rows = packed is not None and not target.unpadded
+        if rows != (source_packed is not None) or (rows and packed.num_sequences != source_packed.num_sequences):
+            raise ValueError(
+                "Padding-free batches pack sources and targets alike: one row each, with `position_ids` and "
+                "`decoder_position_ids` restarting at every sequence, as many targets as sources; got "
+                f"{packed.num_sequences if rows else 'no packed'} targets and "
+                f"{source_packed.num_sequences if source_packed else 'no packed'} sources."
+            )
+        if rows and cache is not None:
+            raise ValueError("Padding-free batches are for training: they take no cache.")
+        return packed, source_packed
+
+    def attention_masks(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None,
+        cache: EncoderDecoderCache | None,
+        target: BatchLayout | None,
+        memory: BatchLayout | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The causal self-attention mask and the cross-attention mask, from `transformers.masking_utils`, in the
+        layout the attention kernels see (padding-free or unpadded targets re-padded). Where the layouts say whether
+        there is padding, masking_utils need not look at the masks on the host."""
+        packed, source_packed = target.packed if target else None, memory.packed if memory else None
+        mask_embeds, target_mask = packed.mask_arguments(hidden_states) if packed else (hidden_states, attention_mask)
+        source_embeds, source_mask = (
+            source_packed.mask_arguments(hidden_states)
+            if source_packed
+            else (encoder_hidden_states, encoder_attention_mask)
+        )
+        target_skip, source_skip = True, True
+        if target is not None and target.padding is not None:
+            target_mask, target_skip = (target_mask, False) if target.padding else (None, True)
+        if memory is not None and memory.padding is not None:
+            source_mask, source_skip = (source_mask, False) if memory.padding else (None, True)
+        self_attention_mask = decoder_causal_mask(
+            self.config, mask_embeds, target_mask, cache, None, allow_is_causal_skip=target_skip
+        )
+        cross_attention_mask = create_bidirectional_mask(
+            config=self.config,
+            inputs_embeds=mask_embeds,
+            attention_mask=source_mask,
+            encoder_hidden_states=source_embeds,
+            allow_is_bidirectional_skip=source_skip,
+        )
+        return self_attention_mask, cross_attention_mask
 
 
 def check_config_family(model: Seq2SeqPreTrainedModel, config: Seq2SeqConfig) -> None:
@@ -487,6 +593,15 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
     def get_decoder(self) -> Seq2SeqDecoder:
         return self.decoder
 
+    def given_encoder_outputs(
+        self, encoder_outputs: BaseModelOutput | tuple | None, kwargs: dict[str, Any], source_given: bool
+    ) -> BaseModelOutput | None:
+        """`encoder_outputs` as a `ModelOutput` (a tuple where `return_dict=False` gave one). The sentence VAE takes
+        a `latent` from `kwargs` here instead."""
+        if isinstance(encoder_outputs, (tuple, list)):
+            return BaseModelOutputWithPooling(*encoder_outputs)
+        return encoder_outputs
+
     def decoder_memory(
         self,
         encoder_outputs: BaseModelOutput,
@@ -494,9 +609,48 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
         position_ids: torch.LongTensor | None,
         decoder_position_ids: torch.LongTensor | None,
         target_rows: int,
+        source_layout: BatchLayout | None = None,
     ) -> DecoderMemory:
-        """What the decoder attends to: the encoder's output, under the source's mask and positions."""
-        return DecoderMemory(encoder_outputs.last_hidden_state, attention_mask, position_ids)
+        """What the decoder attends to: the encoder's output, under the source's mask and positions (and layout: the
+        encoder's output comes back in the batch's shape also where the encoder unpadded it)."""
+        layout = source_layout
+        if layout is not None and layout.unpadded:
+            layout = BatchLayout(padding=True, read=layout.read)
+        return DecoderMemory(encoder_outputs.last_hidden_state, attention_mask, position_ids, layout=layout)
+
+    def read_batch(
+        self,
+        input_ids: torch.LongTensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor | None,
+        encoder_outputs: BaseModelOutput | None,
+        decoder_input_ids: torch.LongTensor | None,
+        decoder_attention_mask: torch.Tensor | None,
+        decoder_position_ids: torch.LongTensor | None,
+        decoder_inputs_embeds: torch.Tensor | None,
+        cache: EncoderDecoderCache | None,
+        kwargs: dict[str, Any],
+        labels: torch.Tensor | None = None,
+    ) -> dict[str, BatchLayout | None]:
+        """The checked layouts of the sources (`"source"`: the encoder's input, or the mask and positions of given
+        `encoder_outputs`) and of the targets (`"target"`, with the head's `labels`), read on the host once."""
+        if encoder_outputs is None:
+            source = self.encoder.probe(input_ids, attention_mask, position_ids, inputs_embeds, kwargs)
+        else:
+            given = attention_mask if attention_mask is not None else position_ids
+            shape = given.shape if given is not None else torch.Size((1, 1))
+            source = probe_batch(shape, None, attention_mask, position_ids)
+        target = self.decoder.probe(
+            decoder_input_ids,
+            decoder_attention_mask,
+            decoder_position_ids,
+            decoder_inputs_embeds,
+            cache,
+            kwargs,
+            labels,
+        )
+        return read_layouts({"source": source, "target": target})
 
     @can_return_tuple
     def forward(
@@ -513,6 +667,7 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         decoder_position_ids: torch.LongTensor | None = None,
         past_key_values: EncoderDecoderCache | None = None,
+        batch_layouts: dict[str, BatchLayout | None] | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqModelOutput:
         r"""
@@ -523,29 +678,50 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
             accepted).
         position_ids / decoder_position_ids: for padding-free batches, sources packed in one row and targets in
             another, each with positions restarting at 0 per sequence.
+        batch_layouts: what `read_batch` found, when the head has read the batch already (with its labels).
         """
+        cache = resolve_cache(cache, past_key_values)
+        source_given = input_ids is not None or inputs_embeds is not None
+        encoder_outputs = self.given_encoder_outputs(encoder_outputs, kwargs, source_given)
+        if batch_layouts is None:
+            batch_layouts = self.read_batch(
+                input_ids,
+                attention_mask,
+                position_ids,
+                inputs_embeds,
+                encoder_outputs,
+                decoder_input_ids,
+                decoder_attention_mask,
+                decoder_position_ids,
+                decoder_inputs_embeds,
+                cache,
+                kwargs,
+            )
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
                 inputs_embeds=inputs_embeds,
+                batch_layout=batch_layouts["source"],
                 **kwargs,
             )
-        elif isinstance(encoder_outputs, (tuple, list)):  # return_dict=False outputs of the encoder
-            encoder_outputs = BaseModelOutputWithPooling(*encoder_outputs)
         target_rows = (decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds).shape[0]
-        memory = self.decoder_memory(encoder_outputs, attention_mask, position_ids, decoder_position_ids, target_rows)
+        memory = self.decoder_memory(
+            encoder_outputs, attention_mask, position_ids, decoder_position_ids, target_rows, batch_layouts["source"]
+        )
         decoder_outputs = self.decoder(
             input_ids=decoder_input_ids,
             attention_mask=decoder_attention_mask,
             encoder_hidden_states=memory.hidden_states,
             encoder_attention_mask=memory.attention_mask,
-            cache=resolve_cache(cache, past_key_values),
+            cache=cache,
             inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
             position_ids=decoder_position_ids,
             encoder_position_ids=memory.position_ids,
+            batch_layout=batch_layouts["target"],
+            memory_layout=memory.layout,
             **kwargs,
         )
         return self.output_class(
@@ -692,9 +868,9 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
             `config.sparse_prediction`, the LM head runs only on labelled positions and `logits` has one row for each.
         position_ids / decoder_position_ids: padding-free batches (see `Seq2SeqModel.forward`).
         """
+        cache = resolve_cache(cache, past_key_values)
         if labels is not None:
             check_input_shape(labels.shape, "labels", "(batch_size, target_length)")
-            check_token_ids(labels, self.config.vocab_size, "labels", ignore_index=-100)
             if decoder_input_ids is not None and decoder_input_ids.shape != labels.shape:
                 raise ValueError(
                     f"`decoder_input_ids` has shape {tuple(decoder_input_ids.shape)} but `labels` has shape "
@@ -704,6 +880,25 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
                 decoder_input_ids = shift_tokens_right(
                     labels, self.config.pad_token_id, self.config.decoder_start_token_id, decoder_position_ids
                 )
+            if self.config.unpadding and decoder_attention_mask is None and decoder_position_ids is None:
+                decoder_attention_mask = labelled_target_mask(labels) if cache is None else None
+        source_given = input_ids is not None or inputs_embeds is not None
+        encoder_outputs = self.model.given_encoder_outputs(encoder_outputs, kwargs, source_given)
+        layouts = self.model.read_batch(
+            input_ids,
+            attention_mask,
+            position_ids,
+            inputs_embeds,
+            encoder_outputs,
+            decoder_input_ids,
+            decoder_attention_mask,
+            decoder_position_ids,
+            decoder_inputs_embeds,
+            cache,
+            kwargs,
+            labels,
+        )
+        target = layouts["target"]
 
         outputs = self.model(
             input_ids=input_ids,
@@ -711,18 +906,20 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask,
             encoder_outputs=encoder_outputs,
-            cache=resolve_cache(cache, past_key_values),
+            cache=cache,
             inputs_embeds=inputs_embeds,
             decoder_inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
             position_ids=position_ids,
             decoder_position_ids=decoder_position_ids,
+            batch_layouts=layouts,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        if labels is not None and self.config.sparse_prediction:
-            predicted = labels != -100
-            hidden_states, labels = hidden_states[predicted], labels[predicted]
+        if labels is not None and self.config.sparse_prediction and target is not None:
+            predicted = torch.nonzero_static(labels.flatten() != -100, size=target.read["labelled"]).flatten()
+            hidden_states = hidden_states.flatten(0, -2).index_select(0, predicted)
+            labels = labels.flatten().index_select(0, predicted)
         logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:

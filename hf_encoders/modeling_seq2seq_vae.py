@@ -13,6 +13,7 @@ This file is copied next to every saved checkpoint for `trust_remote_code=True`:
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,7 +24,7 @@ from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_hf_encoders import Seq2SeqVAEConfig
-from .modeling_encoder import EncoderModel, make_norm
+from .modeling_encoder import BatchLayout, EncoderModel, PackedBatch, make_norm
 from .modeling_seq2seq import (
     DecoderMemory,
     Seq2SeqDecoder,
@@ -163,6 +164,7 @@ class Seq2SeqVAEModel(Seq2SeqModel):
         position_ids: torch.LongTensor | None,
         decoder_position_ids: torch.LongTensor | None,
         target_rows: int,
+        source_layout: BatchLayout | None = None,
     ) -> DecoderMemory:
         """The memory vectors of the given latent, or of one drawn from the source's posterior (its mean in
         evaluation); a padding-free batch of targets (one row) gets them in one row too."""
@@ -176,10 +178,27 @@ class Seq2SeqVAEModel(Seq2SeqModel):
             mean, logvar = self.bottleneck.posterior(encoder_outputs.pooler_output)
             latent = self.bottleneck.sample(mean, logvar) if self.training else mean
         memory, positions = self.bottleneck.memory(latent), None
-        if decoder_position_ids is not None and target_rows == 1:
-            positions = torch.arange(memory.shape[1], device=memory.device).repeat(memory.shape[0])[None]
+        outputs, layout = dict(latent=latent, latent_mean=mean, latent_logvar=logvar), BatchLayout(padding=False)
+        if decoder_position_ids is not None and target_rows == 1:  # each latent's memory vectors back to back
+            count, tokens = memory.shape[:2]
+            positions = torch.arange(tokens, device=memory.device).repeat(count)[None]
             memory = memory.reshape(1, -1, memory.shape[-1])
-        return DecoderMemory(memory, None, positions, dict(latent=latent, latent_mean=mean, latent_logvar=logvar))
+            offsets = torch.arange(0, count * tokens + 1, tokens, device=memory.device)
+            layout = BatchLayout(PackedBatch.from_cu_seq_lens(offsets, count * tokens, tokens), padding=False)
+        return DecoderMemory(memory, None, positions, outputs, layout)
+
+    def given_encoder_outputs(
+        self, encoder_outputs: BaseModelOutput | tuple | None, kwargs: dict[str, Any], source_given: bool
+    ) -> BaseModelOutput | None:
+        """The given `encoder_outputs`, or a `latent` (in `kwargs`) to decode from instead of a source."""
+        latent = kwargs.pop("latent", None)
+        encoder_outputs = super().given_encoder_outputs(encoder_outputs, kwargs, source_given)
+        if latent is None:
+            return encoder_outputs
+        if source_given:
+            raise ValueError("Give a source (`input_ids`) or a `latent` to decode from, not both.")
+        given = encoder_outputs if isinstance(encoder_outputs, dict) else {}  # reported as they were
+        return LatentCode(**given, latent=latent)
 
     @can_return_tuple
     def forward(
@@ -205,10 +224,7 @@ class Seq2SeqVAEModel(Seq2SeqModel):
             draws a latent from the source's posterior in training and takes its mean in evaluation.
         """
         if latent is not None:
-            if input_ids is not None or inputs_embeds is not None:
-                raise ValueError("Give a source (`input_ids`) or a `latent` to decode from, not both.")
-            given = encoder_outputs if isinstance(encoder_outputs, dict) else {}  # reported as they were
-            encoder_outputs = LatentCode(**given, latent=latent)
+            kwargs["latent"] = latent  # read by `given_encoder_outputs`
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,

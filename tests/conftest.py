@@ -9,11 +9,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import PreTrainedTokenizerFast
 
 import hf_encoders  # noqa: F401  (registers the Auto classes)
@@ -61,6 +63,65 @@ def run_without_the_package(script: str, *args, modules: Path, python: str = sys
     )
     assert done.returncode == 0, f"{python}:\n{done.stderr[-3000:]}"
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+class HostSyncs(TorchDispatchMode):
+    """Counts, while it is entered, what would make the host wait for a GPU: reading tensor values on the host
+    (`.item()`, `bool()`, `int()`, `.tolist()`) and ops whose output's size depends on the values (`nonzero`,
+    boolean indexing, `masked_select`, ...). On a CPU nothing waits; the count is what a GPU would pay. `ops` lists
+    them in order."""
+
+    VALUE_DEPENDENT = {
+        torch.ops.aten._local_scalar_dense.default,
+        torch.ops.aten.nonzero.default,
+        torch.ops.aten.masked_select.default,
+        torch.ops.aten.equal.default,
+        torch.ops.aten.repeat_interleave.Tensor,
+        torch.ops.aten._unique2.default,
+        torch.ops.aten.unique_consecutive.default,
+    }
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+        def counted_tolist(tensor: torch.Tensor):  # `.tolist()` reads the values without an aten op on a CPU
+            self.ops.append("Tensor.tolist")
+            return torch._C.TensorBase.tolist(tensor)
+
+        self._tolist = mock.patch.object(torch.Tensor, "tolist", counted_tolist)
+
+    def __enter__(self):
+        self._tolist.start()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        self._tolist.stop()
+        return super().__exit__(*exc)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        boolean_index = func is torch.ops.aten.index.Tensor and any(
+            index is not None and index.dtype == torch.bool for index in args[1]
+        )
+        if func in self.VALUE_DEPENDENT or boolean_index:
+            self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def count(self) -> int:
+        return len(self.ops)
+
+
+@contextlib.contextmanager
+def token_rows(module: torch.nn.Module):
+    """The shapes (without the hidden size) of what `module` is given while the block runs: (1, real tokens) where
+    the model unpadded the batch, (batch, sequence) where it did not."""
+    shapes = []
+    handle = module.register_forward_hook(lambda _, args, output: shapes.append(tuple(args[0].shape[:-1])))
+    try:
+        yield shapes
+    finally:
+        handle.remove()
 
 
 def tiny_config(**overrides) -> EncoderConfig:

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import REFUSE_HF_ENCODERS, random_batch, run_without_the_package, tiny_config
+from conftest import REFUSE_HF_ENCODERS, random_batch, run_without_the_package, tiny_config, token_rows
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -71,7 +71,17 @@ def test_saved_folder_is_self_contained(tmp_path):
         assert not [line for line in imports if "hf_encoders" in line and "configuration_hf_encoders" not in line]
         assert all(
             line.split()[1].split(".")[0]
-            in {"copy", "collections", "dataclasses", "typing", "torch", "transformers", "huggingface_hub", ""}
+            in {
+                "copy",
+                "collections",
+                "dataclasses",
+                "functools",
+                "typing",
+                "torch",
+                "transformers",
+                "huggingface_hub",
+                "",
+            }
             for line in imports
         ), imports
 
@@ -190,3 +200,27 @@ def test_importing_the_package_registers_the_models_and_loads_the_data_libraries
     assert report == {"registered": "EncoderConfig", "before": [], "after": ["datasets", "evaluate"], "missing": []}
     with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
         hf_encoders.not_a_name  # noqa: B018
+
+
+def test_batched_pipelines_give_what_each_text_alone_gives(tmp_path, tokenizer):
+    """A pipeline pads a batch of texts of different lengths, and the model runs it on the real tokens only:
+    fill-mask and feature extraction give each text what they give it alone."""
+    torch.manual_seed(0)
+    EncoderForMaskedLM(tiny_config(vocab_size=len(tokenizer))).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    texts = ["the cat [MASK] on the mat", "a [MASK] ran", "the big dog sat with a small [MASK] in the red park"]
+    fill = pipeline("fill-mask", model=str(tmp_path), batch_size=3)
+    with token_rows(fill.model.model.layers[0].mlp) as rows:
+        batched = fill(texts, top_k=3)
+    real_tokens = sum(len(tokenizer(text)["input_ids"]) for text in texts)
+    assert rows == [(1, real_tokens)]  # unpadded inside the model
+    for text, predictions in zip(texts, batched, strict=True):
+        alone = fill(text, top_k=3)
+        assert [p["token"] for p in predictions] == [p["token"] for p in alone]
+        assert [p["score"] for p in predictions] == pytest.approx([p["score"] for p in alone], abs=1e-5)
+
+    extract = pipeline("feature-extraction", model=str(tmp_path), batch_size=3)
+    for text, features in zip(texts, extract(texts), strict=True):
+        length = len(tokenizer(text)["input_ids"])
+        alone = torch.tensor(extract(text))
+        torch.testing.assert_close(torch.tensor(features)[:, :length], alone, atol=1e-5, rtol=1e-4)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import pack, random_batch, tiny_config, unpad
+from conftest import HostSyncs, pack, random_batch, tiny_config, token_rows, unpad
 
 from hf_encoders import (
     EncoderConfig,
@@ -217,6 +217,148 @@ def test_packed_gradients_equal_padded_gradients():
         torch.testing.assert_close(p.grad, expected[name], atol=1e-6, rtol=1e-4, msg=name)
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Padded batches unpadded inside the model
+
+
+def left_padded(ids: torch.Tensor, mask: torch.Tensor, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same sequences, padded on the left."""
+    ids, mask = ids.clone(), mask.clone()
+    for row, length in enumerate(mask.sum(1).tolist()):
+        ids[row] = torch.cat([ids[row, length:].fill_(pad_token_id), ids[row, :length]])
+        mask[row] = torch.cat([mask[row, length:].zero_(), mask[row, :length]])
+    return ids, mask
+
+
+UNPADDING_CASES = [
+    *((implementation, architecture) for implementation in ("eager", "sdpa") for architecture in ARCHITECTURES),
+    ("flex_attention", "modernbert-like"),
+]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("implementation, architecture", UNPADDING_CASES)
+def test_unpadded_batch_equals_the_padded_batch_and_the_packed_one(implementation, architecture, side):
+    """Logits, loss, gradients and pooled embeddings of a padded batch run on its real tokens only (the default)
+    equal those of the same batch run padded, and the padding-free row's."""
+    model = build(
+        EncoderForMaskedLM, attn_implementation=implementation, sparse_prediction=False, **ARCHITECTURES[architecture]
+    ).train()  # no dropout in the tiny config: train mode for the gradients
+    ids, mask = random_batch(model.config, lengths=(12, 5, 9, 1))
+    flat, positions, lengths = pack(ids, mask)
+    position_ids = None
+    if side == "left":  # positions counted from each sequence's first real token, as a careful user gives them
+        ids, mask = left_padded(ids, mask, model.config.pad_token_id)
+        position_ids = (mask.cumsum(1) - 1).clamp(min=0)
+    labels = ids.masked_fill((mask == 0) | (ids % 3 == 0), -100)
+    real = mask.bool()
+
+    backward = implementation != "flex_attention"  # (flex attention has no backward on a CPU)
+
+    def run(**inputs):
+        model.zero_grad()
+        with torch.set_grad_enabled(backward), token_rows(model.model.layers[0].mlp) as rows:
+            out = model(**inputs)
+        if backward:
+            out.loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if backward}
+        return out, grads, rows
+
+    unpadded, unpadded_grads, rows = run(input_ids=ids, attention_mask=mask, position_ids=position_ids, labels=labels)
+    assert rows == [(1, int(real.sum()))]  # every token-wise block saw the real tokens only
+    model.config.unpadding = False
+    padded, padded_grads, rows = run(input_ids=ids, attention_mask=mask, position_ids=position_ids, labels=labels)
+    assert rows == [tuple(ids.shape)]
+    packed, packed_grads, _ = run(input_ids=flat, position_ids=positions, labels=labels[real][None])
+    tolerance = dict(atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(unpadded.logits[real], padded.logits[real], **tolerance)
+    torch.testing.assert_close(unpadded.logits[real], packed.logits[0], **tolerance)
+    torch.testing.assert_close(unpadded.loss, padded.loss, **tolerance)
+    torch.testing.assert_close(unpadded.loss, packed.loss, **tolerance)
+    for name, grad in unpadded_grads.items():
+        torch.testing.assert_close(grad, padded_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+        torch.testing.assert_close(grad, packed_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+    with torch.no_grad():
+        model.eval()
+        for pooling in ("cls", "mean"):
+            model.config.classifier_pooling = pooling
+            model.config.unpadding = True
+            pooled = model.model(ids, mask, position_ids).pooler_output
+            model.config.unpadding = False
+            torch.testing.assert_close(pooled, model.model(ids, mask, position_ids).pooler_output, **tolerance)
+            torch.testing.assert_close(pooled, model.model(flat, position_ids=positions).pooler_output, **tolerance)
+
+
+@pytest.mark.parametrize(
+    "case, lengths",
+    [
+        ("no padding", (8, 8, 8)),
+        ("one sequence", (8,)),
+        ("little padding", (40,) * 9 + (39,)),  # 1 token in 400: under UNPAD_MIN_PADDING
+        ("hidden states recorded", (8, 5, 3)),  # they keep the batch's shape
+        ("one padded sequence", (5, 8)),  # unpadded: the check that the counting works
+    ],
+)
+def test_unpadding_is_skipped_where_it_cannot_pay(case, lengths):
+    model = build(EncoderModel, attn_implementation="eager")
+    ids, mask = random_batch(model.config, lengths=lengths)
+    if case == "one padded sequence":
+        ids, mask = ids[:1], mask[:1]
+    recording = case == "hidden states recorded"
+    with torch.no_grad(), token_rows(model.layers[0].mlp) as rows:
+        out = model(ids, mask, output_hidden_states=recording, output_attentions=recording)
+    unpadded = case == "one padded sequence"
+    assert rows == [(1, int(mask.sum())) if unpadded else tuple(ids.shape)]
+    if unpadded:  # the batch's shape back, zeros on padding
+        assert out.last_hidden_state.shape == (*ids.shape, model.config.hidden_size)
+        assert out.last_hidden_state[mask == 0].abs().max() == 0
+    if recording:
+        assert all(h.shape == (*ids.shape, model.config.hidden_size) for h in out.hidden_states)
+    model.config.unpadding = not unpadded
+    with torch.no_grad():
+        other = model(ids, mask)
+    real = mask.bool()
+    torch.testing.assert_close(out.last_hidden_state[real], other.last_hidden_state[real], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "head, inputs",
+    [
+        (EncoderForMaskedLM, "padded, labels"),
+        (EncoderForMaskedLM, "padding-free, position_ids, labels"),
+        (EncoderForMaskedLM, "padding-free, cu_seq_lens_q"),
+        (EncoderForMaskedLM, "no mask"),
+        (EncoderForSequenceClassification, "padded, labels"),
+        (EncoderForTokenClassification, "padded, labels"),
+        (EncoderModel, "padded"),
+    ],
+)
+def test_one_forward_reads_the_device_once(head, inputs):
+    """Every check of the inputs and the layout's bookkeeping (ids and labels in range, token counts, packed offsets)
+    are read in one device-to-host copy, where a GPU would wait once."""
+    model = build(head, num_labels=3)
+    ids, mask = random_batch(model.config, lengths=(10, 7, 3))
+    flat, positions, lengths = pack(ids, mask)
+    labels = {
+        EncoderForMaskedLM: ids.masked_fill((mask == 0) | (ids % 2 == 0), -100),
+        EncoderForSequenceClassification: torch.tensor([0, 2, 1]),
+        EncoderForTokenClassification: (ids % 3).masked_fill(mask == 0, -100),
+    }.get(head)
+    batches = {
+        "padded, labels": lambda: dict(input_ids=ids, attention_mask=mask, labels=labels),
+        "padding-free, position_ids, labels": lambda: dict(
+            input_ids=flat, position_ids=positions, labels=unpad(labels, lengths)
+        ),
+        "padding-free, cu_seq_lens_q": lambda: dict(input_ids=flat, cu_seq_lens_q=torch.tensor([0, 10, 17, 20])),
+        "no mask": lambda: dict(input_ids=ids),
+        "padded": lambda: dict(input_ids=ids, attention_mask=mask),
+    }
+    batch = batches[inputs]()
+    with torch.no_grad(), HostSyncs() as syncs:
+        model(**batch)
+    assert syncs.ops == ["Tensor.tolist"]
+
+
 def test_local_attention_limits_the_receptive_field():
     """With one local layer of window 4 (2 tokens per side), token 0 cannot see token 5."""
     model = build(EncoderModel, num_hidden_layers=2, local_attention=4, global_attn_every_n_layers=2)
@@ -297,15 +439,20 @@ def test_sparse_prediction_loss_equals_dense_loss():
     assert sparse(ids, mask).logits.shape == (*ids.shape, dense.config.vocab_size)
 
 
-def test_masked_lm_loss_is_cross_entropy_over_labelled_positions():
-    model = build(EncoderForMaskedLM)
+@pytest.mark.parametrize("sparse_prediction", [True, False], ids=["sparse (the default)", "dense"])
+def test_masked_lm_loss_is_cross_entropy_over_labelled_positions(sparse_prediction):
+    model = build(EncoderForMaskedLM, sparse_prediction=sparse_prediction)
     ids, mask = random_batch(model.config)
     labels = ids.masked_fill(mask == 0, -100)
+    labels[0, 3] = -100
     with torch.no_grad():
         out = model(ids, mask, labels=labels)
     keep = labels != -100
-    expected = torch.nn.functional.cross_entropy(out.logits[keep], labels[keep])
-    torch.testing.assert_close(out.loss, expected)
+    # sparse: one row of logits per labelled position, in order
+    logits = out.logits if sparse_prediction else out.logits[keep]
+    assert logits.shape == (int(keep.sum()), model.config.vocab_size)
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(logits, labels[keep]))
+    assert EncoderConfig().sparse_prediction
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -493,12 +640,17 @@ def test_unknown_keyword_arguments_are_refused_not_dropped():
 
 
 def test_sdpa_forward_compiles_without_graph_breaks():
+    """Compiled, a padded batch is not unpadded (that needs its token count on the host); its real tokens get the
+    same logits, and the sparse head's loss is the same (over full logits)."""
     model = build(EncoderForMaskedLM, attn_implementation="sdpa")
     ids, mask = random_batch(model.config)
+    labels = ids.masked_fill((mask == 0) | (ids % 2 == 0), -100)
     compiled = torch.compile(model, backend="eager", fullgraph=True)  # fullgraph: any graph break raises
+    real = mask.bool()
     with torch.no_grad():
-        torch.testing.assert_close(compiled(ids, mask).logits, model(ids, mask).logits)
+        torch.testing.assert_close(compiled(ids, mask).logits[real], model(ids, mask).logits[real])
         torch.testing.assert_close(compiled(ids).logits, model(ids).logits)
+        torch.testing.assert_close(compiled(ids, mask, labels=labels).loss, model(ids, mask, labels=labels).loss)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import REFUSE_HF_ENCODERS, run_without_the_package, tiny_config
+from conftest import REFUSE_HF_ENCODERS, HostSyncs, run_without_the_package, tiny_config, token_rows
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
     AutoConfig,
@@ -306,8 +306,8 @@ def test_loss_equals_hand_computed_cross_entropy():
     decoder_input_ids = torch.cat([torch.full((3, 1), model.config.decoder_start_token_id), labels[:, :-1]], dim=1)
     decoder_input_ids = decoder_input_ids.masked_fill(decoder_input_ids == -100, model.config.pad_token_id)
     logits = model(ids, mask, decoder_input_ids=decoder_input_ids).logits
-    torch.testing.assert_close(out.logits, logits)
-    keep = labels != -100
+    keep = labels != -100  # after a row's last label the targets are padding (`labelled_target_mask`)
+    torch.testing.assert_close(out.logits[keep], logits[keep])
     torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(logits[keep], labels[keep]))
 
 
@@ -358,6 +358,71 @@ def test_padding_free_batch_equals_padded_batch(implementation):
 
     with pytest.raises(ValueError, match="Padding-free batches pack sources and targets alike"):
         model(source, position_ids=source_positions, labels=target)
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+@pytest.mark.parametrize("targets", ["labels padded with -100", "decoder_attention_mask"])
+def test_unpadded_batch_equals_padded_batch(implementation, targets):
+    """Sources and targets of a padded batch run on their real tokens only (the default): the loss, the labelled
+    positions' logits and the gradients equal those of the batch run padded, and generation is unchanged. Targets
+    padded as `DataCollatorForSeq2Seq` pads them (labels -100, no mask) count as padded after their last label."""
+    model = build(initializer_range=0.02, attn_implementation=implementation).train()
+    ids, mask = source_batch(lengths=(7, 4, 2))
+    target_mask = (torch.arange(6) < torch.tensor([5, 6, 2])[:, None]).long()
+    labels = torch.randint(4, 40, (3, 6), generator=torch.Generator().manual_seed(2))
+    labels = labels.masked_fill(target_mask == 0, -100)
+    labels[0, 1] = -100  # an unlabelled position inside a target stays a real token
+    given = {"decoder_attention_mask": target_mask} if targets == "decoder_attention_mask" else {}
+
+    def run():
+        model.zero_grad()
+        encoder_mlp, decoder_mlp = model.model.encoder.layers[0].mlp, model.model.decoder.layers[0].mlp
+        with token_rows(encoder_mlp) as source_rows, token_rows(decoder_mlp) as target_rows:
+            out = model(ids, mask, labels=labels, **given)
+        out.loss.backward()
+        return out, {name: p.grad.clone() for name, p in model.named_parameters()}, source_rows + target_rows
+
+    unpadded, unpadded_grads, rows = run()
+    assert rows == [(1, 13), (1, 13)]
+    model.config.unpadding = False
+    padded, padded_grads, rows = run()
+    assert rows == [(3, 7), (3, 6)]
+    labelled = labels != -100
+    torch.testing.assert_close(unpadded.loss, padded.loss, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(unpadded.logits[labelled], padded.logits[labelled], atol=1e-5, rtol=1e-4)
+    for name, grad in unpadded_grads.items():
+        torch.testing.assert_close(grad, padded_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+    model.eval()
+    for num_beams in (1, 3):
+        expected = model.generate(ids, attention_mask=mask, max_new_tokens=6, num_beams=num_beams)
+        model.config.unpadding = True
+        generated = model.generate(ids, attention_mask=mask, max_new_tokens=6, num_beams=num_beams)
+        model.config.unpadding = False
+        assert torch.equal(generated, expected)
+
+
+@pytest.mark.parametrize("sparse_prediction", [True, False])
+def test_one_forward_reads_the_device_once(sparse_prediction):
+    """A training forward reads the checks and layouts of sources, targets and labels in one device-to-host copy,
+    and so does a decoding step; a GPU waits once for each."""
+    model = build(sparse_prediction=sparse_prediction)
+    ids, mask = source_batch()
+    labels = torch.randint(4, 40, (3, 6), generator=torch.Generator().manual_seed(2))
+    labels[1, 4:] = -100
+    with torch.no_grad(), HostSyncs() as syncs:
+        model(ids, mask, labels=labels)
+    assert syncs.ops == ["Tensor.tolist"]
+    with torch.no_grad():
+        encoded = model.get_encoder()(ids, mask)
+        first = model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=torch.full((3, 1), 1))
+        with HostSyncs() as syncs:
+            model(
+                encoder_outputs=encoded,
+                attention_mask=mask,
+                decoder_input_ids=torch.full((3, 1), 5),
+                **{OUTPUT_CACHE_FIELD: getattr(first, OUTPUT_CACHE_FIELD)},
+            )
+    assert syncs.ops == ["Tensor.tolist"]
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
