@@ -10,8 +10,11 @@ with its own `sparse_prediction=True`. Throughput counts real (non-padding) toke
 Inference: sequence classification and feature extraction (the pooled embedding) on padded batches of texts, as
 `pipeline(...)` or `tokenizer(..., padding=True)` give them, ours beside ModernBERT's.
 
-    python benchmarks/bench_encoder_cpu.py                       # the issue's CPU case
+Unpadding (`--tables unpadding`): ours with unpadding forced and without, on batches holding 1% to 20% padding
+(training and inference) and on small inference batches, beside what the model's rule (`unpadding_pays`) decides.
+
     python benchmarks/bench_encoder_cpu.py --output benchmarks/results/encoder_mlm_cpu.json
+    python benchmarks/bench_encoder_cpu.py --tables unpadding --output benchmarks/results/encoder_unpadding_cpu.json
 """
 
 import argparse
@@ -20,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import torch
 from transformers import (
@@ -33,7 +37,14 @@ from transformers import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import write_result  # noqa: E402
-from hf_encoders import EncoderConfig, EncoderForMaskedLM, EncoderForSequenceClassification, EncoderModel  # noqa: E402
+from benchmarks.flops import encoder_forward_flops  # noqa: E402
+from hf_encoders import (  # noqa: E402
+    EncoderConfig,
+    EncoderForMaskedLM,
+    EncoderForSequenceClassification,
+    EncoderModel,
+    modeling_encoder,  # noqa: E402
+)
 
 PAD, CLS, SEP, MASK = 0, 1, 2, 3
 OURS = "hf_encoders EncoderForMaskedLM"
@@ -58,7 +69,6 @@ def build_parser(description: str = __doc__.split("\n\n")[0]) -> argparse.Argume
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip-inference", action="store_true")
     parser.add_argument("--output", type=Path, help="write the figures as JSON here")
     return parser
 
@@ -102,6 +112,22 @@ def make_batches(
         )
         for _ in range(count)
     ]
+
+
+def training_flops(args: argparse.Namespace, batch: dict, local_window: int | None = None) -> int:
+    """Model FLOPs of a training step (3 x the forward; `benchmarks/flops.py`) on a batch of `make_batch`, for a
+    model of `args`' dimensions with a gated MLP; with `local_window`, two of every three layers attend locally."""
+    return 3 * encoder_forward_flops(
+        batch["padded"]["attention_mask"].sum(1).tolist(),
+        args.hidden_size,
+        args.layers,
+        args.intermediate_size,
+        args.vocab_size,
+        int((batch["padded"]["labels"] != -100).sum()),
+        gated_mlp=True,
+        local_window=local_window,
+        global_every=3 if local_window else None,
+    )
 
 
 def dimensions(args: argparse.Namespace) -> dict:
@@ -246,48 +272,67 @@ def sizes_with_padding(batch_size: int, length: int, padding: float) -> list[int
     return sizes
 
 
-def run_padding_sweep(args: argparse.Namespace) -> dict:
-    """Ours with and without unpadding on batches holding a given share of padding (where the threshold
-    UNPAD_MIN_PADDING comes from), training and inference; and a pipeline's tiny batch of two short texts."""
+def unpadding_speedup(models: dict, batches: list[dict], step: Callable, args: argparse.Namespace) -> float:
+    """How many times as fast as without unpadding the model runs with it (forced, whatever the batch's padding)."""
+    with mock.patch.multiple(modeling_encoder, UNPAD_MIN_PADDING=0.0, UNPAD_MIN_PADDING_TOKENS=1):
+        median = {name: statistics.median(v) for name, v in take_turns(models, batches, step, args).items()}
+    return median["unpadding"] / median["unpadding=False"]
+
+
+def run_unpadding_sweep(args: argparse.Namespace) -> dict:
+    """Ours unpadding (forced) and not, on batches of `--batch-size` x `--max-length` holding a given share of padding
+    (training and inference), and on small inference batches as a pipeline makes them: where the rule
+    (`UNPAD_MIN_PADDING`, `UNPAD_MIN_PADDING_TOKENS`) comes from, and what it decides."""
     generator = torch.Generator().manual_seed(args.seed)
     unpadded = EncoderForMaskedLM(EncoderConfig(**dimensions(args), **SPECIAL, mask_token_id=MASK))
     padded = EncoderForMaskedLM(EncoderConfig(**dimensions(args), **SPECIAL, mask_token_id=MASK, unpadding=False))
     padded.load_state_dict(unpadded.state_dict())
     models = {"unpadding": (unpadded, "padded"), "unpadding=False": (padded, "padded")}
-    shares = {"training": {}, "inference": {}}
-    for padding in (0.0, 0.01, 0.025, 0.05, 0.1, 0.2):
-        sizes = sizes_with_padding(args.batch_size, args.max_length, padding)
-        batches = [make_batch(sizes, args.vocab_size, args.mask_rate, generator) for _ in range(args.steps)]
-        for mode, step in (("training", training_step), ("inference", inference_step)):
-            for model, _ in models.values():
-                model.train(mode == "training")
-                model.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-            print(f"{mode}, {padding:.1%} padding", flush=True)
-            median = {name: statistics.median(v) for name, v in take_turns(models, batches, step, args).items()}
-            shares[mode][padding] = median["unpadding"] / median["unpadding=False"]
-    tiny = [make_batch([8, 12], args.vocab_size, 0.0, generator) for _ in range(200)]
-    for batch in tiny:
-        del batch["padded"]["labels"]
     for model, _ in models.values():
-        model.eval()
-    print("a pipeline's tiny batch (2 texts of 8 and 12 tokens)", flush=True)
-    median = {name: statistics.median(v) for name, v in take_turns(models, tiny, inference_step, args).items()}
-    shares["tiny inference batch"] = median["unpadding"] / median["unpadding=False"]
-    print(f"\nunpadding is (x as fast as without): {shares}\n")
-    return shares
+        model.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    cases = [
+        (sizes_with_padding(args.batch_size, args.max_length, share), mode, args.steps)
+        for share in (0.01, 0.025, 0.05, 0.1, 0.2)
+        for mode in ("training", "inference")
+    ]
+    cases += [(sizes, "inference", 100) for sizes in ([12, 8], [24, 16], [48, 30], [16, 12, 11, 8], [64, 48, 44, 32])]
+    rows = []
+    for sizes, mode, count in cases:
+        batches = [make_batch(sizes, args.vocab_size, args.mask_rate, generator) for _ in range(count)]
+        for model, _ in models.values():
+            model.train(mode == "training")
+        grid = len(sizes) * max(sizes)
+        padding = grid - sum(sizes)
+        print(f"{mode}, sizes {sizes[:4]}{'...' if len(sizes) > 4 else ''}: {padding} of {grid} padding", flush=True)
+        step = training_step if mode == "training" else inference_step
+        speedup = unpadding_speedup(models, batches, step, args)
+        unpads = modeling_encoder.unpadding_pays(padding, grid)
+        rows.append(
+            {"mode": mode, "sizes": sizes, "padding": padding, "grid": grid, "speedup": speedup, "unpads": unpads}
+        )
+    print(f"\n{'mode':<10} {'padding':>16} {'unpadding forced is':>20}  the rule unpads")
+    for row in rows:
+        padding = f"{row['padding']}/{row['grid']}"
+        print(f"{row['mode']:<10} {padding:>16} {row['speedup']:19.3f}x  {row['unpads']}")
+    return {
+        "rows": rows,
+        "rule": {
+            "UNPAD_MIN_PADDING": modeling_encoder.UNPAD_MIN_PADDING,
+            "UNPAD_MIN_PADDING_TOKENS": modeling_encoder.UNPAD_MIN_PADDING_TOKENS,
+        },
+    }
+
+
+TABLES = {"training": run_training, "inference": run_inference, "unpadding": run_unpadding_sweep}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
-    parser.add_argument("--padding-sweep", action="store_true", help="also: unpadding's speed-up by padding share")
+    parser.add_argument("--tables", nargs="+", choices=TABLES, default=["training", "inference"])
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    figures = {"training": run_training(args)}
-    if not args.skip_inference:
-        figures["inference"] = run_inference(args)
-    if args.padding_sweep:
-        figures["unpadding_speedup_by_padding_share"] = run_padding_sweep(args)
+    figures = {table: TABLES[table](args) for table in args.tables}
     if args.output:
         settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "output"}
         write_result(args.output, "encoder training and inference speed on padded batches", settings, figures)

@@ -33,12 +33,18 @@ from transformers import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_encoder_cpu import CLS, MASK, PAD, SEP  # noqa: E402  (the ids its batches use)
+from benchmarks.bench_encoder_cpu import (  # noqa: E402  (the ids its batches use)
+    CLS,
+    MASK,
+    PAD,
+    SEP,
+    training_flops,  # noqa: E402
+)
 from benchmarks.bench_encoder_cpu import make_batches as make_encoder_batches  # noqa: E402
 from benchmarks.bench_seq2seq_cpu import pack  # noqa: E402
 from benchmarks.bench_seq2seq_cpu import random_batch as random_pair_side  # noqa: E402
 from benchmarks.common import device_name, write_result  # noqa: E402
-from benchmarks.flops import encoder_forward_flops, mfu, peak_bf16_flops, seq2seq_forward_flops  # noqa: E402
+from benchmarks.flops import mfu, peak_bf16_flops, seq2seq_forward_flops  # noqa: E402
 from hf_encoders import EncoderConfig, EncoderForMaskedLM, Seq2SeqConfig, Seq2SeqForConditionalGeneration  # noqa: E402
 
 TINY = {
@@ -106,23 +112,10 @@ def encoder_batches(args: argparse.Namespace, device: str) -> list[dict]:
     batches = []
     lengths = (args.min_length, args.max_length)
     for batch in make_encoder_batches(args, args.steps, args.batch_size, lengths, args.mask_rate):
-        sizes = batch["padded"]["attention_mask"].sum(1).tolist()
-        predicted = int((batch["packed"]["labels"] != -100).sum())
-        flops = 3 * encoder_forward_flops(
-            sizes,
-            args.hidden_size,
-            args.layers,
-            args.intermediate_size,
-            args.vocab_size,
-            predicted,
-            gated_mlp=True,
-            local_window=args.local_window,
-            global_every=3,
-        )
         batches.append(
             {
                 "tokens": batch["tokens"],
-                "flops": flops,
+                "flops": training_flops(args, batch, args.local_window),
                 "packed": on_device(batch["packed"], device),
                 "padded": on_device(batch["padded"], device),
             }

@@ -6,8 +6,9 @@ MarianMTModel of the same dimensions, in one process, on the same data:
   `--new-tokens` tokens (min = max), so that all do the same amount of decoding.
 
 Ours trains on padding-free batches (sources packed in one row, targets in another) with sparse prediction (the LM
-head only on labelled target positions), and by default with a plain GELU MLP, so that its FLOPs per token equal
-BART's and Marian's; `--activation geglu` measures the gated MLP that the translation configs use (1.5x the MLP
+head only on labelled target positions), and on the padded batches the others get (as `DataCollatorForSeq2Seq`
+makes them: labels padded with -100, no decoder mask), which it unpads inside; by default with a plain GELU MLP, so
+that its FLOPs per token equal BART's and Marian's; `--activation geglu` measures the gated MLP that the translation configs use (1.5x the MLP
 FLOPs). BART and Marian get the same pairs as padded batches, as their collators give them. `--ours-layers 6 1`
 gives ours a deep encoder and a one-layer decoder (about the parameters of 3 + 3), the others keep theirs.
 
@@ -59,7 +60,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--generate-batch-size", type=int, default=32)
     parser.add_argument("--generate-batches", type=int, default=2, help="timed generate calls per model, round, mode")
     parser.add_argument("--new-tokens", type=int, default=40)
-    parser.add_argument("--beams", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--beams", type=int, nargs="*", default=[1, 4], help="none: training steps only")
     parser.add_argument("--compile", action="store_true", help="static caches and compiled decoding steps")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend for --compile")
     parser.add_argument("--rounds", type=int, default=3, help="models take turns this many times")
@@ -147,15 +148,19 @@ def build_models(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, s
         dropout=0.0,
         attn_implementation="sdpa",
     )
-    return {  # name -> (model, training batch layout); all share width, depth, heads, FFN size and vocabulary
-        f"hf_encoders Seq2SeqForConditionalGeneration ({args.activation}"
-        + (f", {encoder_layers}+{decoder_layers} layers)" if args.ours_layers else ")"): (
-            Seq2SeqForConditionalGeneration(ours),
-            "packed",
-        ),
-        "transformers BartForConditionalGeneration": (BartForConditionalGeneration(BartConfig(**theirs)), "padded"),
-        "transformers MarianMTModel": (MarianMTModel(MarianConfig(**theirs)), "padded"),
-    }
+    # name -> (model, training batch layout); all share width, depth, heads, FFN size and vocabulary
+    name = f"hf_encoders Seq2SeqForConditionalGeneration ({args.activation}"
+    name += f", {encoder_layers}+{decoder_layers} layers)" if args.ours_layers else ")"
+    models = {name: (Seq2SeqForConditionalGeneration(ours), "packed")}
+    if not args.compile:  # (compiled, only generation is timed otherwise, and ours generates alike from either batch)
+        padded = Seq2SeqForConditionalGeneration(ours)
+        models["hf_encoders Seq2SeqForConditionalGeneration (padded batches)"] = (padded, "padded")
+    models["transformers BartForConditionalGeneration"] = (
+        BartForConditionalGeneration(BartConfig(**theirs)),
+        "padded",
+    )
+    models["transformers MarianMTModel"] = (MarianMTModel(MarianConfig(**theirs)), "padded")
+    return models
 
 
 def train_seconds(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: list[dict], layout: str) -> float:
@@ -233,15 +238,10 @@ def main() -> None:
     median = {
         mode: {name: statistics.median(v) for name, v in per_model.items()} for mode, per_model in figures.items()
     }
-    print()
     for mode in modes:
-        print(f"{mode:<40} " + "  ".join(f"{name.split()[1]}: {value:9.1f}" for name, value in median[mode].items()))
-        print(
-            f"{'  ours is':<40} "
-            + "  ".join(
-                f"{name.split()[1]}: {median[mode][ours] / value:8.2f}x" for name, value in median[mode].items()
-            )
-        )
+        print(f"\n{mode:<72} {'':>10} ours is")
+        for name, value in median[mode].items():
+            print(f"{name:<72} {value:10.1f} {median[mode][ours] / value:6.2f}x")
     if args.output:
         write_result(
             args.output,

@@ -26,11 +26,11 @@ from benchmarks.bench_encoder_cpu import (  # noqa: E402
     build_parser,
     make_batches,
     take_turns,
+    training_flops,
     training_models,
     training_step,
 )
 from benchmarks.common import write_result  # noqa: E402
-from benchmarks.flops import encoder_forward_flops  # noqa: E402
 
 SIZES = {
     "bench_encoder_cpu": {},
@@ -51,26 +51,6 @@ def gemm_flops(size: int, repeats: int) -> float:
         a @ b
         times.append(time.perf_counter() - start)
     return 2 * size**3 / statistics.median(times)
-
-
-def step_flops(args: argparse.Namespace, batches: list[dict], local_window: int | None) -> float:
-    """Training model FLOPs of one step (3 x the forward), averaged over the batches."""
-    total = 0
-    for batch in batches:
-        lengths = batch["padded"]["attention_mask"].sum(1).tolist()
-        predicted = int((batch["padded"]["labels"] != -100).sum())
-        total += 3 * encoder_forward_flops(
-            lengths,
-            args.hidden_size,
-            args.layers,
-            args.intermediate_size,
-            args.vocab_size,
-            predicted,
-            gated_mlp=True,
-            local_window=local_window,
-            global_every=3 if local_window else None,
-        )
-    return total / len(batches)
 
 
 def op_category(name: str) -> str:
@@ -110,7 +90,10 @@ def measure_size(args: argparse.Namespace, gemm: float) -> dict:
     results = {}
     for name, (model, _) in models.items():
         tokens_per_second = statistics.median(throughput[name])
-        flops = step_flops(args, batches, model.config.local_attention) * tokens_per_second / tokens_per_step
+        flops_per_step = statistics.mean(
+            training_flops(args, batch, model.config.local_attention) for batch in batches
+        )
+        flops = flops_per_step * tokens_per_second / tokens_per_step
         results[name] = {
             "tokens_per_second": tokens_per_second,
             "model_flops_per_second": flops,

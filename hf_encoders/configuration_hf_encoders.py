@@ -64,15 +64,16 @@ class EncoderConfig(PreTrainedConfig):
             embeddings, the attention probabilities, the residual branches and the classification heads.
         initializer_range: standard deviation of the (truncated normal) weight initialisation.
         initializer_cutoff_factor: truncation of the initialisation at this many standard deviations.
-        classifier_pooling: `"cls"` (first token) or `"mean"` (mean over non-padding tokens) for `pooler_output` and
-            the sequence-classification head.
+        classifier_pooling: `"cls"` (each sequence's first real token) or `"mean"` (mean over non-padding tokens) for
+            `pooler_output` and the sequence-classification head.
         sparse_prediction: when `labels` are given, compute the masked-LM head only where `labels != -100`, so
             that `logits` has one row per labelled position (in that order); without labels (fill-mask) the head
-            covers every position. Off, `logits` is (batch, sequence, vocab) also with labels.
-        unpadding: run the token-wise work (embeddings, projections, MLPs, norms, heads) of a padded batch on its
-            real tokens only, re-padding for attention kernels without a variable-length mode; outputs keep the
-            batch's shape. Batches with little padding, and forwards that return hidden states or attentions, are
-            not unpadded.
+            covers every position, and so does a compiled forward. Off, `logits` is (batch, sequence, vocab) also
+            with labels.
+        unpadding: run the token-wise work (embeddings, projections, MLPs, norms) of a padded batch on its real
+            tokens only, re-padding for attention kernels without a variable-length mode; outputs keep the batch's
+            shape, with zeros at padding positions. Batches with under 5% padding, forwards that return hidden states
+            or attentions, and compiled forwards are not unpadded.
         pad/bos/eos/cls/sep/mask_token_id: ids of the special tokens.
         tie_word_embeddings: share the masked-LM decoder matrix with the input embeddings.
 
@@ -238,6 +239,9 @@ class Seq2SeqConfig(EncoderConfig):
             layers read the normalised embeddings directly: it loads with the field off.
         sparse_prediction: with `labels`, compute the LM head only on labelled target positions (`logits` then has one
             row for each); off by default, so that `Seq2SeqTrainer`'s evaluation gets (batch, target, vocab) logits.
+        unpadding: as for the encoder, for the sources and for targets decoded from scratch (training, scoring). With
+            `labels` and no `decoder_attention_mask`, a target's positions after its last label are its padding (as
+            `DataCollatorForSeq2Seq` pads them with -100); their logits are zeros where the targets were unpadded.
         classifier_pooling: how the encoder's `pooler_output` (sentence embeddings, and the input of the variational
             bottleneck of [`Seq2SeqVAEConfig`]) is pooled; `"mean"` over the source tokens by default (sources carry
             no `[CLS]`).

@@ -4,7 +4,9 @@ heads.
 A modern BERT: pre-norm layers, rotary or absolute positions, gated (GLU) feed-forward blocks, optional alternating
 local/global attention, and a padding-free path where sequences packed back to back (one row of `total` tokens with
 `position_ids` restarting per sequence, or `cu_seq_lens_q`, as `DataCollatorWithFlattening` produces) attend only
-within their own sequence. The attention math lives once, in `eager_attention_forward` and transformers'
+within their own sequence. Padded batches, as every other collator, `Trainer` and pipeline make them, take the same
+path inside the model (`config.unpadding`): their real tokens are laid out as a padding-free row, and the outputs go
+back to the batch's shape. The attention math lives once, in `eager_attention_forward` and transformers'
 `ALL_ATTENTION_FUNCTIONS` (sdpa, flex_attention, flash_attention_2, ...); masks come from `transformers.masking_utils`.
 
 This file is copied next to every saved checkpoint for `trust_remote_code=True`: it imports only `torch`,
@@ -125,6 +127,25 @@ def check_class_bounds(read: dict[str, int], num_labels: int, ignore_index: int 
         )
 
 
+def input_shape_of(
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    names: tuple[str, str] = ("input_ids", "inputs_embeds"),
+) -> tuple[torch.Size, str]:
+    """The (batch, sequence) shape of the one given of `input_ids` and `inputs_embeds`, checked, and its name."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError(f"Pass exactly one of `{names[0]}` or `{names[1]}`.")
+    name = names[0] if input_ids is not None else names[1]
+    shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
+    check_input_shape(shape, name)
+    return shape, name
+
+
+def records_outputs(config: EncoderConfig, kwargs: dict[str, Any]) -> bool:
+    """Whether a forward returns hidden states or attentions (they keep the batch's shape: it is not unpadded)."""
+    return any(kwargs.get(flag, getattr(config, flag)) for flag in ("output_hidden_states", "output_attentions"))
+
+
 def check_input_shape(shape: torch.Size, name: str = "input_ids", dims: str = "(batch_size, sequence_length)"):
     """Raise a ValueError unless `shape` is 2D with at least one sequence."""
     if len(shape) != 2:
@@ -164,9 +185,16 @@ def check_attention_mask(
 # --------------------------------------------------------------------------------------------------------------------
 # Padding-free batches, and padded batches unpadded inside the model
 
-# A padded batch is unpadded (token-wise work on its real tokens only) when at least this share of it is padding:
-# below, the gathers and scatters around each attention cost about what the padding would (benchmarks/RESULTS.md).
+# A padded batch is unpadded (token-wise work on its real tokens only) when at least this share of it, and at least
+# this many positions, are padding: below either, the gathers and scatters around each attention cost about what the
+# padding would (measured on a CPU: benchmarks/RESULTS.md#speed-on-a-cpu).
 UNPAD_MIN_PADDING = 0.05
+UNPAD_MIN_PADDING_TOKENS = 16
+
+
+def unpadding_pays(padding: int, positions: int) -> bool:
+    """Whether a padded batch of `positions` token positions, `padding` of them padding, is worth unpadding."""
+    return padding >= max(UNPAD_MIN_PADDING * positions, UNPAD_MIN_PADDING_TOKENS)
 
 
 @dataclass
@@ -316,7 +344,7 @@ class BatchProbe:
 
     def find_layout(self, read: dict[str, int]) -> BatchLayout:
         """Padding-free (`cu_seq_lens_q`, or one row of `position_ids` restarting per sequence), padded, or unpadded
-        (a padded batch with at least `UNPAD_MIN_PADDING` padding, with `unpad`)."""
+        (with `unpad`, a padded batch where `unpadding_pays`)."""
         batch_size, length = self.input_shape
         if self.packed_rows and self.cu_seq_lens_q is not None:
             if read["first"] != 0 or read["last"] != length or read["shortest"] <= 0:
@@ -334,7 +362,7 @@ class BatchProbe:
         if self.attention_mask is None or self.attention_mask.ndim != 2:  # no mask, or a prepared 4D one
             return BatchLayout(padding=False if self.attention_mask is None else None, read=read)
         padding = batch_size * length - read["real"]
-        if self.unpad and padding >= UNPAD_MIN_PADDING * batch_size * length:
+        if self.unpad and unpadding_pays(padding, batch_size * length):
             packed = PackedBatch.from_attention_mask(
                 self.attention_mask, read["real"], read["longest"], self.position_ids
             )
@@ -745,15 +773,8 @@ class EncoderModel(EncoderPreTrainedModel):
         check). A padded
         batch is unpadded with `config.unpadding`, unless hidden states or attentions are recorded (they keep the
         batch's shape)."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
-        name = "input_ids" if input_ids is not None else "inputs_embeds"
-        input_shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
-        check_input_shape(input_shape, name)
+        input_shape, name = input_shape_of(input_ids, inputs_embeds)
         check_attention_mask(attention_mask, input_shape, name)
-        recording = any(
-            kwargs.get(flag, getattr(self.config, flag)) for flag in ("output_hidden_states", "output_attentions")
-        )
         return probe_batch(
             input_shape,
             input_ids,
@@ -763,7 +784,7 @@ class EncoderModel(EncoderPreTrainedModel):
             labels,
             vocab_size=self.config.vocab_size,
             max_position_embeddings=self.config.max_position_embeddings,
-            unpad=self.config.unpadding and not recording,
+            unpad=self.config.unpadding and not records_outputs(self.config, kwargs),
             name=name,
             check_labels=check_labels,
         )

@@ -58,9 +58,11 @@ from .modeling_encoder import (
     check_input_shape,
     check_sequence_length,
     checked_forward_kwargs,
+    input_shape_of,
     make_norm,
     probe_batch,
     read_layouts,
+    records_outputs,
     run_attention,
 )
 
@@ -372,16 +374,9 @@ class Seq2SeqDecoder(Seq2SeqPreTrainedModel):
         """Check the targets' shapes and say what to read of them (`probe_batch`, with the head's `labels`). Padded
         targets decoded from scratch (training, scoring) are unpadded with `config.unpadding`, unless hidden states
         or attentions are recorded; decoding steps that continue a cache are not."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of `decoder_input_ids` or `decoder_inputs_embeds`.")
-        name = "decoder_input_ids" if input_ids is not None else "decoder_inputs_embeds"
-        input_shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
-        check_input_shape(input_shape, name)
+        input_shape, name = input_shape_of(input_ids, inputs_embeds, ("decoder_input_ids", "decoder_inputs_embeds"))
         past_length = cache.get_seq_length() if cache is not None else 0  # (a static cache's length is a tensor)
         check_attention_mask(attention_mask, input_shape, "decoder_input_ids", past_length)
-        recording = any(
-            kwargs.get(flag, getattr(self.config, flag)) for flag in ("output_hidden_states", "output_attentions")
-        )
         return probe_batch(
             input_shape,
             input_ids,
@@ -389,7 +384,7 @@ class Seq2SeqDecoder(Seq2SeqPreTrainedModel):
             position_ids,
             labels=labels,
             vocab_size=self.config.vocab_size,
-            unpad=self.config.unpadding and cache is None and not recording,
+            unpad=self.config.unpadding and cache is None and not records_outputs(self.config, kwargs),
             name=name,
             check_labels=partial(check_id_bounds, vocab_size=self.config.vocab_size, name="labels"),
         )

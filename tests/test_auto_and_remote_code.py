@@ -208,7 +208,11 @@ def test_batched_pipelines_give_what_each_text_alone_gives(tmp_path, tokenizer):
     torch.manual_seed(0)
     EncoderForMaskedLM(tiny_config(vocab_size=len(tokenizer))).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    texts = ["the cat [MASK] on the mat", "a [MASK] ran", "the big dog sat with a small [MASK] in the red park"]
+    texts = [
+        "the cat [MASK] on the mat",
+        "a [MASK] ran",
+        "the big dog sat with a small [MASK] in the red park and the cat ran on the blue mat",
+    ]
     fill = pipeline("fill-mask", model=str(tmp_path), batch_size=3)
     with token_rows(fill.model.model.layers[0].mlp) as rows:
         batched = fill(texts, top_k=3)

@@ -17,7 +17,7 @@ def test_cpu_benchmark_runs_and_records_its_figures(tmp_path):
     tiny = (
         "--hidden-size 32 --layers 2 --heads 2 --intermediate-size 64 --vocab-size 128 --batch-size 4 "
         "--min-length 8 --max-length 16 --inference-batch-size 4 --inference-min-length 4 --inference-max-length 16 "
-        "--steps 2 --rounds 1 --warmup 1"
+        "--steps 2 --rounds 1 --warmup 1 --tables training inference unpadding"
     ).split()
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_encoder_cpu.py"), *tiny, "--output", str(output)],
@@ -27,6 +27,9 @@ def test_cpu_benchmark_runs_and_records_its_figures(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(output.read_text())
+    sweep = result["unpadding"]["rows"]
+    assert len(sweep) == 15 and all(row["speedup"] > 0 for row in sweep)
+    assert [row["unpads"] for row in sweep[-5:]] == [False, False, True, True, True]  # small batches: the rule
     tables = [result["training"], *result["inference"].values()]
     assert [len(table["tokens_per_second"]) for table in tables] == [6, 2, 2]
     for table in tables:
@@ -84,8 +87,9 @@ def test_seq2seq_benchmark_runs_and_records_its_figures(tmp_path, compiled):
     result = json.loads(output.read_text())
     modes = {"train tokens/s", "generate sentences/s (beams=1)", "generate sentences/s (beams=4)"}
     assert set(result["median"]) == modes == set(result["speedup_of_ours"])
-    assert all(len(per_model) == 3 and min(per_model.values()) > 0 for per_model in result["median"].values())
-    assert result["settings"]["compile"] == bool(compiled) and len(result["warm_up_generation_seconds"]) == 3
+    count = 3 if compiled else 4  # eagerly, ours also on the padded batches
+    assert all(len(per_model) == count and min(per_model.values()) > 0 for per_model in result["median"].values())
+    assert result["settings"]["compile"] == bool(compiled) and len(result["warm_up_generation_seconds"]) == count
     assert all((graphs > 0) == bool(compiled) for graphs in result["compiled_graphs"].values())  # every model's
     ours = next(iter(result["parameters"]))
     assert ours.endswith("(gelu, 2+1 layers)") == (not compiled)

@@ -294,9 +294,10 @@ def test_unpadded_batch_equals_the_padded_batch_and_the_packed_one(implementatio
     [
         ("no padding", (8, 8, 8)),
         ("one sequence", (8,)),
-        ("little padding", (40,) * 9 + (39,)),  # 1 token in 400: under UNPAD_MIN_PADDING
-        ("hidden states recorded", (8, 5, 3)),  # they keep the batch's shape
-        ("one padded sequence", (5, 8)),  # unpadded: the check that the counting works
+        ("little padding", (40,) * 9 + (21,)),  # 19 tokens in 400: under UNPAD_MIN_PADDING
+        ("a tiny batch", (12, 8)),  # 4 padding tokens: under UNPAD_MIN_PADDING_TOKENS
+        ("hidden states recorded", (20, 5, 3)),  # they keep the batch's shape
+        ("one padded sequence", (20, 40)),  # unpadded: the check that the counting works
     ],
 )
 def test_unpadding_is_skipped_where_it_cannot_pay(case, lengths):

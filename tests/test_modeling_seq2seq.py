@@ -367,9 +367,9 @@ def test_unpadded_batch_equals_padded_batch(implementation, targets):
     positions' logits and the gradients equal those of the batch run padded, and generation is unchanged. Targets
     padded as `DataCollatorForSeq2Seq` pads them (labels -100, no mask) count as padded after their last label."""
     model = build(initializer_range=0.02, attn_implementation=implementation).train()
-    ids, mask = source_batch(lengths=(7, 4, 2))
-    target_mask = (torch.arange(6) < torch.tensor([5, 6, 2])[:, None]).long()
-    labels = torch.randint(4, 40, (3, 6), generator=torch.Generator().manual_seed(2))
+    ids, mask = source_batch(lengths=(20, 9, 4))
+    target_mask = (torch.arange(18) < torch.tensor([12, 18, 6])[:, None]).long()
+    labels = torch.randint(4, 40, (3, 18), generator=torch.Generator().manual_seed(2))
     labels = labels.masked_fill(target_mask == 0, -100)
     labels[0, 1] = -100  # an unlabelled position inside a target stays a real token
     given = {"decoder_attention_mask": target_mask} if targets == "decoder_attention_mask" else {}
@@ -383,10 +383,10 @@ def test_unpadded_batch_equals_padded_batch(implementation, targets):
         return out, {name: p.grad.clone() for name, p in model.named_parameters()}, source_rows + target_rows
 
     unpadded, unpadded_grads, rows = run()
-    assert rows == [(1, 13), (1, 13)]
+    assert rows == [(1, 33), (1, 36)]
     model.config.unpadding = False
     padded, padded_grads, rows = run()
-    assert rows == [(3, 7), (3, 6)]
+    assert rows == [(3, 20), (3, 18)]
     labelled = labels != -100
     torch.testing.assert_close(unpadded.loss, padded.loss, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(unpadded.logits[labelled], padded.logits[labelled], atol=1e-5, rtol=1e-4)
