@@ -274,7 +274,8 @@ def sizes_with_padding(batch_size: int, length: int, padding: float) -> list[int
 
 def unpadding_speedup(models: dict, batches: list[dict], step: Callable, args: argparse.Namespace) -> float:
     """How many times as fast as without unpadding the model runs with it (forced, whatever the batch's padding)."""
-    with mock.patch.multiple(modeling_encoder, UNPAD_MIN_PADDING=0.0, UNPAD_MIN_PADDING_TOKENS=1):
+    never = dict(UNPAD_MIN_PADDING=0.0, UNPAD_MIN_PADDING_INFERENCE=0.0, UNPAD_MIN_PADDING_TOKENS=1)
+    with mock.patch.multiple(modeling_encoder, **never):
         median = {name: statistics.median(v) for name, v in take_turns(models, batches, step, args).items()}
     return median["unpadding"] / median["unpadding=False"]
 
@@ -306,7 +307,7 @@ def run_unpadding_sweep(args: argparse.Namespace) -> dict:
         print(f"{mode}, sizes {sizes[:4]}{'...' if len(sizes) > 4 else ''}: {padding} of {grid} padding", flush=True)
         step = training_step if mode == "training" else inference_step
         speedup = unpadding_speedup(models, batches, step, args)
-        unpads = modeling_encoder.unpadding_pays(padding, grid)
+        unpads = modeling_encoder.unpadding_pays(padding, grid, gradients=mode == "training")
         rows.append(
             {"mode": mode, "sizes": sizes, "padding": padding, "grid": grid, "speedup": speedup, "unpads": unpads}
         )
@@ -314,13 +315,8 @@ def run_unpadding_sweep(args: argparse.Namespace) -> dict:
     for row in rows:
         padding = f"{row['padding']}/{row['grid']}"
         print(f"{row['mode']:<10} {padding:>16} {row['speedup']:19.3f}x  {row['unpads']}")
-    return {
-        "rows": rows,
-        "rule": {
-            "UNPAD_MIN_PADDING": modeling_encoder.UNPAD_MIN_PADDING,
-            "UNPAD_MIN_PADDING_TOKENS": modeling_encoder.UNPAD_MIN_PADDING_TOKENS,
-        },
-    }
+    rule = ("UNPAD_MIN_PADDING", "UNPAD_MIN_PADDING_INFERENCE", "UNPAD_MIN_PADDING_TOKENS")
+    return {"rows": rows, "rule": {name: getattr(modeling_encoder, name) for name in rule}}
 
 
 TABLES = {"training": run_training, "inference": run_inference, "unpadding": run_unpadding_sweep}

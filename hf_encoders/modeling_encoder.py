@@ -187,14 +187,18 @@ def check_attention_mask(
 
 # A padded batch is unpadded (token-wise work on its real tokens only) when at least this share of it, and at least
 # this many positions, are padding: below either, the gathers and scatters around each attention cost about what the
-# padding would (measured on a CPU: benchmarks/RESULTS.md#speed-on-a-cpu).
+# padding would. Without gradients (inference) they weigh more against a forward alone than against a training step
+# (measured on a CPU: benchmarks/RESULTS.md#speed-on-a-cpu).
 UNPAD_MIN_PADDING = 0.05
+UNPAD_MIN_PADDING_INFERENCE = 0.1
 UNPAD_MIN_PADDING_TOKENS = 16
 
 
-def unpadding_pays(padding: int, positions: int) -> bool:
-    """Whether a padded batch of `positions` token positions, `padding` of them padding, is worth unpadding."""
-    return padding >= max(UNPAD_MIN_PADDING * positions, UNPAD_MIN_PADDING_TOKENS)
+def unpadding_pays(padding: int, positions: int, gradients: bool) -> bool:
+    """Whether a padded batch of `positions` token positions, `padding` of them padding, is worth unpadding, in a
+    forward that records `gradients` (training) or not (inference)."""
+    share = UNPAD_MIN_PADDING if gradients else UNPAD_MIN_PADDING_INFERENCE
+    return padding >= max(share * positions, UNPAD_MIN_PADDING_TOKENS)
 
 
 @dataclass
@@ -362,7 +366,7 @@ class BatchProbe:
         if self.attention_mask is None or self.attention_mask.ndim != 2:  # no mask, or a prepared 4D one
             return BatchLayout(padding=False if self.attention_mask is None else None, read=read)
         padding = batch_size * length - read["real"]
-        if self.unpad and unpadding_pays(padding, batch_size * length):
+        if self.unpad and unpadding_pays(padding, batch_size * length, torch.is_grad_enabled()):
             packed = PackedBatch.from_attention_mask(
                 self.attention_mask, read["real"], read["longest"], self.position_ids
             )

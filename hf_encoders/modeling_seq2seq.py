@@ -875,8 +875,9 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
                 decoder_input_ids = shift_tokens_right(
                     labels, self.config.pad_token_id, self.config.decoder_start_token_id, decoder_position_ids
                 )
-            if self.config.unpadding and decoder_attention_mask is None and decoder_position_ids is None:
-                decoder_attention_mask = labelled_target_mask(labels) if cache is None else None
+            given = decoder_attention_mask is not None or decoder_position_ids is not None
+            if self.config.unpadding and cache is None and not given:  # the -100 after the last label: padding
+                decoder_attention_mask = labelled_target_mask(labels)
         source_given = input_ids is not None or inputs_embeds is not None
         encoder_outputs = self.model.given_encoder_outputs(encoder_outputs, kwargs, source_given)
         layouts = self.model.read_batch(
