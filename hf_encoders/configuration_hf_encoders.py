@@ -72,8 +72,9 @@ class EncoderConfig(PreTrainedConfig):
             with labels.
         unpadding: run the token-wise work (embeddings, projections, MLPs, norms) of a padded batch on its real
             tokens only, re-padding for attention kernels without a variable-length mode; outputs keep the batch's
-            shape, with zeros at padding positions. Batches with under 5% padding, forwards that return hidden states
-            or attentions, and compiled forwards are not unpadded.
+            shape, with zeros at padding positions. Batches with little padding (`unpadding_pays` in
+            modeling_encoder.py: under 5% in training, 10% in inference, or 16 positions), forwards that return hidden
+            states or attentions, and compiled forwards are not unpadded.
         pad/bos/eos/cls/sep/mask_token_id: ids of the special tokens.
         tie_word_embeddings: share the masked-LM decoder matrix with the input embeddings.
 
