@@ -1,4 +1,4 @@
-"""Print pip constraints that pin every dependency in pyproject.toml (and its `serving` extra) at its declared floor (`name>=X` -> `name==X`),
+"""Print pip constraints that pin every dependency in pyproject.toml (and its extras but `dev`) at its declared floor (`name>=X` -> `name==X`),
 for the floor environment of the version matrix (.ci/matrix). torch is left out: it is installed first, at
 TORCH_SPEC (the CPU build here)."""
 
@@ -7,7 +7,10 @@ import tomllib
 from pathlib import Path
 
 project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
-for requirement in project["dependencies"] + project["optional-dependencies"]["serving"]:
+extras = [
+    requirement for name, group in project["optional-dependencies"].items() if name != "dev" for requirement in group
+]
+for requirement in project["dependencies"] + extras:
     match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([^,;]+)(,<[^,;]+)?", requirement)
     if match is None:
         raise SystemExit(f"pyproject.toml: {requirement!r} declares no floor (`name>=version`) to test.")

@@ -8,7 +8,9 @@ padding-free collator's layout (sequences packed in one row). ModernBERT is meas
 with its own `sparse_prediction=True`. Throughput counts real (non-padding) tokens per second.
 
 Inference: sequence classification and feature extraction (the pooled embedding) on padded batches of texts, as
-`pipeline(...)` or `tokenizer(..., padding=True)` give them, ours beside ModernBERT's.
+`pipeline(...)` or `tokenizer(..., padding=True)` give them, ours beside ModernBERT's. Each table also has ModernBERT
+itself converted into this family (`from_modernbert`: its config, local attention and weights), which runs this
+family's code, unpadding and sparse head included.
 
 Unpadding (`--tables unpadding`): ours with unpadding forced and without, on batches holding 1% to 20% padding
 (training and inference) and on small inference batches, beside what the model's rule (`unpadding_pays`) decides.
@@ -149,6 +151,7 @@ def training_models(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module
     library's default (ModernBERT: local attention every 2 of 3 layers; ours: global attention)."""
     ours = dict(**dimensions(args), **SPECIAL, mask_token_id=MASK)
     modernbert = dict(**dimensions(args), **SPECIAL)
+    converted = EncoderForMaskedLM.from_modernbert(ModernBertForMaskedLM(ModernBertConfig(**modernbert))).train()
     return {
         OURS: (EncoderForMaskedLM(EncoderConfig(**ours)), "padded"),
         f"{OURS} (unpadding=False, sparse_prediction=False)": (
@@ -158,6 +161,7 @@ def training_models(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module
         f"{OURS} (our padding-free collator)": (EncoderForMaskedLM(EncoderConfig(**ours)), "packed"),
         "transformers BertForMaskedLM": (BertForMaskedLM(BertConfig(**dimensions(args))), "padded"),
         "transformers ModernBertForMaskedLM": (ModernBertForMaskedLM(ModernBertConfig(**modernbert)), "padded"),
+        f"{OURS} (ModernBERT's config and weights, converted)": (converted, "padded"),
         "transformers ModernBertForMaskedLM (sparse_prediction=True)": (
             ModernBertForMaskedLM(ModernBertConfig(**modernbert, sparse_prediction=True)),
             "padded",
@@ -234,17 +238,21 @@ def run_training(args: argparse.Namespace) -> dict:
 
 def inference_models(args: argparse.Namespace) -> dict[str, dict[str, tuple[torch.nn.Module, str]]]:
     ours, modernbert = EncoderConfig(**dimensions(args), **SPECIAL), ModernBertConfig(**dimensions(args), **SPECIAL)
+    classifier, encoder = ModernBertForSequenceClassification(modernbert), ModernBertModel(modernbert)
+    converted = "(ModernBERT's config and weights, converted)"
     return {
         "sequence classification": {
             "hf_encoders EncoderForSequenceClassification": (EncoderForSequenceClassification(ours), "padded"),
-            "transformers ModernBertForSequenceClassification": (
-                ModernBertForSequenceClassification(modernbert),
+            "transformers ModernBertForSequenceClassification": (classifier, "padded"),
+            f"hf_encoders EncoderForSequenceClassification {converted}": (
+                EncoderForSequenceClassification.from_modernbert(classifier),
                 "padded",
             ),
         },
         "feature extraction": {
             "hf_encoders EncoderModel": (EncoderModel(ours), "padded"),
-            "transformers ModernBertModel": (ModernBertModel(modernbert), "padded"),
+            "transformers ModernBertModel": (encoder, "padded"),
+            f"hf_encoders EncoderModel {converted}": (EncoderModel.from_modernbert(encoder), "padded"),
         },
     }
 

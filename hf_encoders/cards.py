@@ -244,6 +244,8 @@ class CardSection:
             `build_model_card` overrides them unless `languages_fixed` (a translation model's source and target).
         base_model: the Hub model the run started from, when it did.
         batch_unit: what a batch holds, for the training table ("sequences", "pairs").
+        library_name: the library the card's metadata names (sentence-transformers for embedding models).
+        tags: tags of the task's own, beside the common ones and the pipeline tag.
     """
 
     results: list[ResultRow]
@@ -257,6 +259,8 @@ class CardSection:
     languages_fixed: bool = False
     base_model: str | None = None
     batch_unit: str = "sequences"
+    library_name: str = "transformers"
+    tags: tuple[str, ...] = ()
 
 
 def architecture_rows(config: dict, parameters: int) -> list[tuple[str, str]]:
@@ -381,9 +385,9 @@ def build_model_card(
         model_name=model_name,
         language=section.languages if section.languages_fixed else language or section.languages,
         license=license,
-        library_name="transformers",
+        library_name=section.library_name,
         pipeline_tag=section.pipeline_tag,
-        tags=[*tags, section.pipeline_tag],
+        tags=[*tags, *section.tags, section.pipeline_tag],
         eval_results=[row.eval_result() for row in section.results if row.in_model_index],
         datasets=[section.data.hub_id] if section.data.hub_id else None,
         base_model=section.base_model,

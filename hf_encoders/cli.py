@@ -11,6 +11,7 @@
     hf-encoders translate MODEL "A dog runs." --tgt-lang de                # or --file F, or stdin; MODEL may be
                                                                            # a CTranslate2 export
     hf-encoders export MODEL --format ctranslate2 [--quantization int8]    # or --format onnx [--quantize]
+    hf-encoders convert answerdotai/ModernBERT-base OUT [--head masked-lm]  # ModernBERT weights in this family
     hf-encoders card RUN_DIR [--repo-id ORG/NAME]                          # RUN_DIR/README.md from the run
     hf-encoders push RUN_DIR ORG/NAME [--private] [--create-pr] [--revision BRANCH] [--dry-run]
 
@@ -205,6 +206,42 @@ def export_command(args: argparse.Namespace) -> None:
         raise CommandError("--quantization is for --format ctranslate2; ONNX takes --quantize (int8 dynamic).")
     info = export_onnx(args.model, output, quantize=args.quantize, trust_remote_code=args.trust_remote_code)
     print(f"wrote the ONNX model ({info['task']}) to {output}: {', '.join(info['files'])}")
+
+
+CONVERT_HEADS = {
+    "model": "EncoderModel",
+    "masked-lm": "EncoderForMaskedLM",
+    "sequence-classification": "EncoderForSequenceClassification",
+    "token-classification": "EncoderForTokenClassification",
+}
+
+
+def convert_command(args: argparse.Namespace) -> None:
+    check_model_location(args.source)
+    output = Path(args.output)
+    if output.exists() and any(output.iterdir()) and not args.force:
+        raise CommandError(f"{output} is not empty: give an empty or new folder, or --force to write into it.")
+    from transformers import AutoConfig, AutoTokenizer
+
+    import hf_encoders
+
+    from .conversion_modernbert import HEADS
+
+    if args.head:
+        head = CONVERT_HEADS[args.head]
+    else:
+        architectures = AutoConfig.from_pretrained(args.source).architectures or ["ModernBertForMaskedLM"]
+        head = HEADS.get(architectures[0], "EncoderModel")
+    model = getattr(hf_encoders, head).from_modernbert(args.source)
+    model.save_pretrained(output)
+    try:
+        AutoTokenizer.from_pretrained(args.source).save_pretrained(output)
+    except (OSError, ValueError) as error:
+        logger.warning(
+            "%s has no tokenizer to carry over (%s): add one to %s before using it.", args.source, error, output
+        )
+    parameters = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"wrote {head} ({parameters:.1f}M parameters, ModernBERT's outputs checked) to {output}")
 
 
 def card_command(args: argparse.Namespace) -> None:
@@ -538,6 +575,22 @@ def add_export_command(commands: argparse._SubParsersAction) -> None:
     sub.set_defaults(handler=export_command)
 
 
+def add_convert_command(commands: argparse._SubParsersAction) -> None:
+    sub = commands.add_parser(
+        "convert",
+        help="Convert a transformers ModernBERT checkpoint into this family (weights, config, tokenizer).",
+        description="Load a ModernBERT checkpoint (a folder or Hub id such as answerdotai/ModernBERT-base), convert "
+        "it exactly into this family's head of the same kind (or --head), check that both give the same outputs, "
+        "and save it with its tokenizer: it then loads with the Auto classes and trains, serves and exports as "
+        "any model of this family. Settings this family cannot compute are refused by name.",
+    )
+    sub.add_argument("source", help="A ModernBERT model folder or Hub id.")
+    sub.add_argument("output", help="The folder to write the converted model to.")
+    sub.add_argument("--head", choices=sorted(CONVERT_HEADS), help="The head to convert into (default: the source's).")
+    sub.add_argument("--force", action="store_true", help="Write into a folder that is not empty.")
+    sub.set_defaults(handler=convert_command)
+
+
 def add_card_command(commands: argparse._SubParsersAction) -> None:
     sub = commands.add_parser(
         "card",
@@ -589,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_task_commands(commands)
     add_translate_command(commands)
     add_export_command(commands)
+    add_convert_command(commands)
     add_card_command(commands)
     add_push_command(commands)
     return parser

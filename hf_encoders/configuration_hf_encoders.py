@@ -52,6 +52,9 @@ class EncoderConfig(PreTrainedConfig):
         norm_bias: whether LayerNorm has a bias (ignored by RMSNorm).
         position_embedding_type: `"rope"` (rotary, applied to queries and keys) or `"absolute"` (learned table).
         rope_theta: base of the rotary frequencies.
+        local_rope_theta: base of the rotary frequencies of the local (sliding-window) layers; None: `rope_theta`
+            in every layer. ModernBERT's published models use 10,000 there and 160,000 (`rope_theta`) in the global
+            layers.
         max_position_embeddings: longest sequence the model accepts.
         local_attention: total width of the sliding window of local layers (each token sees `local_attention // 2`
             tokens on either side). Set together with `global_attn_every_n_layers`; all layers are global when unset.
@@ -99,6 +102,7 @@ class EncoderConfig(PreTrainedConfig):
     norm_bias: bool = False
     position_embedding_type: str = "rope"
     rope_theta: float | int = 10000.0
+    local_rope_theta: float | int | None = None
     max_position_embeddings: int = 1024
     local_attention: int | None = None
     global_attn_every_n_layers: int | None = None

@@ -33,7 +33,8 @@ TransportError = importlib.import_module(
 logger = logging.getLogger(__name__)
 
 # what goes up from the model folder: weights as safetensors only, config, tokenizer, generation config, the
-# self-contained code named by `auto_map`, and the test hypotheses, scores and predictions written beside it
+# self-contained code named by `auto_map`, the files that make an encoder a sentence-transformers model, and the test
+# hypotheses, scores and predictions written beside it
 MODEL_FILES = (
     "config.json",
     "generation_config.json",
@@ -43,6 +44,10 @@ MODEL_FILES = (
     "tokenizer_config.json",
     "special_tokens_map.json",
     "*.py",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "1_Pooling/config.json",
     "hypotheses.*",
     "scores.*.json",
     "predictions.*.jsonl",
@@ -100,7 +105,7 @@ def upload_plan(
     files: dict[str, bytes] = {}
     for pattern in MODEL_FILES:
         for path in sorted(run.model_dir.glob(pattern)):
-            files[path.name] = path.read_bytes()
+            files[path.relative_to(run.model_dir).as_posix()] = path.read_bytes()
     for export in EXPORT_FORMATS:  # `hf-encoders export` folders beside the weights go up whole, as subfolders
         for path in sorted((run.model_dir / export).rglob("*")):
             if path.is_file():

@@ -13,9 +13,12 @@ This file is copied next to every saved checkpoint for `trust_remote_code=True`:
 `transformers` and its sibling `configuration_hf_encoders`.
 """
 
+import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -480,18 +483,19 @@ class EncoderEmbeddings(nn.Module):
 
 
 class EncoderRotaryEmbedding(nn.Module):
-    """Rotary position embeddings: the cos/sin tables for given positions, shared by all layers."""
+    """Rotary position embeddings of base `rope_theta` (default: `config.rope_theta`): the cos/sin tables for given
+    positions, shared by the layers that use that base."""
 
     inv_freq: torch.Tensor
 
-    def __init__(self, config: EncoderConfig):
+    def __init__(self, config: EncoderConfig, rope_theta: float | None = None):
         super().__init__()
-        self.register_buffer("inv_freq", self.compute_inv_freq(config), persistent=False)
+        self.rope_theta = config.rope_theta if rope_theta is None else rope_theta
+        self.register_buffer("inv_freq", self.compute_inv_freq(config.head_dim, self.rope_theta), persistent=False)
 
     @staticmethod
-    def compute_inv_freq(config: EncoderConfig) -> torch.Tensor:
-        dim = config.head_dim
-        return 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+    def compute_inv_freq(dim: int, rope_theta: float) -> torch.Tensor:
+        return 1.0 / (rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -701,6 +705,45 @@ class EncoderPredictionHead(nn.Module):
 # Models
 
 
+# sentence-transformers reads a model folder as a pipeline of modules (`modules.json`): the encoder, whose
+# `last_hidden_state` it reads (sentence_bert_config.json), then a pooling (1_Pooling/config.json). The files here
+# use the forms every sentence-transformers release reads (the module names and pooling keys before 5.4).
+SENTENCE_TRANSFORMERS_MODULES = [
+    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+]
+POOLING_MODES = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken")
+
+
+def write_sentence_transformers_files(folder: Path, config: EncoderConfig) -> None:
+    """The files that make `SentenceTransformer(folder)` embed with this encoder and the pooling its config declares
+    (`classifier_pooling`), as `pooler_output` does. Left alone where sentence-transformers is saving a pipeline of
+    its own into the folder (its config file is there, its modules.json not yet) or has saved one of other modules
+    (a `Normalize`, say)."""
+    modules_file, own_config = folder / "modules.json", folder / "config_sentence_transformers.json"
+    if own_config.exists() and not modules_file.exists():
+        return
+    if modules_file.exists() and json.loads(modules_file.read_text()) != SENTENCE_TRANSFORMERS_MODULES:
+        return
+    pooling = {"cls": "cls_token", "mean": "mean_tokens"}[config.classifier_pooling]
+    files = {
+        modules_file: SENTENCE_TRANSFORMERS_MODULES,
+        folder / "sentence_bert_config.json": {
+            "max_seq_length": config.max_position_embeddings,
+            "do_lower_case": False,
+        },
+        folder / "1_Pooling" / "config.json": {
+            "word_embedding_dimension": config.hidden_size,
+            **{f"pooling_mode_{mode}": mode == pooling for mode in POOLING_MODES},
+            "include_prompt": True,
+        },
+        own_config: {"prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"},
+    }
+    for path, content in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content, indent=2) + "\n")
+
+
 class EncoderPreTrainedModel(PreTrainedModel):
     config_class = EncoderConfig
     config: EncoderConfig
@@ -714,6 +757,7 @@ class EncoderPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True
     _can_record_outputs = {"hidden_states": EncoderLayer, "attentions": EncoderAttention}
     _family_auto_map = ENCODER_AUTO_MAP
+    _sentence_transformers = True  # saved folders load with `SentenceTransformer(folder)`
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
@@ -733,15 +777,31 @@ class EncoderPreTrainedModel(PreTrainedModel):
             ):
                 init.zeros_(module.weight[module.padding_idx])
         elif isinstance(module, EncoderRotaryEmbedding):
-            init.copy_(module.inv_freq, module.compute_inv_freq(self.config))
+            init.copy_(module.inv_freq, module.compute_inv_freq(self.config.head_dim, module.rope_theta))
         else:
             super()._init_weights(module)
+
+    @classmethod
+    def from_modernbert(cls, source: "str | os.PathLike | PreTrainedModel", **kwargs) -> "EncoderPreTrainedModel":
+        """This head holding a transformers ModernBERT model exactly: a `ModernBertModel`, `ModernBertForMaskedLM`,
+        `ModernBertForSequenceClassification` or `ModernBertForTokenClassification`, or a folder or Hub id of one
+        (such as `answerdotai/ModernBERT-base`; `kwargs` go to its `from_pretrained`). Settings this family cannot
+        compute are refused by name. The tokenizer is ModernBERT's own: `AutoTokenizer.from_pretrained(source)`.
+
+            model = EncoderForMaskedLM.from_modernbert("answerdotai/ModernBERT-base")
+        """
+        from .conversion_modernbert import convert_modernbert  # (transformers' ModernBERT loads only when used)
+
+        return convert_modernbert(cls, source, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # The registered auto class of this head alone would reach `auto_map`; write the whole family.
         if self.is_remote_code():
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._family_auto_map}
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if self._sentence_transformers and kwargs.get("is_main_process", True):
+            write_sentence_transformers_files(Path(save_directory), self.config)
+        return result
 
 
 class EncoderModel(EncoderPreTrainedModel):
@@ -753,7 +813,10 @@ class EncoderModel(EncoderPreTrainedModel):
         self.embeddings = EncoderEmbeddings(config)
         self.layers = nn.ModuleList(EncoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.final_norm = make_norm(config)
-        self.rotary_emb = EncoderRotaryEmbedding(config) if config.position_embedding_type == "rope" else None
+        rope, local = config.position_embedding_type == "rope", "sliding_attention" in config.layer_types
+        self.rotary_emb = EncoderRotaryEmbedding(config) if rope else None
+        own_base = rope and local and config.local_rope_theta is not None
+        self.local_rotary_emb = EncoderRotaryEmbedding(config, config.local_rope_theta) if own_base else None
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -762,6 +825,18 @@ class EncoderModel(EncoderPreTrainedModel):
 
     def set_input_embeddings(self, value: nn.Embedding):
         self.embeddings.tok_embeddings = value
+
+    def rotary_tables(
+        self, hidden_states: torch.Tensor, position_ids: torch.Tensor
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor] | None]:
+        """The cos/sin tables of each layer type: the local layers' own base where `config.local_rope_theta` is set;
+        None without rotary positions."""
+        tables = dict.fromkeys(("full_attention", "sliding_attention"))
+        if self.rotary_emb is not None:
+            tables["full_attention"] = tables["sliding_attention"] = self.rotary_emb(hidden_states, position_ids)
+        if self.local_rotary_emb is not None:
+            tables["sliding_attention"] = self.local_rotary_emb(hidden_states, position_ids)
+        return tables
 
     def probe(
         self,
@@ -845,9 +920,10 @@ class EncoderModel(EncoderPreTrainedModel):
         hidden_states = self.embeddings(input_ids, inputs_embeds, position_ids)
         kwargs |= self.attention_arguments(packed)
         masks = self.attention_masks(hidden_states, attention_mask, layout)
-        position_embeddings = self.rotary_emb(hidden_states, position_ids) if self.rotary_emb is not None else None
+        tables = self.rotary_tables(hidden_states, position_ids)
         for layer in self.layers:
-            hidden_states = layer(hidden_states, masks[layer.attention_type], position_embeddings, packed, **kwargs)
+            kind = layer.attention_type
+            hidden_states = layer(hidden_states, masks[kind], tables[kind], packed, **kwargs)
         hidden_states = self.final_norm(hidden_states)
 
         if layout is not None and layout.unpadded:  # back in the batch's (batch, seq) shape, zeros on padding

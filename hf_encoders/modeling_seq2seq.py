@@ -328,6 +328,7 @@ class Seq2SeqPreTrainedModel(EncoderPreTrainedModel):
     _no_split_modules = ["EncoderEmbeddings", "EncoderLayer", "DecoderLayer"]
     _can_compile_fullgraph = True  # padded batches and static-cache decoding steps (generate compiles those on GPU)
     _family_auto_map = SEQ2SEQ_AUTO_MAP
+    _sentence_transformers = False
 
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:

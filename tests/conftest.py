@@ -34,6 +34,7 @@ SCRIPT_MODULES = {
     "finetune_classification": "hf_encoders.tasks.classification.finetune",
     "pretrain_denoising": "hf_encoders.tasks.denoising.pretrain",
     "evaluate_anomaly": "hf_encoders.tasks.denoising.anomaly",
+    "train_embeddings": "hf_encoders.tasks.embeddings.train",
 }
 
 WORDS = "the a cat dog sat on mat ran in park big small red blue and with".split()

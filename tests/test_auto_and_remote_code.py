@@ -65,7 +65,7 @@ def test_saved_folder_is_self_contained(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "hf_encoder"
     assert set(config["auto_map"]) == {"AutoConfig", *HEADS}
-    for code in ("modeling_encoder.py", "configuration_hf_encoders.py"):
+    for code in ("modeling_encoder.py", "configuration_hf_encoders.py", "conversion_modernbert.py"):
         source = (tmp_path / code).read_text()
         imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
         assert not [line for line in imports if "hf_encoders" in line and "configuration_hf_encoders" not in line]
@@ -76,6 +76,11 @@ def test_saved_folder_is_self_contained(tmp_path):
                 "collections",
                 "dataclasses",
                 "functools",
+                "json",
+                "logging",
+                "os",
+                "pathlib",
+                "re",
                 "typing",
                 "torch",
                 "transformers",

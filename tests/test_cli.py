@@ -23,8 +23,11 @@ COMMANDS = [
     "evaluate-translation",
     "pretrain-denoising",
     "evaluate-anomaly",
+    "train-embeddings",
+    "evaluate-embeddings",
     "translate",
     "export",
+    "convert",
     "card",
     "push",
 ]

@@ -120,7 +120,14 @@ def test_the_encoder_card_reports_perplexity_and_accuracy(mlm_run):
 def test_pushed_runs_load_without_the_package_and_give_the_same_logits(mlm_run, translation_run, hub):
     done = cli("push", str(mlm_run), "org/encoder")
     assert done.result == 0, done.stderr
-    assert "committed 11 files" in done.stdout
+    assert "committed 16 files" in done.stdout
+    encoder = set(hub.repositories["org/encoder"].resolve("main").files)
+    assert {
+        "modules.json",
+        "1_Pooling/config.json",
+        "sentence_bert_config.json",
+        "conversion_modernbert.py",
+    } <= encoder
     pushed = push_to_hub(translation_run[0], "org/translator", token="local", private=True)
     assert pushed.commit_url and pushed.pull_request_url is None
 
@@ -138,6 +145,7 @@ def test_pushed_runs_load_without_the_package_and_give_the_same_logits(mlm_run, 
             "tokenizer.json",
             "tokenizer_config.json",
             "configuration_hf_encoders.py",
+            "conversion_modernbert.py",
             "modeling_encoder.py",
             "modeling_seq2seq.py",
             "pipeline_seq2seq.py",

@@ -400,16 +400,19 @@ def test_inputs_embeds_path_equals_input_ids_path():
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
+    """On a batch unpadded inside the model: the layers recompute from the padding-free row."""
     model = build(EncoderForMaskedLM)
     model.train()
-    ids, mask = random_batch(model.config)
+    ids, mask = random_batch(model.config, lengths=(30, 10, 5))
     labels = ids.masked_fill(mask == 0, -100)
     model(ids, mask, labels=labels).loss.backward()
     expected = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()
     model.gradient_checkpointing_enable()
     assert all(layer.gradient_checkpointing for layer in model.model.layers)
-    model(ids, mask, labels=labels).loss.backward()
+    with token_rows(model.model.layers[0].mlp) as rows:
+        model(ids, mask, labels=labels).loss.backward()
+    assert rows[0] == (1, 45)  # (and again when the backward recomputes the layer)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], msg=name)
 

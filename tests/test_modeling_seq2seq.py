@@ -390,6 +390,10 @@ def test_unpadded_batch_equals_padded_batch(implementation, targets):
     labelled = labels != -100
     torch.testing.assert_close(unpadded.loss, padded.loss, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(unpadded.logits[labelled], padded.logits[labelled], atol=1e-5, rtol=1e-4)
+    (source, source_positions), (target, target_positions) = pack_rows(ids, mask), pack_rows(labels, target_mask)
+    with torch.no_grad():
+        packed = model(source, position_ids=source_positions, labels=target, decoder_position_ids=target_positions)
+    torch.testing.assert_close(unpadded.loss, packed.loss, atol=1e-6, rtol=1e-5)
     for name, grad in unpadded_grads.items():
         torch.testing.assert_close(grad, padded_grads[name], atol=1e-6, rtol=1e-4, msg=name)
     model.eval()
@@ -426,15 +430,22 @@ def test_one_forward_reads_the_device_once(sparse_prediction):
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
+    """On sources and targets unpadded inside the model: the layers recompute from the padding-free rows."""
     model = build(initializer_range=0.02)
     model.train()
-    ids, mask = source_batch()
-    labels = torch.randint(4, 40, (3, 6), generator=torch.Generator().manual_seed(2))
+    ids, mask = source_batch(lengths=(20, 9, 4))
+    labels = torch.randint(4, 40, (3, 18), generator=torch.Generator().manual_seed(2))
+    labels = labels.masked_fill(torch.arange(18) >= torch.tensor([12, 18, 6])[:, None], -100)
     model(ids, mask, labels=labels).loss.backward()
     expected = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()
     model.gradient_checkpointing_enable()
-    model(ids, mask, labels=labels).loss.backward()
+    with (
+        token_rows(model.model.encoder.layers[0].mlp) as sources,
+        token_rows(model.model.decoder.layers[0].mlp) as targets,
+    ):
+        model(ids, mask, labels=labels).loss.backward()
+    assert (sources[0], targets[0]) == ((1, 33), (1, 36))
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], msg=name)
 
@@ -567,7 +578,8 @@ def test_trust_remote_code_without_the_package(tmp_path):
     )
     assert result["logits"] < 1e-5 and result["generate_equal"] and result["base"] == "Seq2SeqModel", result
     assert isinstance(result["translation"], str)
-    code = ["configuration_hf_encoders.py", "modeling_encoder.py", "modeling_seq2seq.py", "pipeline_seq2seq.py"]
+    code = ["configuration_hf_encoders.py", "conversion_modernbert.py", "modeling_encoder.py", "modeling_seq2seq.py"]
+    code.append("pipeline_seq2seq.py")
     assert result["resaved_code"] == code, result
 
 

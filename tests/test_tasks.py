@@ -36,7 +36,7 @@ def main(argv=None):
 
 
 def test_every_task_resolves_its_commands_scripts_and_card_section():
-    assert set(tasks.TASKS) == {"masked_lm", "translation", "classification", "denoising"}
+    assert set(tasks.TASKS) == {"masked_lm", "translation", "classification", "denoising", "embeddings"}
     commands = [command for task in tasks.TASKS.values() for command in task.commands]
     scripts = [script for task in tasks.TASKS.values() for script in task.scripts]
     assert len(commands) == len(set(commands)) and len(scripts) == len(set(scripts))

@@ -4,7 +4,7 @@
   `load_parallel_dataset`, `load_monolingual_dataset`), including the probe that says when the Hub cannot be reached.
 - `hf_encoders.data.preparation`: tokenize, pack, pairs, denoising segments (`pack_for_mlm`, `prepare_translation`,
   `prepare_denoising`), cached under fingerprints of data, tokenizer content and settings.
-- `hf_encoders.data.collators`: `MLMCollator`, `Seq2SeqCollator`, `DenoisingCollator`, `ResumableCollator`,
+- `hf_encoders.data.collators`: `MLMCollator`, `Seq2SeqCollator`, `DenoisingCollator`, `PairCollator`, `ResumableCollator`,
   `SeededNoise`, `build_dataloader` (torch and transformers only).
 
 Every public name of the three is importable from `hf_encoders.data`. Nothing is dropped or cut silently: every such
@@ -14,6 +14,7 @@ step logs its count (under the `hf_encoders.data` loggers).
 from .collators import (
     DenoisingCollator,
     MLMCollator,
+    PairCollator,
     ResumableCollator,
     SeededNoise,
     Seq2SeqCollator,
@@ -36,6 +37,7 @@ __all__ = [
     "SENTENCE_END",
     "DenoisingCollator",
     "MLMCollator",
+    "PairCollator",
     "ResumableCollator",
     "SeededNoise",
     "Seq2SeqCollator",

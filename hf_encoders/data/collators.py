@@ -203,6 +203,22 @@ class Seq2SeqCollator:
 
 
 @dataclass
+class PairCollator:
+    """Batches of text pairs for contrastive training: `input_ids` and `positive_input_ids` each padded with their
+    `attention_mask` and `positive_attention_mask`."""
+
+    tokenizer: PreTrainedTokenizerBase
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {}
+        for prefix in ("", "positive_"):
+            side = self.tokenizer.pad([{"input_ids": example[f"{prefix}input_ids"]} for example in examples])
+            batch[f"{prefix}input_ids"] = torch.as_tensor(side["input_ids"])
+            batch[f"{prefix}attention_mask"] = torch.as_tensor(side["attention_mask"])
+        return batch
+
+
+@dataclass
 class DenoisingCollator(SeededNoise):
     """BART-style noise for denoising autoencoding (Lewis et al. 2020): sentence permutation, then text infilling.
 
@@ -312,6 +328,7 @@ def build_dataloader(
 __all__ = [
     "DenoisingCollator",
     "MLMCollator",
+    "PairCollator",
     "ResumableCollator",
     "SeededNoise",
     "Seq2SeqCollator",
