@@ -136,6 +136,17 @@ def test_multi30k_en_de_loads_with_its_splits(multi30k):
         assert multi30k["test"][0]["de"] == handle.readline().rstrip("\n")
 
 
+def test_sides_of_parallel_files_named_as_files_or_globs_are_text():
+    """Multi30k's `train.de.gz` and `train.en.gz` named by a glob: one corpus of both languages' lines (the joint
+    encoder's); the folder itself is parallel data, not text."""
+    both = load_text_dataset(str(SHARED / "multi30k" / "train.[de][en].gz"))
+    assert sum(len(split) for split in both.values()) == 58_000 and set(both) == {"train", "validation"}
+    german = load_text_dataset(str(SHARED / "multi30k" / "val.de.gz"))
+    assert sum(len(split) for split in german.values()) == 1014 and german["train"].column_names == ["text"]
+    with pytest.raises(FileNotFoundError, match="holds no"):
+        load_text_dataset(str(SHARED / "multi30k"))
+
+
 def test_imdb_jsonl_loads_with_labels():
     imdb = load_text_dataset(SHARED / "imdb")
     assert len(imdb["test"]) == 25000 and len(imdb["train"]) + len(imdb["validation"]) == 25000

@@ -37,11 +37,20 @@ NOT_DATA = ("readme", "license", "source", "citation")  # documentation files th
 # Locating data
 
 
-def _file_format(path: Path) -> str | None:
+def _aligned_side(path: Path) -> bool:
+    """One side of aligned parallel files, `{split}.{language}[.gz]` (Multi30k's `train.de.gz`): lines of text."""
+    parts = path.name.removesuffix(".gz").split(".")
+    return len(parts) == 2 and parts[1].isalpha() and f".{parts[1]}" not in FORMATS and parts[1] != "md"
+
+
+def _file_format(path: Path, named: bool = False) -> str | None:
+    """The `datasets` builder of a data file, by its extension; a side of aligned parallel files is text where it
+    was `named` (a path or glob such as `multi30k/train.[de][en].gz`; found in a folder, it is parallel data)."""
     if path.name.lower().startswith(NOT_DATA):
         return None
     suffixes = path.suffixes[-2:] if path.suffix == ".gz" else path.suffixes[-1:]
-    return FORMATS.get(suffixes[0]) if suffixes else None
+    builder = FORMATS.get(suffixes[0]) if suffixes else None
+    return "text" if builder is None and named and _aligned_side(path) else builder
 
 
 def _split_name(path: Path) -> str:
@@ -221,24 +230,28 @@ def load_text_dataset(
 
     Args:
         spec: a Hub id, or a local file, directory or glob. In a directory each file is a split named by its stem:
-            `train.jsonl.gz` -> train, `unsup.txt.gz` -> unsup, `dev.tsv` -> validation.
+            `train.jsonl.gz` -> train, `unsup.txt.gz` -> unsup, `dev.tsv` -> validation. A file or glob is the
+            `train` split; sides of aligned parallel files (`multi30k/train.[de][en].gz`) read as lines of text.
         name: the Hub config (Hub ids only). split: load only this split (for local data too).
         text_column: the column that must hold text in every split; empty texts are dropped and counted (None:
             no check, no validation split; for callers that check columns themselves).
         validation_fraction, seed: how the validation split is carved from train when there is none.
     """
     if is_local(spec):
+        named = not Path(spec).is_dir()  # a file or glob: one `train` split of what it names
         by_split: dict[str, list[Path]] = defaultdict(list)
         for path in _local_files(spec):
-            if _file_format(path) is not None:
-                by_split[_split_name(path) if Path(spec).is_dir() else "train"].append(path)
+            if _file_format(path, named) is not None:
+                by_split["train" if named else _split_name(path)].append(path)
         if not by_split:
             raise FileNotFoundError(f"{str(spec)!r} holds no {', '.join(FORMATS)} files (.gz too).")
         if split is not None:  # one split, as for a Hub id
             if split not in by_split:
                 raise ValueError(f"{str(spec)!r} has no split {split!r}; its files give {sorted(by_split)}.")
             by_split = {split: by_split[split]}
-        dataset = DatasetDict({split_name: _load_files(files) for split_name, files in by_split.items()})
+        dataset = DatasetDict(
+            {split_name: _load_files(files, _file_format(files[0], named)) for split_name, files in by_split.items()}
+        )
     else:
         dataset = _load_hub(str(spec), name, split)
     if text_column is None:  # the caller checks the columns (parallel data)
@@ -255,9 +268,9 @@ def aligned_files(spec: str | os.PathLike) -> dict[str, dict[str, Path]]:
     """{split: {language: file}} for files named {split}.{language}[.gz]."""
     files: dict[str, dict[str, Path]] = defaultdict(dict)
     for path in _local_files(spec):
-        parts = path.name.removesuffix(".gz").split(".")
-        if len(parts) == 2 and parts[1].isalpha() and f".{parts[1]}" not in FORMATS and parts[1] != "md":
-            files[SPLIT_ALIASES.get(parts[0], parts[0])][parts[1]] = path
+        if _aligned_side(path):
+            split, language = path.name.removesuffix(".gz").split(".")
+            files[SPLIT_ALIASES.get(split, split)][language] = path
     tests = [split_name for split_name in files if split_name.startswith("test")]
     if len(tests) == 1 and tests[0] != "test":  # e.g. Multi30k's test_2016_flickr
         files["test"] = files.pop(tests[0])
