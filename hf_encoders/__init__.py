@@ -59,7 +59,7 @@ for _config_class, _models in _AUTO_CLASSES.items():
 # name -> the submodule that defines it, imported when the name is first used (PEP 562)
 _LAZY_NAMES = {
     "autoencoding": "active_units auroc pseudo_log_likelihood_scores reconstruction_scores sentence_embeddings",
-    "data": "DenoisingCollator MLMCollator Seq2SeqCollator build_dataloader load_monolingual_dataset "
+    "data": "DenoisingCollator MLMCollator PairCollator Seq2SeqCollator build_dataloader load_monolingual_dataset "
     "load_parallel_dataset load_text_dataset pack_for_mlm prepare_denoising prepare_translation",
     "pipeline_seq2seq": "Text2TextGenerationPipeline TranslationPipeline",
     "tokenization": "language_tag target_language_token train_tokenizer",

@@ -798,10 +798,11 @@ class EncoderPreTrainedModel(PreTrainedModel):
         # The registered auto class of this head alone would reach `auto_map`; write the whole family.
         if self.is_remote_code():
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._family_auto_map}
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        if self._sentence_transformers and kwargs.get("is_main_process", True):
-            write_sentence_transformers_files(Path(save_directory), self.config)
-        return result
+        folder = Path(save_directory)
+        if self._sentence_transformers and kwargs.get("is_main_process", True) and not folder.is_file():
+            folder.mkdir(parents=True, exist_ok=True)  # written first, so that a push_to_hub=True upload has them
+            write_sentence_transformers_files(folder, self.config)
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
 
 class EncoderModel(EncoderPreTrainedModel):

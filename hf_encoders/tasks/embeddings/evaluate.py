@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ... import load_text_dataset
+from ... import load_parallel_dataset, load_text_dataset
 from ..harness import first_n, parse_arguments, write_results
 from .contrastive import retrieval_scores
 
@@ -50,13 +50,17 @@ class EvaluationArguments:
     output_dir: str | None = field(default=None, metadata={"help": "Write results.json here."})
 
 
-def encode(model_path: str | Path, texts: list[str], batch_size: int, trust_remote_code: bool = False) -> torch.Tensor:
-    """Unit-length embeddings of `texts` by the sentence-transformers model in `model_path`."""
+def sentence_transformer(model_path: str | Path, trust_remote_code: bool = False):
+    """The sentence-transformers model in `model_path` (ours load through the Auto classes hf_encoders registers)."""
     from sentence_transformers import SentenceTransformer
 
-    import hf_encoders  # noqa: F401  (a folder of ours loads through the registered Auto classes)
+    import hf_encoders  # noqa: F401
 
-    model = SentenceTransformer(str(model_path), trust_remote_code=trust_remote_code)
+    return SentenceTransformer(str(model_path), trust_remote_code=trust_remote_code)
+
+
+def encode(model, texts: list[str], batch_size: int) -> torch.Tensor:
+    """Unit-length embeddings of `texts` by the sentence-transformers `model`."""
     return model.encode(list(texts), batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True).cpu()
 
 
@@ -78,10 +82,17 @@ def both_ways(anchors: torch.Tensor, positives: torch.Tensor, names: tuple[str, 
 
 
 def retrieval(
-    model_path, anchors: list[str], positives: list[str], names: tuple[str, str], prefix: str, batch_size: int = 128
+    model_path,
+    anchors: list[str],
+    positives: list[str],
+    names: tuple[str, str],
+    prefix: str,
+    batch_size: int = 128,
+    trust_remote_code: bool = False,
 ) -> dict[str, float]:
     """`both_ways` on the embeddings of the model in `model_path`, as sentence-transformers computes them."""
-    return both_ways(encode(model_path, anchors, batch_size), encode(model_path, positives, batch_size), names, prefix)
+    model = sentence_transformer(model_path, trust_remote_code)
+    return both_ways(encode(model, anchors, batch_size), encode(model, positives, batch_size), names, prefix)
 
 
 def linear_probe(
@@ -121,9 +132,10 @@ def probe(args: EvaluationArguments) -> dict:
     train = first_n(data[args.probe_train_split], args.max_probe_train_examples or None)
     test = data[args.probe_split]
 
+    model = sentence_transformer(args.model, args.trust_remote_code)
+
     def embedded(split) -> tuple[np.ndarray, np.ndarray]:
-        texts, labels = split[args.text_column], np.asarray(split[args.label_column])
-        return encode(args.model, texts, args.batch_size, args.trust_remote_code).numpy(), labels
+        return encode(model, split[args.text_column], args.batch_size).numpy(), np.asarray(split[args.label_column])
 
     figures = linear_probe(embedded(train), embedded(test), args)
     return {"data": args.probe_data, "train_split": args.probe_train_split, "split": args.probe_split, **figures}
@@ -135,13 +147,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError("Give --model, and --pairs (retrieval) and/or --probe_data (linear probe).")
     results = {"model": args.model, "settings": asdict(args)}
     if args.pairs:
-        from ... import load_parallel_dataset
-
         pairs = load_parallel_dataset(args.pairs, args.anchor, args.positive)[args.split]
-        names = (args.anchor, args.positive)
-        results["retrieval"] = retrieval(
-            args.model, pairs[args.anchor], pairs[args.positive], names, args.split, args.batch_size
-        )
+        names, texts = (args.anchor, args.positive), (pairs[args.anchor], pairs[args.positive])
+        options = dict(batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
+        results["retrieval"] = retrieval(args.model, *texts, names, args.split, **options)
         results["retrieval_pairs"] = len(pairs)
     if args.probe_data:
         results["probe"] = probe(args)
