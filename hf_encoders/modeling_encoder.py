@@ -436,6 +436,13 @@ def probe_batch(
     return probe
 
 
+def labelled_rows(hidden_states: torch.Tensor, labels: torch.Tensor, labelled: int) -> tuple[torch.Tensor, ...]:
+    """The hidden states and labels of the positions whose label is not -100, in order (a sparse head's input):
+    `labelled` of them, counted with the batch's host read, so that selecting them reads nothing more."""
+    predicted = torch.nonzero_static(labels.flatten() != -100, size=labelled).flatten()
+    return hidden_states.flatten(0, -2).index_select(0, predicted), labels.flatten().index_select(0, predicted)
+
+
 def read_layouts(probes: dict[str, BatchProbe | None]) -> dict[str, BatchLayout | None]:
     """The layouts of several batches, everything their probes need read in one device-to-host copy (a probe of
     None, under `torch.compile`, gives None)."""
@@ -850,9 +857,8 @@ class EncoderModel(EncoderPreTrainedModel):
         check_labels: Callable[[dict[str, int]], None] | None = None,
     ) -> BatchProbe | None:
         """Check the inputs' shapes and say what to read of them (`probe_batch`, with the heads' `labels` and their
-        check). A padded
-        batch is unpadded with `config.unpadding`, unless hidden states or attentions are recorded (they keep the
-        batch's shape)."""
+        check). A padded batch is unpadded with `config.unpadding`, unless hidden states or attentions are recorded
+        (they keep the batch's shape)."""
         input_shape, name = input_shape_of(input_ids, inputs_embeds)
         check_attention_mask(attention_mask, input_shape, name)
         return probe_batch(
@@ -1019,11 +1025,6 @@ class EncoderForMaskedLM(EncoderPreTrainedModel):
         r"""
         labels: (batch, seq) ids of the original tokens at masked positions, -100 elsewhere.
         """
-        if labels is not None and input_ids is not None and labels.shape != input_ids.shape:
-            raise ValueError(
-                f"`labels` has shape {tuple(labels.shape)} but the input has shape {tuple(input_ids.shape)}; they must "
-                "match."
-            )
         check_labels = partial(check_id_bounds, vocab_size=self.config.vocab_size, name="labels")
         layout = self.model.read_batch(
             input_ids, attention_mask, position_ids, inputs_embeds, kwargs, labels, check_labels
@@ -1036,9 +1037,7 @@ class EncoderForMaskedLM(EncoderPreTrainedModel):
                 f"{tuple(hidden_states.shape[:-1])}; they must match."
             )
         if labels is not None and self.config.sparse_prediction and layout is not None:
-            predicted = torch.nonzero_static(labels.flatten() != -100, size=layout.read["labelled"]).flatten()
-            hidden_states = hidden_states.flatten(0, -2).index_select(0, predicted)
-            labels = labels.flatten().index_select(0, predicted)
+            hidden_states, labels = labelled_rows(hidden_states, labels, layout.read["labelled"])
 
         logits = self.decoder(self.head(hidden_states))
         loss = None

@@ -59,6 +59,7 @@ from .modeling_encoder import (
     check_sequence_length,
     checked_forward_kwargs,
     input_shape_of,
+    labelled_rows,
     make_norm,
     probe_batch,
     read_layouts,
@@ -914,9 +915,7 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
         )
         hidden_states = outputs.last_hidden_state
         if labels is not None and self.config.sparse_prediction and target is not None:
-            predicted = torch.nonzero_static(labels.flatten() != -100, size=target.read["labelled"]).flatten()
-            hidden_states = hidden_states.flatten(0, -2).index_select(0, predicted)
-            labels = labels.flatten().index_select(0, predicted)
+            hidden_states, labels = labelled_rows(hidden_states, labels, target.read["labelled"])
         logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:
