@@ -12,6 +12,7 @@ usage example and text, and the Jinja template it is written with, which lies be
 same on the command line; `hf_encoders.hub` pushes a run with its card.
 """
 
+import dataclasses
 import json
 import logging
 import re
@@ -19,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, hf_hub_download
+from safetensors import safe_open
 
 from .data import is_local
 from .tasks import task_for_script
@@ -29,7 +31,9 @@ logger = logging.getLogger(__name__)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 ENCODER_TEMPLATE = Path(__file__).resolve().parent / "tasks" / "encoder_card.md"  # the encoder tasks share it
 SERVING_TEMPLATE = ENCODER_TEMPLATE.with_name("serving_card.md")  # the exports' part of every card
+ADAPTER_TEMPLATE = ENCODER_TEMPLATE.with_name("adapter_card.md")  # "How to use" of a LoRA adapter's card
 EXPORT_FORMATS = ("ctranslate2", "onnx")  # `hf-encoders export` writes them beside the weights, `push` uploads them
+ADAPTER_CONFIG = "adapter_config.json"  # what PEFT saves beside an adapter's weights
 ENCODER_FAMILY = "encoder (a BERT/ModernBERT-style transformer)"
 SEQ2SEQ_FAMILY = "encoder-decoder (a BART-style transformer)"
 
@@ -42,7 +46,8 @@ class RunRecord:
     settings: dict  # config.json: what the task was run with
     results: dict  # results.json
     model_dir: Path  # the model that is pushed: the one the results are about
-    model_config: dict  # its config.json
+    model_config: dict  # its config.json (an adapter's: its base model's)
+    adapter: dict | None = None  # a LoRA adapter's adapter_config.json (None: a whole model)
 
     @property
     def script(self) -> str:
@@ -124,7 +129,8 @@ def read_run(run_dir: "str | Path | RunRecord") -> RunRecord:
         raise ValueError(f"{settings_file} is not a run's resolved settings (it names no training script).")
     named = directory / Path(results["model"]).name if "model" in results else None
     candidates = [named] if named else [directory / "best", directory / "final"]
-    model_dir = next((path for path in candidates if (path / "config.json").is_file()), None)
+    exported = ("config.json", ADAPTER_CONFIG)
+    model_dir = next((path for path in candidates if any((path / name).is_file() for name in exported)), None)
     if model_dir is None:
         raise FileNotFoundError(f"{directory} holds no exported model ({' or '.join(map(str, candidates))}).")
     if not any(model_dir.glob("*.safetensors")):
@@ -133,7 +139,32 @@ def read_run(run_dir: "str | Path | RunRecord") -> RunRecord:
         raise FileNotFoundError(f"{model_dir} has no safetensors weights" + (only if pickles else "."))
     if not (model_dir / "tokenizer.json").is_file() and not (model_dir / "tokenizer_config.json").is_file():
         raise FileNotFoundError(f"{model_dir} has no tokenizer (tokenizer.json / tokenizer_config.json).")
+    if (model_dir / ADAPTER_CONFIG).is_file():
+        adapter = json.loads((model_dir / ADAPTER_CONFIG).read_text())
+        return RunRecord(directory, settings, results, model_dir, base_model_config(adapter), adapter)
     return RunRecord(directory, settings, results, model_dir, json.loads((model_dir / "config.json").read_text()))
+
+
+def with_base_model(run: RunRecord, base_model: str | None) -> RunRecord:
+    """An adapter's run with `base_model` (the Hub id of the model it adapted a local copy of) as its base."""
+    if base_model is None:
+        return run
+    if not run.adapter:
+        raise ValueError(f"base_model={base_model!r} is for LoRA adapters; {run.model_dir} holds a whole model.")
+    return dataclasses.replace(run, adapter={**run.adapter, "base_model_name_or_path": base_model})
+
+
+def base_model_config(adapter: dict) -> dict:
+    """The config.json of an adapter's base model (a local folder, else downloaded from the Hub)."""
+    base = adapter.get("base_model_name_or_path")
+    if not base:
+        raise ValueError("The adapter's config names no base model (base_model_name_or_path).")
+    local = Path(base) / "config.json"
+    if is_local(base):
+        if not local.is_file():
+            raise FileNotFoundError(f"The adapter's base model {base} has no config.json here.")
+        return json.loads(local.read_text())
+    return json.loads(Path(hf_hub_download(base, "config.json", revision=adapter.get("revision"))).read_text())
 
 
 @dataclass(frozen=True)
@@ -357,6 +388,44 @@ def serving_section(exports: list[dict], model_id: str, hub: bool, example: str,
     return template.render(exports=exports, model_id=model_id, hub=hub, example=example).strip() + "\n\n"
 
 
+def adapter_base(run: RunRecord) -> str | None:
+    """The Hub id of an adapter's base model (None for a local folder)."""
+    base = run.adapter["base_model_name_or_path"]
+    return None if is_local(base) else base
+
+
+def saved_modules(run: RunRecord) -> list[str]:
+    """The modules an adapter saves whole (`modules_to_save` that the model has: PEFT adds names of other models')."""
+    with safe_open(run.model_dir / "adapter_model.safetensors", "pt") as weights:
+        keys = list(weights.keys())
+    names = dict.fromkeys(run.adapter.get("modules_to_save") or [])
+    return [name for name in names if any(f".{name}." in key for key in keys)]
+
+
+def adapter_section(run: RunRecord, model_id: str) -> str:
+    """The "How to use" of an adapter's card: what it adapts and trains, loading it with PEFT, merging it."""
+    from .adapters import TASKS, adapter_task
+
+    task = adapter_task(run.model_dir)
+    labels = run.results.get("labels") if TASKS[task].trains_head else None
+    template = jinja2.Template(ADAPTER_TEMPLATE.read_text(encoding="utf-8"))
+    return (
+        template.render(
+            adapter=run.adapter,
+            targets=", ".join(f"`{name}`" for name in sorted(run.adapter["target_modules"])),
+            heads=", ".join(f"`{name}`" for name in saved_modules(run)),
+            trainable=run.results.get("trainable_parameters", 0),
+            parameters=run.parameters,
+            base=run.adapter["base_model_name_or_path"],
+            custom_code=run.custom_code,
+            peft_class=TASKS[task].auto_class,
+            model_id=model_id,
+            load_arguments=f", id2label={dict(enumerate(labels))}" if labels else "",
+        ).strip()
+        + "\n\n"
+    )
+
+
 def card_section(run: RunRecord) -> CardSection:
     """The task's part of the run's card (from the `card.py` of the task that records runs as `run.script`)."""
     task = task_for_script(run.script)
@@ -371,26 +440,28 @@ def build_model_card(
     repo_id: str | None = None,
     license: str = "apache-2.0",
     language: list[str] | None = None,
+    base_model: str | None = None,
 ) -> ModelCard:
     """The model card of a run, from its settings, results, logs and data's SOURCE.md. `repo_id` is where the model
     will live (the usage examples load it from there; without one they load the local model folder); `language`
-    the languages of an encoder's text (a translation model's are its source and target)."""
-    run = read_run(run_dir)
+    the languages of an encoder's text (a translation model's are its source and target); `base_model` the Hub id
+    of a LoRA adapter's base model, when it adapted a local copy."""
+    run = with_base_model(read_run(run_dir), base_model)
     section = card_section(run)
     model_name = (repo_id or run.directory.resolve().name).split("/")[-1]
     exports = model_exports(run.model_dir)
     tags = ["hf_encoders", *(["custom_code"] if run.custom_code else []), run.model_config.get("model_type", "")]
-    tags += [export["format"] for export in exports]
+    tags += [export["format"] for export in exports] + (["peft", "lora"] if run.adapter else [])
     card_data = ModelCardData(
         model_name=model_name,
         language=section.languages if section.languages_fixed else language or section.languages,
         license=license,
-        library_name=section.library_name,
+        library_name="peft" if run.adapter else section.library_name,
         pipeline_tag=section.pipeline_tag,
         tags=[*tags, *section.tags, section.pipeline_tag],
         eval_results=[row.eval_result() for row in section.results if row.in_model_index],
         datasets=[section.data.hub_id] if section.data.hub_id else None,
-        base_model=section.base_model,
+        base_model=adapter_base(run) if run.adapter else section.base_model,
     )
     common = dict(
         model_name=model_name,
@@ -404,6 +475,7 @@ def build_model_card(
         script=f"training/{run.script}.py",
         curves="curves.png",
         custom_code=run.custom_code,
+        adapter_usage=adapter_section(run, repo_id or str(run.model_dir)) if run.adapter else "",
         pipeline_tag=section.pipeline_tag,
         example=section.example,
         evaluation_note=section.evaluation_note,

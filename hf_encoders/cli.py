@@ -14,6 +14,7 @@
     hf-encoders convert answerdotai/ModernBERT-base OUT [--head masked-lm]  # ModernBERT weights in this family
     hf-encoders card RUN_DIR [--repo-id ORG/NAME]                          # RUN_DIR/README.md from the run
     hf-encoders push RUN_DIR ORG/NAME [--private] [--create-pr] [--revision BRANCH] [--dry-run]
+    hf-encoders merge-lora RUN/best OUT                                    # a LoRA adapter merged: a whole model
 
 The training commands are those of the tasks in `hf_encoders.tasks` (each runs its module's `main(argv)`, as
 `python training/<script>.py` does). `--config NAME` finds the configs that ship with the package
@@ -208,6 +209,7 @@ def export_command(args: argparse.Namespace) -> None:
     print(f"wrote the ONNX model ({info['task']}) to {output}: {', '.join(info['files'])}")
 
 
+BASE_MODEL_HELP = "A LoRA adapter's base model on the Hub, when the adapter was trained on a local copy of it."
 CONVERT_HEADS = {
     "model": "EncoderModel",
     "masked-lm": "EncoderForMaskedLM",
@@ -216,11 +218,17 @@ CONVERT_HEADS = {
 }
 
 
+def fresh_output(folder: str, force: bool) -> Path:
+    """The folder a command writes a model to: new or empty, unless `--force`."""
+    output = Path(folder)
+    if output.exists() and any(output.iterdir()) and not force:
+        raise CommandError(f"{output} is not empty: give an empty or new folder, or --force to write into it.")
+    return output
+
+
 def convert_command(args: argparse.Namespace) -> None:
     check_model_location(args.source)
-    output = Path(args.output)
-    if output.exists() and any(output.iterdir()) and not args.force:
-        raise CommandError(f"{output} is not empty: give an empty or new folder, or --force to write into it.")
+    output = fresh_output(args.output, args.force)
     from transformers import AutoConfig, AutoTokenizer
 
     import hf_encoders
@@ -248,7 +256,9 @@ def card_command(args: argparse.Namespace) -> None:
     from .cards import build_model_card
     from .hub import checked_card
 
-    card = build_model_card(args.run_dir, repo_id=args.repo_id, license=args.license, language=args.language)
+    card = build_model_card(
+        args.run_dir, repo_id=args.repo_id, license=args.license, language=args.language, base_model=args.base_model
+    )
     content = checked_card(str(card))
     output = Path(args.output or Path(args.run_dir) / "README.md")
     output.write_text(content, encoding="utf-8")
@@ -269,6 +279,7 @@ def push_command(args: argparse.Namespace) -> None:
         license=args.license,
         language=args.language,
         dry_run=args.dry_run,
+        base_model=args.base_model,
     )
     width = max(map(len, result.files))
     for path, size in result.files.items():
@@ -603,6 +614,7 @@ def add_card_command(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("--license", default="apache-2.0", help="The model's license (default: apache-2.0).")
     sub.add_argument("--language", nargs="*", help="An encoder's languages, e.g. en (translation: from the run).")
     sub.add_argument("--output", help="Where to write the card (default: RUN_DIR/README.md).")
+    sub.add_argument("--base-model", help=BASE_MODEL_HELP)
     sub.set_defaults(handler=card_command)
 
 
@@ -624,7 +636,39 @@ def add_push_command(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("--license", default="apache-2.0", help="The model's license, for a generated card.")
     sub.add_argument("--language", nargs="*", help="An encoder's languages, for a generated card.")
     sub.add_argument("--dry-run", action="store_true", help="List what would be uploaded; upload nothing.")
+    sub.add_argument("--base-model", help=BASE_MODEL_HELP)
     sub.set_defaults(handler=push_command)
+
+
+def merge_lora_command(args: argparse.Namespace) -> None:
+    check_model_location(args.adapter)
+    output = fresh_output(args.output, args.force)
+    from .adapters import merge_lora
+
+    options = {"trust_remote_code": True} if args.trust_remote_code else {}
+    run_results = Path(args.adapter).parent / "results.json"  # a fine-tuning run's best/ or final/: its labels
+    labels = args.labels or (json.loads(run_results.read_text()).get("labels") if run_results.is_file() else None)
+    if labels:
+        options["id2label"] = dict(enumerate(labels))
+        options["label2id"] = {name: i for i, name in enumerate(labels)}
+    merged = merge_lora(args.adapter, output, **options)
+    print(f"wrote {type(merged).__name__} ({args.adapter} merged, the adapted outputs checked) to {output}")
+
+
+def add_merge_lora_command(commands: argparse._SubParsersAction) -> None:
+    sub = commands.add_parser(
+        "merge-lora",
+        help="Merge a LoRA adapter into its base model's weights: a whole model that needs no PEFT.",
+        description="Load a LoRA adapter (a folder or Hub id) onto the base model its config names, merge it into "
+        "the weights, check that the merged model gives the adapted one's outputs, and save it with the "
+        "adapter's tokenizer.",
+    )
+    sub.add_argument("adapter", help="The adapter's folder or Hub id (a fine-tuning run's best/ or final/).")
+    sub.add_argument("output", help="The folder to write the merged model to.")
+    sub.add_argument("--labels", nargs="+", help="A classifier's label names in id order (else the run's).")
+    sub.add_argument("--trust-remote-code", action="store_true", help="Run the base model's own code.")
+    sub.add_argument("--force", action="store_true", help="Write into a folder that is not empty.")
+    sub.set_defaults(handler=merge_lora_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -645,6 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_command(commands)
     add_card_command(commands)
     add_push_command(commands)
+    add_merge_lora_command(commands)
     return parser
 
 

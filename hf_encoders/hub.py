@@ -9,6 +9,7 @@ when there is one, else one built) and the run's results, settings and training 
 """
 
 import importlib
+import json
 import logging
 import re
 import tempfile
@@ -22,7 +23,8 @@ from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from .cards import EXPORT_FORMATS, build_model_card, read_run
+from .cards import ADAPTER_CONFIG, EXPORT_FORMATS, build_model_card, read_run, with_base_model
+from .data import is_local
 from .plots import plot_training_curves
 
 # Network errors of the HTTP client huggingface_hub talks through: httpx2 from huggingface_hub 2 on, httpx before.
@@ -37,6 +39,7 @@ logger = logging.getLogger(__name__)
 # hypotheses, scores and predictions written beside it
 MODEL_FILES = (
     "config.json",
+    "adapter_config.json",
     "generation_config.json",
     "*.safetensors",
     "model.safetensors.index.json",
@@ -96,16 +99,28 @@ def checked_card(content: str, source: str = "The model card") -> str:
 
 
 def upload_plan(
-    run_dir: str | Path, repo_id: str | None = None, license: str = "apache-2.0", language: list[str] | None = None
+    run_dir: str | Path,
+    repo_id: str | None = None,
+    license: str = "apache-2.0",
+    language: list[str] | None = None,
+    base_model: str | None = None,
 ) -> dict[str, bytes]:
     """Every file of the repository-to-be, path in the repository -> content. The card is the run's README.md when
     there is one (written by `hf-encoders card`, perhaps edited), else it is built; either way it must pass the
-    metadata checks the Hub applies."""
-    run = read_run(run_dir)
+    metadata checks the Hub applies. A LoRA adapter goes up with its base model's Hub id (`base_model`, when it was
+    trained on a local copy)."""
+    run = with_base_model(read_run(run_dir), base_model)
     files: dict[str, bytes] = {}
     for pattern in MODEL_FILES:
         for path in sorted(run.model_dir.glob(pattern)):
             files[path.relative_to(run.model_dir).as_posix()] = path.read_bytes()
+    if run.adapter:  # nobody can load an adapter whose base is a folder on the machine it was trained on
+        if is_local(base := run.adapter["base_model_name_or_path"]):
+            raise ValueError(
+                f"The adapter in {run.model_dir} adapts the local model {base}, which nobody can load from the Hub: "
+                "push that model first and give its Hub id as base_model (hf-encoders push ... --base-model ORG/NAME)."
+            )
+        files[ADAPTER_CONFIG] = (json.dumps(run.adapter, indent=2, sort_keys=True) + "\n").encode()
     for export in EXPORT_FORMATS:  # `hf-encoders export` folders beside the weights go up whole, as subfolders
         for path in sorted((run.model_dir / export).rglob("*")):
             if path.is_file():
@@ -155,6 +170,7 @@ def push_to_hub(
     language: list[str] | None = None,
     endpoint: str | None = None,
     dry_run: bool = False,
+    base_model: str | None = None,
     retries: int = 3,
     retry_wait: float = 2.0,
 ) -> PushResult:
@@ -163,9 +179,10 @@ def push_to_hub(
     The commit is atomic: it lands whole or not at all. A transient failure (network error, 429 or 5xx answer) is
     retried up to `retries` times, waiting `retry_wait` seconds and twice as long each time; each attempt names the
     commit it builds on, so a retry can never land a second copy on top of one that did land. `endpoint` is the Hub
-    to talk to (default: `HF_ENDPOINT`, else https://huggingface.co).
+    to talk to (default: `HF_ENDPOINT`, else https://huggingface.co). `base_model`: the Hub id of an adapter's base
+    model, when it was trained on a local copy.
     """
-    files = upload_plan(run_dir, repo_id, license, language)
+    files = upload_plan(run_dir, repo_id, license, language, base_model)
     result = PushResult(repo_id, {path: len(content) for path, content in sorted(files.items())})
     if dry_run:
         return result

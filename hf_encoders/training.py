@@ -28,7 +28,10 @@ import argparse
 import itertools
 import logging
 import math
+import os
 import platform
+import shlex
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
@@ -39,7 +42,7 @@ import torch
 import transformers
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
@@ -260,22 +263,38 @@ class StopConditions:
 
 
 def build_accelerator(run: RunFolder) -> Accelerator:
-    return Accelerator(
+    accelerator = Accelerator(
         mixed_precision=run.precision,
         gradient_accumulation_steps=run.config.gradient_accumulation_steps,
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(run.path), logging_dir=str(run.path / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if fsdp_asked and accelerator.distributed_type != DistributedType.FSDP:
+        logger.warning(
+            "FSDP was asked for (--use_fsdp), but accelerate runs these processes as %s: every process holds the "
+            "whole model (accelerate shards with FSDP on accelerators only, not on CPU processes).",
+            accelerator.distributed_type.value,
+        )
+    return accelerator
+
+
+def command_line() -> str:
+    """How this process was started, as a shell line (an installed command by its name: `hf-encoders finetune ...`)."""
+    program = Path(sys.argv[0])
+    return shlex.join([program.name if program.is_absolute() else str(program), *sys.argv[1:]])
 
 
 def run_settings(run: RunFolder, model: PreTrainedModel, accelerator: Accelerator) -> dict:
     """What config.json records: the run's settings, the training's, and what it trains on."""
     return {
         **run.settings,
+        "command": command_line(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "training": run.training_settings(),
         "num_processes": accelerator.num_processes,
+        "distributed_type": accelerator.distributed_type.value,
         "device": device_description(),
         "versions": {
             "torch": torch.__version__,

@@ -164,6 +164,10 @@ def unpad(padded: torch.Tensor, lengths) -> torch.Tensor:
 
 @pytest.fixture
 def tokenizer() -> PreTrainedTokenizerFast:
+    return wordpiece_tokenizer()
+
+
+def wordpiece_tokenizer() -> PreTrainedTokenizerFast:
     """A small WordPiece tokenizer whose ids match `tiny_config`'s special tokens ([PAD]=0 ... [UNK]=4)."""
     vocab = {token: i for i, token in enumerate(SPECIALS + WORDS)}
     backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))

@@ -30,6 +30,7 @@ COMMANDS = [
     "convert",
     "card",
     "push",
+    "merge-lora",
 ]
 ENTRY_POINT = Path(sys.executable).parent / "hf-encoders"
 

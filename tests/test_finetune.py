@@ -126,6 +126,37 @@ def test_a_tiny_model_learns_a_separable_task_and_keeps_its_label_names(checkpoi
     assert 'AutoModelForSequenceClassification.from_pretrained("org/cat-or-dog")' in card.text
 
 
+def test_the_model_is_chosen_on_examples_held_out_of_train_and_the_reported_split_is_scored_once(checkpoint, tmp_path):
+    rows = [{"text": " ".join(words), "label": sorted(ANIMALS & set(words))[0]} for words in sentences(64, 8)]
+    data = write_splits(tmp_path / "data", {"train": rows, "validation": rows[:24]})
+    arguments = finetune_classification.DataArguments(
+        data=str(data), text_column="text", validation_from_train=16, test_split="validation"
+    )
+    splits = finetune_classification.load_splits(arguments, "single_label")
+    held_out, train = splits[finetune_classification.HELD_OUT], splits["train"]
+    assert (len(held_out), len(train)) == (16, 48)
+    assert sorted([*held_out["text"], *train["text"]]) == sorted(row["text"] for row in rows)  # a partition of train
+    again = finetune_classification.load_splits(arguments, "single_label")[finetune_classification.HELD_OUT]
+    assert list(again["text"]) == list(held_out["text"])  # seeded (split_seed)
+
+    output = tmp_path / "run"
+    finetune(
+        checkpoint, data, output, "--validation_from_train", "16", "--test_split", "validation", "--max_steps", "4"
+    )
+    results = json.loads((output / "results.json").read_text())
+    assert results["validation_split"] == finetune_classification.HELD_OUT and results["train_examples"] == 48
+    assert results["test"]["split"] == "validation" and results["test"]["examples"] == 24
+    card = build_model_card(output, language=["en"])
+    assert f"Scores of the `{finetune_classification.HELD_OUT}` split (the checkpoint was chosen on it)" in card.text
+    assert {row.dataset_split for row in card.data.eval_results} == {"validation"}  # only the reported split
+
+    too_many = finetune_classification.DataArguments(
+        data=str(data), text_column="text", validation_from_train=64, test_split="validation"
+    )
+    with pytest.raises(ValueError, match="validation_from_train=64: the training split has 64 examples"):
+        finetune_classification.load_splits(too_many, "single_label")
+
+
 def test_multi_label_and_regression_train_through_the_same_script(checkpoint, tmp_path):
     multi = [
         {"text": " ".join(words), "label": sorted(ANIMALS & set(words)) + (["red"] if "red" in words else [])}

@@ -70,6 +70,47 @@ def test_two_processes_follow_one_process_with_the_same_global_batch(tmp_path):
     assert config["num_processes"] == 2
 
 
+def launch_machines(output_dir: Path, flags: list[str], port: int, extra: tuple[str, ...] = ()) -> str:
+    """tests/tiny_training_job.py as two "machines" on this host (`accelerate launch --num_machines 2 --machine_rank
+    0/1`, one CPU process each, gloo), as on a cluster where each node runs the same command with its own rank."""
+    machines, logs = [], []
+    for rank in (0, 1):
+        command = [
+            str(ACCELERATE),
+            *"launch --num_machines 2 --num_processes 2 --mixed_precision no --dynamo_backend no".split(),
+            *("--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port)),
+            *extra,
+            str(JOB),
+            *("--output_dir", str(output_dir), "--log_every", "1", *flags),
+        ]
+        env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+        machines.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    for machine in machines:
+        _, stderr = machine.communicate(timeout=240)
+        assert machine.returncode == 0, stderr.decode()[-4000:]
+        logs.append(stderr.decode())
+    return "".join(logs)
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
+def test_two_machines_on_one_host_follow_one_process(fsdp, tmp_path):
+    """DDP across two machines equals one process. FSDP2: accelerate shards on accelerators only, so on CPU
+    processes `--use_fsdp` runs as DDP (MULTI_CPU), and the loop says so: sharded training needs GPUs to test."""
+    run_job(tmp_path / "one", "--per_device_batch_size", "8", "--max_steps", "4")
+    extra = ("--use_fsdp", "--fsdp_version", "2") if fsdp else ("--multi_gpu",)  # the multi-process launcher
+    flags = ["--per_device_batch_size", "4", "--max_steps", "4"]
+    logs = launch_machines(tmp_path / "two", flags, port=29527 + fsdp, extra=extra)
+    assert ("FSDP was asked for (--use_fsdp), but accelerate runs these processes as MULTI_CPU" in logs) == fsdp
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == 4 and one.keys() == two.keys()
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-4), (step, one, two)
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert config["num_processes"] == 2 and config["distributed_type"] == "MULTI_CPU"
+    reloaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "two" / "final")  # the export gathers the shards
+    assert sum(p.numel() for p in reloaded.parameters()) == config["parameters"]
+
+
 @pytest.mark.parametrize("label_smoothing", ["0", "0.1"])
 def test_gradient_accumulation_4x2_equals_a_batch_of_8(label_smoothing, tmp_path):
     smoothing = ["--label_smoothing", label_smoothing]

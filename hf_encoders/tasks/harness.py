@@ -99,8 +99,9 @@ def run_tokenizer(
     return run.tokenizer(source, train)
 
 
-def parameter_count(model: "torch.nn.Module") -> int:
-    return sum(p.numel() for p in model.parameters())
+def parameter_count(model: "torch.nn.Module", trainable: bool = False) -> int:
+    """The model's parameters (`trainable`: those that train), each counted once."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
 
 
 def chosen_model(run: "RunFolder") -> Path:

@@ -8,6 +8,7 @@ from ...cards import ENCODER_FAMILY, ENCODER_TEMPLATE, CardSection, ResultRow, R
 
 def card_section(run: RunRecord) -> CardSection:
     data, results, labels = run.data, run.results, run.results["labels"]
+    chosen_on = results.get("validation_split", data["validation_split"])  # or examples held out of train
     kind, token = results["task"], results["task"] == "token"
     dataset = describe_data(data["data"])
     task = dict(
@@ -32,7 +33,7 @@ def card_section(run: RunRecord) -> CardSection:
         )
         for split, metrics, in_index in (
             (results.get("test", {}).get("split"), test, True),
-            (data["validation_split"], validation, not test),
+            (chosen_on, validation, not test),
         )
         for key, value in metrics.items()
         if isinstance(value, int | float)
@@ -40,7 +41,7 @@ def card_section(run: RunRecord) -> CardSection:
     base = run.settings["model"]["model"]
     local_base = Path(base).exists()
     pipeline_tag = "token-classification" if token else "text-classification"
-    tested = any(row.dataset_split != data["validation_split"] for row in rows)
+    tested = any(row.dataset_split != chosen_on for row in rows)
     return CardSection(
         results=rows,
         data=dataset,
@@ -48,7 +49,7 @@ def card_section(run: RunRecord) -> CardSection:
         template=ENCODER_TEMPLATE,
         example="A sentence to label.",
         evaluation_note=(
-            f"Scores of the `{data['validation_split']}` split (the checkpoint was chosen on it)"
+            f"Scores of the `{chosen_on}` split (the checkpoint was chosen on it)"
             + (f" and of the `{results['test']['split']}` split" if tested else "")
             + "."
         ),

@@ -31,6 +31,7 @@ from transformers import (
 )
 
 from ... import load_text_dataset, metrics
+from ...adapters import LoraArguments, is_adapter, load_adapted, with_lora
 from ...data import build_dataloader
 from ...run_folder import start_run
 from ...training import TrainingConfig, train
@@ -45,6 +46,7 @@ TASK_METRICS = {
     "regression": ("pearson", "spearman", "mse"),
 }
 TASK_METRICS["token"] = TASK_METRICS["single_label"]  # every labelled token is one example
+HELD_OUT = "held_out_of_train"  # the validation split carved from train (validation_from_train)
 
 
 @dataclass
@@ -67,6 +69,11 @@ class DataArguments:
     label_names: list[str] | None = field(default=None, metadata={"help": "Class names in id order (else from data)."})
     train_split: str = "train"
     validation_split: str = "validation"
+    validation_from_train: int = field(
+        default=0,
+        metadata={"help": "Choose the model on N examples held out of train (seeded by split_seed) instead."},
+    )
+    split_seed: int = 0
     test_split: str | None = field(default="test", metadata={"help": "Predicted with the best model; '' for none."})
     max_length: int = field(default=128, metadata={"help": "Longer inputs are truncated (and counted in the log)."})
     max_train_examples: int = field(default=0, metadata={"help": "Only the first N training examples (0: all)."})
@@ -206,15 +213,36 @@ def scores(task: str, logits: list, labels: list) -> dict[str, float]:
     return metric.compute(predictions=predictions, references=labels)
 
 
+def validation_name(data: DataArguments) -> str:
+    """The split the model is chosen on: the data's validation split, or the one held out of train."""
+    return HELD_OUT if data.validation_from_train else data.validation_split
+
+
 def wanted_splits(data: DataArguments) -> list[str]:
     """The splits a run reads: training, validation and, unless '', test."""
-    return [data.train_split, data.validation_split, *([data.test_split] * bool(data.test_split))]
+    return [data.train_split, validation_name(data), *([data.test_split] * bool(data.test_split))]
+
+
+def hold_out(splits: dict, data: DataArguments) -> None:
+    """Move `validation_from_train` random training examples (seeded) to the split HELD_OUT."""
+    train = splits[data.train_split]
+    if not 0 < data.validation_from_train < len(train):
+        raise ValueError(
+            f"validation_from_train={data.validation_from_train}: the training split has {len(train)} examples."
+        )
+    parts = train.train_test_split(test_size=data.validation_from_train, seed=data.split_seed)
+    splits[data.train_split], splits[HELD_OUT] = parts["train"], parts["test"]
+    logger.info(
+        "validation: %d examples held out of %s (seed %d)", len(parts["test"]), data.train_split, data.split_seed
+    )
 
 
 def load_splits(data: DataArguments, task: str) -> dict:
     """The data's splits, checked to have the wanted splits and columns; the training split cut to
     `max_train_examples`."""
     splits = load_text_dataset(data.data, text_column=None if task == "token" else data.text_column)
+    if data.validation_from_train and data.train_split in splits:
+        hold_out(splits, data)
     wanted = wanted_splits(data)
     for split_name in wanted:
         if split_name not in splits:
@@ -235,21 +263,21 @@ def model_class(task: str) -> type:
     return AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
 
 
-def build_model(args: ModelArguments, names: list[str], label2id: dict[str, int]) -> torch.nn.Module:
-    """The checkpoint with a new head of `len(names)` outputs, the label names in its config."""
+def label_settings(task: str, names: list[str], label2id: dict[str, int]) -> dict:
+    """What a classification model's config says about its labels."""
     problem_type = {
         "single_label": "single_label_classification",
         "multi_label": "multi_label_classification",
         "regression": "regression",
-    }.get(args.task)
-    return model_class(args.task).from_pretrained(
-        args.model,
-        num_labels=len(names),
-        id2label=dict(enumerate(names)),
-        label2id=label2id,
-        trust_remote_code=args.trust_remote_code,
-        **({"problem_type": problem_type} if problem_type else {}),
-    )
+    }.get(task)
+    labels = {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": label2id}
+    return {**labels, **({"problem_type": problem_type} if problem_type else {})}
+
+
+def build_model(args: ModelArguments, names: list[str], label2id: dict[str, int]) -> torch.nn.Module:
+    """The checkpoint with a new head of `len(names)` outputs, the label names in its config."""
+    labels = label_settings(args.task, names, label2id)
+    return model_class(args.task).from_pretrained(args.model, trust_remote_code=args.trust_remote_code, **labels)
 
 
 def validation_evaluator(validation, collator, task: str, batch_size: int) -> Callable:
@@ -262,9 +290,16 @@ def validation_evaluator(validation, collator, task: str, batch_size: int) -> Ca
     return evaluate
 
 
-def predict_test(chosen: Path, test, collator, state, args: ModelArguments, data: DataArguments) -> tuple:
+def load_chosen(chosen: Path, args: ModelArguments, labels: dict) -> torch.nn.Module:
+    """The exported model: a whole one, or an adapter on its base model (`labels`: the base's label settings)."""
+    if is_adapter(chosen):
+        return load_adapted(chosen, trust_remote_code=args.trust_remote_code, **labels)
+    return model_class(args.task).from_pretrained(chosen, trust_remote_code=args.trust_remote_code)
+
+
+def predict_test(chosen: Path, test, collator, state, args: ModelArguments, data: DataArguments, labels: dict):
     """The chosen model's logits on the test split, and its figures (the metrics when the split has labels)."""
-    best = model_class(args.task).from_pretrained(chosen, trust_remote_code=args.trust_remote_code).to(state.device)
+    best = load_chosen(chosen, args, labels).to(state.device)
     logits, labels = predict(best, test, collator, state, data.eval_batch_size)
     figures = {
         "split": data.test_split,
@@ -275,13 +310,20 @@ def predict_test(chosen: Path, test, collator, state, args: ModelArguments, data
 
 
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, training = parse_arguments((ModelArguments, DataArguments, TrainingConfig), argv)
+    model_args, data_args, lora, training = parse_arguments(
+        (ModelArguments, DataArguments, LoraArguments, TrainingConfig), argv
+    )
     if not model_args.model:
         raise ValueError("Give the checkpoint to fine-tune: --model PATH_OR_HUB_ID.")
     task = model_args.task
     if task != "token" and training.token_level_loss:
         training.token_level_loss = False  # one label per example: the loss is the mean over the batch's examples
-    settings = {"script": "finetune_classification", "model": asdict(model_args), "data": asdict(data_args)}
+    settings = {
+        "script": "finetune_classification",
+        "model": asdict(model_args),
+        "data": asdict(data_args),
+        "lora": asdict(lora),
+    }
     run = start_run(training, settings, [f"validation/{name}" for name in TASK_METRICS[task]])
     state = PartialState()
     with state.main_process_first():
@@ -295,9 +337,13 @@ def main(argv: list[str] | None = None) -> dict:
         }
 
     model = build_model(model_args, names, label2id)
-    collator = (DataCollatorForTokenClassification if task == "token" else DataCollatorWithPadding)(tokenizer)
-    evaluate = validation_evaluator(encoded[data_args.validation_split], collator, task, data_args.eval_batch_size)
     parameters = parameter_count(model)
+    if lora.lora_r:  # adapters: only they and the head train
+        model = with_lora(model, lora, "token-classification" if task == "token" else "sequence-classification")
+    collator = (DataCollatorForTokenClassification if task == "token" else DataCollatorWithPadding)(tokenizer)
+    validation = encoded[validation_name(data_args)]
+    evaluate = validation_evaluator(validation, collator, task, data_args.eval_batch_size)
+    trainable = parameter_count(model, trainable=True)
     run.settings["labels"] = names
     result = train(model, encoded[data_args.train_split], collator, run, tokenizer, evaluate)
 
@@ -307,12 +353,15 @@ def main(argv: list[str] | None = None) -> dict:
         "task": task,
         "labels": names,
         "parameters": parameters,
+        "trainable_parameters": trainable,
         "train": asdict(result),
         "train_examples": len(encoded[data_args.train_split]),
+        "validation_split": validation_name(data_args),
     }
     if data_args.test_split:
+        labels = label_settings(task, names, label2id)
         logits, summary["test"] = predict_test(
-            chosen, encoded[data_args.test_split], collator, state, model_args, data_args
+            chosen, encoded[data_args.test_split], collator, state, model_args, data_args, labels
         )
         if state.is_main_process:
             write_predictions(chosen / f"predictions.{data_args.test_split}.jsonl", task, names, logits)

@@ -35,6 +35,7 @@ from ... import (
     translate,
     write_translations,
 )
+from ...adapters import LoraArguments, is_adapter, load_adapted, with_lora
 from ...baselines import marian_mt
 from ...run_folder import start_run
 from ...tokenization import seq2seq_token_ids
@@ -200,7 +201,9 @@ def evaluate_on_test(
     """The test set, once, translated with beam search by the model chosen on validation: `(chosen model folder,
     hypotheses, test figures)`."""
     chosen = chosen_model(run)
-    best = AutoModelForSeq2SeqLM.from_pretrained(chosen).to(state.device)
+    best = (load_adapted(chosen) if is_adapter(chosen) else AutoModelForSeq2SeqLM.from_pretrained(chosen)).to(
+        state.device
+    )
     started = time.perf_counter()
     test = first_n(pairs[eval_args.test_split], eval_args.test_max_examples or None)
     hypotheses = translate_everywhere(
@@ -234,14 +237,17 @@ def write_test_outputs(run, chosen, data_args: DataArguments, hypotheses: list[s
 
 
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, eval_args, training = parse_arguments(
-        (ModelArguments, DataArguments, EvaluationArguments, TrainingConfig), argv
+    model_args, data_args, eval_args, lora, training = parse_arguments(
+        (ModelArguments, DataArguments, EvaluationArguments, LoraArguments, TrainingConfig), argv
     )
+    if lora.lora_r and not model_args.init_from:
+        raise ValueError("LoRA adapts a trained model: give it with --init_from (or set --lora_r 0).")
     settings = {
         "script": "train_translation",
         "model": asdict(model_args),
         "data": asdict(data_args),
         "evaluation": asdict(eval_args),
+        "lora": asdict(lora),
     }
     run = start_run(training, settings, [f"validation/{key}" for key in (*LOSS_METRICS, *TRANSLATION_SCORES)])
     state = PartialState()
@@ -253,6 +259,8 @@ def main(argv: list[str] | None = None) -> dict:
     collator = Seq2SeqCollator(tokenizer, padding_free=padding_free)
     evaluate = validation_evaluator(pairs, tokenized, collator, tokenizer, data_args, eval_args)
     parameters = parameter_count(model)
+    if lora.lora_r:  # adapters: only they train
+        model = with_lora(model, lora, "translation")
     result = train(model, tokenized["train"], collator, run, tokenizer, evaluate)
 
     chosen, hypotheses, test = evaluate_on_test(run, state, tokenizer, pairs, data_args, eval_args)
@@ -260,6 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model": str(chosen),
         "architecture": model_args.architecture,
         "parameters": parameters,
+        "trainable_parameters": parameter_count(model, trainable=True),
         "train": asdict(result),
         "train_pairs": len(tokenized["train"]),
         "test": test,

@@ -1,0 +1,95 @@
+"""Gather finished fine-tuning runs (hf-encoders finetune) into one results JSON: each run's command, settings,
+trainable parameters, training time, the validation curve it was chosen on and its reported figures, and per method
+(runs that differ only in their seed) the mean and spread over seeds.
+
+    python benchmarks/collect_finetune.py --method full=runs/sst2_full_s0,runs/sst2_full_s1,runs/sst2_full_s2 \
+        --method lora=runs/sst2_lora_s0,runs/sst2_lora_s1,runs/sst2_lora_s2 \
+        --pretraining benchmarks/results/mlm_small_pretraining_cpu.json --output benchmarks/results/lora_sst2_cpu.json
+"""
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORTED = ("accuracy", "f1", "matthews_correlation")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--method", action="append", required=True, help="NAME=RUN_DIR,RUN_DIR,... (one per seed)")
+    parser.add_argument("--pretraining", type=Path, help="the pretraining run's results JSON (its tokens are stated)")
+    parser.add_argument("--title", default="Fine-tuning runs over seeds, chosen on validation, scored once on test")
+    parser.add_argument("--output", type=Path, required=True)
+    return parser.parse_args()
+
+
+def read_run(folder: Path) -> dict:
+    """One finished run: what it ran with, what it trained, what it was chosen on, what it scored."""
+    results = json.loads((folder / "results.json").read_text())
+    settings = json.loads((folder / "config.json").read_text())
+    best_metric = settings["training"]["best_metric"]
+    curve = [
+        {"step": row["step"], best_metric: row[best_metric]}
+        for row in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())
+        if best_metric in row
+    ]
+    return {
+        "run": str(folder),
+        "command": settings.get("command"),
+        "seed": settings["training"]["seed"],
+        "lora": settings.get("lora"),
+        "training": settings["training"],
+        "parameters": results["parameters"],
+        "trainable_parameters": results.get("trainable_parameters"),
+        "chosen_on": results.get("validation_split"),
+        "steps": results["train"]["steps"],
+        "train_seconds": results["train"]["seconds"],
+        "validation_curve": curve,
+        "chosen": max(curve, key=lambda row: row[best_metric]) if settings["training"]["greater_is_better"] else None,
+        "reported": results["test"],
+    }
+
+
+def summary(runs: list[dict]) -> dict:
+    """Mean and standard deviation over seeds of the reported figures, and what the method trains."""
+    figures = {}
+    for name in REPORTED:
+        values = [run["reported"][name] for run in runs]
+        figures[name] = {
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values,
+        }
+    return {
+        "seeds": [run["seed"] for run in runs],
+        "reported_split": runs[0]["reported"]["split"],
+        "trainable_parameters": runs[0]["trainable_parameters"],
+        "parameters": runs[0]["parameters"],
+        "mean_train_seconds": statistics.fmean(run["train_seconds"] for run in runs),
+        **figures,
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.common import write_result
+
+    methods = {}
+    for entry in args.method:
+        name, _, folders = entry.partition("=")
+        runs = [read_run(Path(folder)) for folder in folders.split(",")]
+        methods[name] = {"summary": summary(runs), "runs": runs}
+    pretraining = json.loads(args.pretraining.read_text()) if args.pretraining else None
+    settings = {
+        "pretraining": pretraining
+        and {key: pretraining[key] for key in ("command", "train_tokens_seen", "steps", "wall_seconds_training")},
+    }
+    write_result(args.output, args.title, settings, {"methods": methods})
+
+
+if __name__ == "__main__":
+    main()
