@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 from collections.abc import Callable, Collection
 from dataclasses import asdict
@@ -47,6 +48,7 @@ RESUMABLE_SETTINGS = frozenset(
 # data settings that change how fast the data is prepared, not what it is
 NOT_THE_RUN = frozenset({"num_proc"})
 MANIFEST = "manifest.json"
+DATA_STATE = "data_state_{}.pkl"  # a process's position in a streamed training set, in each checkpoint
 
 
 class CheckpointError(RuntimeError):
@@ -237,13 +239,18 @@ class RunFolder:
             logger.warning("resume was asked for, but %s holds no checkpoint: starting afresh", self.path)
         return chosen[0]
 
-    def write_checkpoint(self, accelerator: Accelerator, step: int, progress: dict) -> None:
+    def write_checkpoint(self, accelerator: Accelerator, step: int, progress: dict, data: dict | None = None) -> None:
         """`save_state` into checkpoint-STEP.tmp, progress and manifest, then the rename that makes it complete
-        (a crash mid-save leaves the previous checkpoints); the `keep_checkpoints` newest are kept."""
+        (a crash mid-save leaves the previous checkpoints); the `keep_checkpoints` newest are kept. `data`: this
+        process's position in a streamed training set (`StreamedExamples.state_dict()`)."""
         final, temporary = self.path / f"checkpoint-{step}", self.path / f"checkpoint-{step}.tmp"
         accelerator.wait_for_everyone()
         try:
             accelerator.save_state(str(temporary))
+            if data is not None:
+                with (temporary / DATA_STATE.format(accelerator.process_index)).open("wb") as handle:
+                    pickle.dump(data, handle)
+            accelerator.wait_for_everyone()  # every process's files are there before the manifest lists them
             if accelerator.is_main_process:
                 (temporary / "progress.json").write_text(json.dumps({"step": step, **progress}))
                 write_manifest(temporary)
@@ -261,6 +268,17 @@ class RunFolder:
         """Load the state saved in `checkpoint` into the prepared objects; its progress.json (step, best, ...)."""
         accelerator.load_state(str(checkpoint))
         return json.loads((checkpoint / "progress.json").read_text())
+
+    def load_data_state(self, checkpoint: Path, process_index: int) -> dict:
+        """This process's position in the streamed training set, saved with `checkpoint`."""
+        path = checkpoint / DATA_STATE.format(process_index)
+        if not path.is_file():
+            raise CheckpointError(
+                f"{checkpoint} holds no position of a streamed training set ({path.name}): it was written by a run "
+                "that did not stream its data. Resume it without --streaming."
+            )
+        with path.open("rb") as handle:  # written by this run's own processes (the manifest checked it)
+            return pickle.load(handle)
 
     def export(
         self, accelerator: Accelerator, model: torch.nn.Module, name: str, tokenizer: PreTrainedTokenizerBase | None

@@ -42,7 +42,13 @@ import torch
 import transformers
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedType,
+    ProjectConfiguration,
+    send_to_device,
+    set_seed,
+)
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
@@ -326,12 +332,15 @@ def build_optimizer(
     return optimizer, scheduler
 
 
-def resume(run: RunFolder, accelerator: Accelerator, total_steps: int) -> dict:
+def resume(run: RunFolder, accelerator: Accelerator, total_steps: int, data: "TrainingData") -> dict:
     """What earlier segments of a resumed run did (step, best value, tokens, training time), their checkpoint's
-    state loaded into the prepared objects; the metrics logged after that checkpoint are dropped."""
+    state loaded into the prepared objects (and a stream's position into `data`); the metrics logged after that
+    checkpoint are dropped."""
     progress = {"step": 0, "best": None, "tokens_seen": 0, "seconds": 0.0}
     if checkpoint := run.resume_from():
         progress.update(run.load_checkpoint(accelerator, checkpoint))
+        if isinstance(data, StreamedData):
+            data.stream.load_state_dict(run.load_data_state(checkpoint, accelerator.process_index))
         logger.info("Resumed from %s (step %d)", checkpoint, progress["step"])
     if run.config.resume and accelerator.is_main_process:
         run.truncate_metrics(progress["step"])
@@ -360,6 +369,56 @@ def accumulation_windows(
             yield window
             step += 1
         epoch += 1
+
+
+class MapStyleData:
+    """A dataset of known length: shuffled batches (grouped by length if asked) that accelerate splits across the
+    processes, epoch after epoch; a resumed run skips the batches its epoch has already seen."""
+
+    def __init__(self, dataset, collator: Callable, config: "TrainingConfig", accelerator: Accelerator):
+        dataloader = build_dataloader(
+            dataset, collator, config.per_device_batch_size, group_by_length=config.group_by_length, seed=config.seed
+        )
+        self.batches_per_epoch = math.ceil(len(dataloader) / accelerator.num_processes)
+        self.steps_per_epoch = max(self.batches_per_epoch // config.gradient_accumulation_steps, 1)
+        self.dataloader, self.collator, self.accelerator = accelerator.prepare(dataloader), collator, accelerator
+
+    def windows(self, step: int) -> Iterator[list[dict]]:
+        return accumulation_windows(
+            self.dataloader, self.collator, self.accelerator, step, self.batches_per_epoch, self.steps_per_epoch
+        )
+
+    def state_dict(self) -> None:
+        return None  # the step says where the data is
+
+
+class StreamedData:
+    """A stream (`hf_encoders.data.StreamedExamples`): each process reads its own part and batches it, in steps
+    without epochs; its position goes into every checkpoint, so a resumed run reads on from there."""
+
+    steps_per_epoch = 0  # unknown: a streamed run is measured in steps
+
+    def __init__(self, stream, collator: Callable, config: "TrainingConfig", accelerator: Accelerator):
+        if not config.max_steps:
+            raise ValueError("A streamed training set has no known length: give the run's budget as --max_steps.")
+        self.stream, self.collator, self.accelerator = stream, collator, accelerator
+        self.dataloader = torch.utils.data.DataLoader(  # not prepared: accelerate's would read a batch ahead
+            stream, batch_size=config.per_device_batch_size, collate_fn=collator
+        )
+
+    def windows(self, step: int) -> Iterator[list[dict]]:
+        accumulation = self.accelerator.gradient_accumulation_steps
+        if isinstance(self.collator, ResumableCollator):  # noise-drawing: the same masks as an uninterrupted run
+            self.collator.resume_at(step * accumulation)
+        batches = (send_to_device(batch, self.accelerator.device) for batch in self.dataloader)
+        while True:
+            yield list(itertools.islice(batches, accumulation))
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+
+TrainingData = MapStyleData | StreamedData
 
 
 def optimizer_step(
@@ -534,23 +593,20 @@ def train(
     set_seed(config.seed)  # the training's own randomness does not depend on what the data preparation drew
     if accelerator.is_main_process:
         run.write_settings(run_settings(run, model, accelerator))
-    dataloader = build_dataloader(
-        train_dataset, collator, config.per_device_batch_size, group_by_length=config.group_by_length, seed=config.seed
-    )
-    batches_per_epoch = math.ceil(len(dataloader) / accelerator.num_processes)
-    steps_per_epoch = max(batches_per_epoch // config.gradient_accumulation_steps, 1)
-    stop = StopConditions.from_config(config, steps_per_epoch)
+    streamed = isinstance(train_dataset, torch.utils.data.IterableDataset)
+    data = (StreamedData if streamed else MapStyleData)(train_dataset, collator, config, accelerator)
+    stop = StopConditions.from_config(config, data.steps_per_epoch)
     optimizer, scheduler = build_optimizer(model, config, stop.total_steps, accelerator.num_processes)
-    model, optimizer, dataloader, scheduler = accelerator.prepare(model, optimizer, dataloader, scheduler)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     accelerator.init_trackers("tb")
-    progress = resume(run, accelerator, stop.total_steps)
+    progress = resume(run, accelerator, stop.total_steps, data)
     evaluation = Evaluation(evaluate, run, accelerator, tokenizer, best=progress["best"])
 
     model.train()
     step = progress["step"]
     bar = tqdm(total=stop.total_steps, initial=step, disable=not accelerator.is_local_main_process, desc="training")
     totals, train_loss = RunTotals(progress, accelerator), TrainLoss(run, accelerator, bar)
-    for window in accumulation_windows(dataloader, collator, accelerator, step, batches_per_epoch, steps_per_epoch):
+    for window in data.windows(step):
         inputs = step_inputs(step) if step_inputs else {}
         loss, tokens = optimizer_step(model, window, optimizer, scheduler, accelerator, config, inputs)
         step += 1
@@ -565,12 +621,12 @@ def train(
         if config.eval_every and step % config.eval_every == 0:
             evaluation(model, step)
         if save:
-            run.write_checkpoint(accelerator, step, totals.progress(evaluation.best))
+            run.write_checkpoint(accelerator, step, totals.progress(evaluation.best), data.state_dict())
     bar.close()
 
     seconds = totals.seconds()
     metrics = evaluation(model, step)
-    run.write_checkpoint(accelerator, step, totals.progress(evaluation.best, seconds))
+    run.write_checkpoint(accelerator, step, totals.progress(evaluation.best, seconds), data.state_dict())
     run.export(accelerator, model, "final", tokenizer)
     tokens_seen = totals.tokens_seen()
     close_logs(run, accelerator)

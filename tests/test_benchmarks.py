@@ -113,6 +113,10 @@ def test_data_benchmark_runs_and_records_its_figures(tmp_path):
             "64",
             "--num-proc",
             "1",
+            "--streamed-tokens",
+            "3000",
+            "--shuffle-buffer",
+            "16",
             "--output",
             str(output),
         ],
@@ -124,6 +128,11 @@ def test_data_benchmark_runs_and_records_its_figures(tmp_path):
     result = json.loads(output.read_text())
     assert result["documents"] == 300 and result["tokens"] > 300 * 10
     assert 0 < result["block_fill"] <= 1 and result["load_tokenize_pack_seconds"] > 0
+    streamed = result["streamed"]
+    assert streamed["tokens"] >= 3000 and streamed["tokens_per_second_per_process"] > 0
+    assert streamed["processes_for_3x"] == pytest.approx(
+        3 * streamed["h100_mlm_base_tokens_per_second_derived"] / streamed["tokens_per_second_per_process"]
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------

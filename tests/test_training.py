@@ -107,7 +107,7 @@ def test_two_machines_on_one_host_follow_one_process(fsdp, tmp_path):
         assert two[step] == pytest.approx(one[step], rel=1e-4), (step, one, two)
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert config["num_processes"] == 2 and config["distributed_type"] == "MULTI_CPU"
-    reloaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "two" / "final")  # the export gathers the shards
+    reloaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "two" / "final")
     assert sum(p.numel() for p in reloaded.parameters()) == config["parameters"]
 
 

@@ -6,7 +6,7 @@ test process (`main(flags)`):
 Environment switches: HF_ENCODERS_TEST_MASKING=dynamic (MLMCollator; default: a fixed masking that does not depend
 on how the batch is split), HF_ENCODERS_TEST_CRASH_AT_BATCH=k (the k-th batch fails: a killed run),
 HF_ENCODERS_TEST_FAIL_SAVE_AT_STEP=n (writing checkpoint n fails halfway), HF_ENCODERS_TEST_NAN_AT_STEP=n (the
-loss becomes NaN from that optimizer step on).
+loss becomes NaN from that optimizer step on), HF_ENCODERS_TEST_STREAM=FILE (train on FILE's documents, streamed).
 """
 
 import contextlib
@@ -16,13 +16,14 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from datasets import Dataset
-from tokenizers import Tokenizer, models
+from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hf_encoders import EncoderConfig, EncoderForMaskedLM, MLMCollator  # noqa: E402
+from hf_encoders.data import StreamedExamples, mlm_blocks, stream_text_dataset  # noqa: E402
 from hf_encoders.run_folder import start_run  # noqa: E402
 from hf_encoders.training import TrainingConfig, TrainResult, parse_config, train  # noqa: E402
 
@@ -63,8 +64,10 @@ def main(argv: list[str] | None = None) -> TrainResult:
             sparse_prediction=True,
         )
     )
+    backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(VOCAB)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel({t: i for i, t in enumerate(VOCAB)}, unk_token="[UNK]")),
+        tokenizer_object=backend,
         pad_token="[PAD]",
         cls_token="[CLS]",
         sep_token="[SEP]",
@@ -107,7 +110,17 @@ def main(argv: list[str] | None = None) -> TrainResult:
         model.head.register_forward_hook(poison)
 
     with failing_save:
-        return train(model, examples(), collator, run, tokenizer=tokenizer)
+        return train(model, training_data(tokenizer), collator, run, tokenizer=tokenizer)
+
+
+def training_data(tokenizer):
+    """`examples()`, or with HF_ENCODERS_TEST_STREAM=FILE the documents of FILE streamed into blocks of 24."""
+    if not (corpus := os.environ.get("HF_ENCODERS_TEST_STREAM")):
+        return examples()
+    state = PartialState()
+    documents = stream_text_dataset(corpus)
+    make = mlm_blocks(tokenizer, 24)
+    return StreamedExamples(documents, make, state.process_index, state.num_processes, seed=0, buffer_size=8)
 
 
 if __name__ == "__main__":

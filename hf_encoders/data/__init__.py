@@ -6,8 +6,10 @@
   `prepare_denoising`), cached under fingerprints of data, tokenizer content and settings.
 - `hf_encoders.data.collators`: `MLMCollator`, `Seq2SeqCollator`, `DenoisingCollator`, `PairCollator`, `ResumableCollator`,
   `SeededNoise`, `build_dataloader` (torch and transformers only).
+- `hf_encoders.data.streaming`: the same examples made on the fly from a stream, with an exact position to resume
+  from (`stream_text_dataset`, `StreamedExamples`, `mlm_blocks`).
 
-Every public name of the three is importable from `hf_encoders.data`. Nothing is dropped or cut silently: every such
+Every public name of the four is importable from `hf_encoders.data`. Nothing is dropped or cut silently: every such
 step logs its count (under the `hf_encoders.data` loggers).
 """
 
@@ -32,6 +34,7 @@ from .loading import (
     parse_named_source,
 )
 from .preparation import SENTENCE_END, pack_for_mlm, prepare_denoising, prepare_translation
+from .streaming import StreamedExamples, StreamError, mlm_blocks, stream_text_dataset
 
 __all__ = [
     "SENTENCE_END",
@@ -41,17 +44,21 @@ __all__ = [
     "ResumableCollator",
     "SeededNoise",
     "Seq2SeqCollator",
+    "StreamError",
+    "StreamedExamples",
     "aligned_files",
     "build_dataloader",
     "is_local",
     "load_monolingual_dataset",
     "load_parallel_dataset",
     "load_text_dataset",
+    "mlm_blocks",
     "monolingual_source_name",
     "pack_for_mlm",
     "parse_named_source",
     "prepare_denoising",
     "prepare_translation",
     "special_token_table",
+    "stream_text_dataset",
     "word_start_table",
 ]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported where used: `hf-encoders` sets up its logging with this module, and stays quick
     import torch
-    from datasets import Dataset
+    from datasets import Dataset, IterableDataset
     from transformers import PreTrainedTokenizerBase
 
     from ..run_folder import RunFolder
@@ -67,10 +67,12 @@ def parse_arguments(dataclass_types: tuple[type, ...], argv: list[str] | None = 
     return parsed
 
 
-def first_n(dataset: "Dataset", n: int | None) -> "Dataset":
+def first_n(dataset: "Dataset | IterableDataset", n: int | None) -> "Dataset | IterableDataset":
     """The first `n` rows of `dataset` (all of them if it has fewer); `None`: the dataset itself."""
     if n is None:
         return dataset
+    if not hasattr(dataset, "__len__"):  # a stream (`datasets.IterableDataset`)
+        return dataset.take(n)
     return dataset.select(range(min(n, len(dataset))))
 
 

@@ -25,6 +25,7 @@ from transformers import AutoModelForMaskedLM, PreTrainedModel
 from ... import EncoderConfig, EncoderForMaskedLM, MLMCollator, load_text_dataset, pack_for_mlm
 from ...baselines import bert_for_masked_lm
 from ...data import parse_named_source
+from ...data.streaming import StreamedExamples, mlm_blocks, stream_text_dataset
 from ...run_folder import start_run
 from ...training import LOSS_METRICS, TrainingConfig, train
 from ..harness import first_n, parameter_count, parse_arguments, run_tokenizer, write_results
@@ -83,6 +84,10 @@ class DataArguments:
     mlm_probability: float = 0.3
     whole_word_mask: bool = False
     num_proc: int = 2
+    streaming: bool = field(
+        default=False, metadata={"help": "Read, tokenize and pack the corpus on the fly (the budget in max_steps)."}
+    )
+    shuffle_buffer: int = field(default=10_000, metadata={"help": "Blocks a streamed run shuffles among."})
 
 
 def load_eval_sets(data: DataArguments, tokenizer) -> dict:
@@ -93,6 +98,26 @@ def load_eval_sets(data: DataArguments, tokenizer) -> dict:
         documents = first_n(documents, data.max_eval_documents)
         sets[name] = pack_for_mlm(documents, tokenizer, data.block_size, num_proc=data.num_proc)
     return sets
+
+
+def load_documents(data: DataArguments):
+    """The training split's documents: a `datasets.Dataset`, or a stream of them (`--streaming`)."""
+    if data.streaming:
+        return stream_text_dataset(data.train_data, data.train_split, text_column=data.text_column)
+    corpus = load_text_dataset(data.train_data, text_column=data.text_column)
+    if data.train_split not in corpus:
+        raise ValueError(f"{data.train_data!r} has no split {data.train_split!r}: {list(corpus)}.")
+    return corpus[data.train_split]
+
+
+def training_blocks(documents, tokenizer, data: DataArguments, state: PartialState, seed: int):
+    """The documents packed into blocks: all of them now, or on the fly, this process's part (`--streaming`)."""
+    if not data.streaming:
+        return pack_for_mlm(documents, tokenizer, data.block_size, data.text_column, data.num_proc)
+    make = mlm_blocks(tokenizer, data.block_size, data.text_column)
+    return StreamedExamples(
+        documents, make, state.process_index, state.num_processes, seed, data.shuffle_buffer, data.text_column
+    )
 
 
 def build_model(args: ModelArguments, tokenizer) -> PreTrainedModel:
@@ -127,10 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     state = PartialState()
     with state.main_process_first():  # one process tokenizes and fills the datasets cache, the others read it
-        corpus = load_text_dataset(data_args.train_data, text_column=data_args.text_column)
-        if data_args.train_split not in corpus:
-            raise ValueError(f"{data_args.train_data!r} has no split {data_args.train_split!r}: {list(corpus)}.")
-        train_documents = corpus[data_args.train_split]
+        train_documents = load_documents(data_args)
         tokenizer = run_tokenizer(
             run,
             data_args.tokenizer or model_args.init_from,
@@ -140,9 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
             max_rows=data_args.tokenizer_training_documents,
             model_max_length=data_args.block_size,
         )
-        blocks = pack_for_mlm(
-            train_documents, tokenizer, data_args.block_size, data_args.text_column, data_args.num_proc
-        )
+        blocks = training_blocks(train_documents, tokenizer, data_args, state, training.seed)
         eval_sets = load_eval_sets(data_args, tokenizer)
 
     model = build_model(model_args, tokenizer)
@@ -171,11 +191,9 @@ def main(argv: list[str] | None = None) -> dict:
         return metrics
 
     result = train(model, blocks, collator, run, tokenizer, evaluate)
-    summary = {
-        **asdict(result),
-        "parameters": parameter_count(model),
-        "train_tokens_per_epoch": sum(map(len, blocks["input_ids"])),
-    }
+    summary = {**asdict(result), "parameters": parameter_count(model)}
+    if not data_args.streaming:
+        summary["train_tokens_per_epoch"] = sum(map(len, blocks["input_ids"]))
     if state.is_main_process:
         write_results(run.path, summary)
         logger.info("done: %s", json.dumps(summary))

@@ -1,0 +1,200 @@
+"""Streamed training data: text read, tokenized and packed on the fly, for corpora too big to prepare before step one.
+
+    documents = stream_text_dataset("../shared/data/imdb", split="unsup")     # or a Hub id; nothing is cached
+    blocks = StreamedExamples(documents, mlm_blocks(tokenizer, 512), process_index=0, num_processes=1, seed=0)
+    train(model, blocks, MLMCollator(tokenizer), run)                        # the shared loop, --max_steps
+
+The examples are those of the map-style path (`pack_for_mlm`, `prepare_translation`, ...: the same functions, on
+batches of the same 1,000 documents), shuffled in a seeded buffer of `buffer_size` examples. Each process reads its
+own part of the stream (`datasets.distributed.split_dataset_by_node`: whole files where they divide evenly, else
+every n-th document), so the processes together read the corpus once per epoch, without overlap; when a process
+reaches the end of its part it starts its next epoch, so a streamed run is measured in steps, not epochs.
+
+Its position is a `state_dict()`: the stream's (`datasets`' own: file and row), the examples made but not yet served
+and the shuffle buffer's content and generator. The loop saves it with every checkpoint, so a resumed run serves
+exactly the examples an uninterrupted one would, without going through the epoch again. A file that turns out to be
+truncated or undecodable mid-stream stops the run with its name and row; the checkpoints written before stay whole.
+"""
+
+import gzip
+import logging
+import os
+import random
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import IterableDataset, load_dataset
+from datasets.distributed import split_dataset_by_node
+from transformers import PreTrainedTokenizerBase
+
+from .loading import _file_format, _hub_offline, _local_files, _split_name, is_local
+
+logger = logging.getLogger(__name__)
+
+DOCUMENTS_PER_BATCH = 1000  # what `datasets.map(batched=True)` hands the map-style path's functions at a time
+
+
+def stream_text_dataset(
+    spec: str | os.PathLike, split: str = "train", name: str | None = None, text_column: str = "text"
+) -> IterableDataset:
+    """One split of local files (a folder, file or glob, as `load_text_dataset` reads them) or of a Hub data set, as a
+    `datasets` stream: nothing is downloaded whole or cached. Rows whose `text_column` is empty are dropped (and
+    counted, per epoch, by `StreamedExamples`)."""
+    if not is_local(spec):
+        if _hub_offline():
+            raise ConnectionError(f"Cannot stream {spec!r}: HF_HUB_OFFLINE is set and streaming needs the Hub.")
+        return load_dataset(str(spec), name, split=split, streaming=True)
+    named = not Path(spec).is_dir()
+    files = [
+        path for path in _local_files(spec) if _file_format(path, named) and (named or _split_name(path) == split)
+    ]
+    if not files:
+        raise FileNotFoundError(f"{str(spec)!r} holds no files of split {split!r} to stream.")
+    builders = {_file_format(path, named) for path in files}
+    if len(builders) != 1:
+        raise ValueError(f"Cannot stream {spec}: the split's files are of several formats ({sorted(builders)}).")
+    builder = builders.pop()
+    options = {"delimiter": "\t", "quoting": 3, "keep_default_na": False} if builder == "csv" else {}
+    stream = load_dataset(
+        builder, data_files={split: [str(path) for path in files]}, split=split, streaming=True, **options
+    )
+    stream.info.description = "\n".join(map(str, files))  # where a row comes from, for errors
+    return stream
+
+
+def mlm_blocks(tokenizer: PreTrainedTokenizerBase, block_size: int, text_column: str = "text") -> Callable:
+    """What `pack_for_mlm` makes of a batch of documents: `[CLS] doc [SEP]` pieces packed into blocks."""
+    from .preparation import _pack_documents
+
+    def make(batch: dict) -> list[dict]:
+        packed = _pack_documents(batch, tokenizer, block_size, text_column)
+        return [
+            {"input_ids": ids, "lengths": lengths}
+            for ids, lengths in zip(packed["input_ids"], packed["lengths"], strict=True)
+        ]
+
+    return make
+
+
+class StreamError(ValueError):
+    """A streamed file could not be read on (truncated, corrupt, undecodable)."""
+
+
+class StreamedExamples(torch.utils.data.IterableDataset):
+    """Training examples made on the fly from a `datasets` stream of documents (this process's part of it), shuffled
+    in a seeded buffer; `state_dict()` / `load_state_dict()` save and restore the exact position.
+
+    Args:
+        documents: the stream (`stream_text_dataset`), read `DOCUMENTS_PER_BATCH` documents at a time.
+        make: a batch of documents (a dict of columns) -> the examples made of them, in order (`mlm_blocks`).
+        process_index, num_processes: which part of the stream this process reads.
+        seed: the shuffle buffer's generator (each process draws its own, from `seed` and its index).
+        buffer_size: examples held for shuffling (0: served in stream order).
+        text_column: documents with an empty text here are dropped and counted.
+    """
+
+    def __init__(
+        self,
+        documents: IterableDataset,
+        make: Callable[[dict], list[dict]],
+        process_index: int = 0,
+        num_processes: int = 1,
+        seed: int = 0,
+        buffer_size: int = 10_000,
+        text_column: str = "text",
+    ):
+        self.documents = split_dataset_by_node(documents, process_index, num_processes)
+        self.files = (documents.info.description or "").splitlines()
+        self.make, self.buffer_size, self.text_column = make, buffer_size, text_column
+        self.generator = random.Random(seed * 1_000_003 + process_index)
+        self.epoch, self.pending, self.buffer, self.dropped = 0, [], [], 0
+        self.source_state = None  # the stream's position after the documents that made `pending` and `buffer`
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "source": self.source_state,
+            "pending": [{key: np.asarray(value) for key, value in example.items()} for example in self.pending],
+            "buffer": [{key: np.asarray(value) for key, value in example.items()} for example in self.buffer],
+            "generator": self.generator.getstate(),
+            "dropped": self.dropped,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.source_state, self.dropped = state["epoch"], state["source"], state["dropped"]
+        self.pending = [{key: value.tolist() for key, value in example.items()} for example in state["pending"]]
+        self.buffer = [{key: value.tolist() for key, value in example.items()} for example in state["buffer"]]
+        self.generator.setstate(state["generator"])
+
+    def __iter__(self) -> Iterator[dict]:
+        """The examples, epoch after epoch, without end."""
+        while True:
+            made = 0
+            for example in self.made():
+                made += 1
+                if not self.buffer_size:
+                    yield example
+                    continue
+                self.buffer.append(example)
+                if len(self.buffer) >= self.buffer_size:
+                    yield self.take()
+            if not made and not self.buffer:
+                raise ValueError(f"This process's part of the stream holds no documents (epoch {self.epoch}).")
+            logger.info("stream: epoch %d done (%d empty documents dropped)", self.epoch, self.dropped)
+            self.epoch, self.source_state, self.dropped = self.epoch + 1, None, 0
+
+    def take(self) -> dict:
+        """A random example out of the buffer (swapped with the last, which is cheaper than a removal)."""
+        index = self.generator.randrange(len(self.buffer))
+        self.buffer[index], self.buffer[-1] = self.buffer[-1], self.buffer[index]
+        return self.buffer.pop()
+
+    def made(self) -> Iterator[dict]:
+        """This epoch's examples in stream order, starting where the state says (`pending` first)."""
+        self.documents.set_epoch(self.epoch)
+        if self.source_state is not None:
+            self.documents.load_state_dict(self.source_state)
+        rows = iter(self.documents)
+        while True:
+            while self.pending:
+                yield self.pending.pop(0)
+            batch = self.read(rows)
+            if not batch:
+                return
+            self.pending = self.make({column: [row[column] for row in batch] for column in batch[0]})
+            self.source_state = self.documents.state_dict()
+
+    def read(self, rows: Iterator[dict]) -> list[dict]:
+        """The next documents (up to DOCUMENTS_PER_BATCH, empty texts dropped), or a StreamError naming the file."""
+        batch = []
+        while len(batch) < DOCUMENTS_PER_BATCH:
+            try:
+                row = next(rows)
+            except StopIteration:
+                break
+            except (EOFError, OSError, UnicodeDecodeError, zlib.error, gzip.BadGzipFile) as error:
+                raise StreamError(self.where(error)) from error
+            text = row.get(self.text_column)
+            if text is None or not str(text).strip():
+                self.dropped += 1
+                continue
+            batch.append(row)
+        return batch
+
+    def where(self, error: Exception) -> str:
+        """Which file and row the stream failed in, from its state."""
+        state = self.documents.state_dict()
+        while "examples_iterable" in state:
+            state = state["examples_iterable"]
+        shard, row = state.get("shard_idx", 0), state.get("shard_example_idx", 0)
+        name = self.files[shard] if shard < len(self.files) else f"shard {shard} of the stream"
+        return (
+            f"Cannot read {name} on after row {row} (line {row + 1} of a text file): it is truncated or corrupt "
+            f"({type(error).__name__}: {error}). The checkpoints written before are whole: fix the file and resume."
+        )
+
+
+__all__ = ["StreamError", "StreamedExamples", "mlm_blocks", "stream_text_dataset"]

@@ -1,0 +1,143 @@
+"""Streamed training data: the map-style path's blocks, made on the fly; each process its own part of the corpus,
+once per epoch; an exact position to resume from, also across a killed two-process run; a truncated file named."""
+
+import gzip
+import json
+import os
+import pickle
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import CONFIGS, run_script, wordpiece_tokenizer
+from test_training import ACCELERATE, JOB, ROOT, losses
+
+from hf_encoders.data import (
+    StreamedExamples,
+    StreamError,
+    load_text_dataset,
+    mlm_blocks,
+    pack_for_mlm,
+    stream_text_dataset,
+)
+from hf_encoders.run_folder import checkpoints
+
+WORDS = "the a cat dog sat on mat ran in park big small red blue and with".split()
+
+
+def document(i: int) -> str:
+    """A document of 3-40 words, different for every i; every 97th is empty (dropped, and counted)."""
+    if i % 97 == 13:
+        return ""
+    return " ".join(WORDS[(i * 7 + k * k) % len(WORDS)] for k in range(3 + i % 38))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """2,500 documents (three batches of the map-style path) as train.txt, and a validation split."""
+    folder = tmp_path_factory.mktemp("corpus")
+    (folder / "train.txt").write_text("".join(document(i) + "\n" for i in range(2500)))
+    (folder / "validation.txt").write_text("the cat sat\n")
+    return folder
+
+
+def texts(stream) -> list[str]:
+    """One epoch of a stream whose examples are its documents (a `make` that keeps them)."""
+    served = []
+    for example in stream.made():
+        served.append(example["text"])
+    return served
+
+
+def keep_documents(batch: dict) -> list[dict]:
+    return [{"text": text} for text in batch["text"]]
+
+
+def test_streamed_blocks_are_the_map_style_blocks(corpus, caplog):
+    tokenizer = wordpiece_tokenizer()
+    mapped = pack_for_mlm(load_text_dataset(corpus)["train"], tokenizer, block_size=64)
+    stream = StreamedExamples(stream_text_dataset(corpus, "train"), mlm_blocks(tokenizer, 64), buffer_size=0)
+    streamed = [example for _, example in zip(range(len(mapped)), stream, strict=False)]
+    assert [block["input_ids"] for block in streamed] == mapped["input_ids"]
+    assert [block["lengths"] for block in streamed] == mapped["lengths"]
+    assert stream.dropped == len([i for i in range(2500) if not document(i)])  # counted, as the map-style path does
+
+
+@pytest.mark.parametrize("files", [1, 2], ids=["rows-split", "files-split"])
+def test_two_processes_read_the_corpus_once_per_epoch(files, tmp_path):
+    documents = [f"doc{i} {document(i)}" for i in range(1200)]
+    for part in range(files):
+        (tmp_path / f"train-{part}.txt").write_text("".join(text + "\n" for text in documents[part::files]))
+    spec = str(tmp_path / "train-*.txt")
+    parts = [
+        texts(StreamedExamples(stream_text_dataset(spec), keep_documents, rank, 2, buffer_size=0)) for rank in (0, 1)
+    ]
+    assert sorted(parts[0] + parts[1]) == sorted(documents)  # every document once: none lost, none twice
+    assert abs(len(parts[0]) - len(parts[1])) <= len(documents) // 10
+
+
+def test_the_state_resumes_exactly_across_an_epoch_boundary(corpus):
+    def stream():
+        return StreamedExamples(stream_text_dataset(corpus, "train"), keep_documents, seed=3, buffer_size=50)
+
+    uninterrupted = iter(stream())
+    served = [next(uninterrupted)["text"] for _ in range(3000)]  # one epoch is 2,474 documents
+    first = stream()
+    head = iter(first)
+    assert [next(head)["text"] for _ in range(1137)] == served[:1137]
+    state = pickle.loads(pickle.dumps(first.state_dict()))  # as a checkpoint holds it
+    resumed = stream()
+    resumed.load_state_dict(state)
+    tail = iter(resumed)
+    assert [next(tail)["text"] for _ in range(3000 - 1137)] == served[1137:]
+    assert served[:100] != [document(i) for i in range(100) if document(i)][:100]  # shuffled
+
+
+def test_a_truncated_stream_names_its_file_and_row(tmp_path):
+    content = gzip.compress("".join(document(i) + "\n" for i in range(3000)).encode())
+    (tmp_path / "train.txt.gz").write_bytes(content[: len(content) // 2])
+    stream = StreamedExamples(stream_text_dataset(tmp_path, "train"), keep_documents, buffer_size=0)
+    with pytest.raises(StreamError, match=r"Cannot read .*train\.txt\.gz on after row \d+ .*truncated or corrupt"):
+        texts(stream)
+
+
+def launch(output_dir: Path, corpus: Path, *flags: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    launcher = [
+        str(ACCELERATE),
+        *"launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no".split(),
+        *("--main_process_port", "29537"),
+    ]
+    command = [*launcher, str(JOB), "--output_dir", str(output_dir), "--log_every", "1", "--max_steps", "8", *flags]
+    environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_ENCODERS_TEST_STREAM": str(corpus), **(env or {})}
+    return subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=ROOT, env=environment)
+
+
+def test_a_killed_streamed_run_resumes_with_the_batches_of_an_uninterrupted_one(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(" ".join(f"t{(i * 13 + k) % 59}" for k in range(5 + i % 17)) + "\n" for i in range(300)))
+    flags = ["--per_device_batch_size", "2", "--save_every", "3"]
+    done = launch(tmp_path / "whole", corpus, *flags)
+    assert done.returncode == 0, done.stderr[-4000:]
+    killed = launch(tmp_path / "resumed", corpus, *flags, env={"HF_ENCODERS_TEST_CRASH_AT_BATCH": "8"})
+    assert killed.returncode != 0 and checkpoints(tmp_path / "resumed")[-1].name == "checkpoint-6"
+    done = launch(tmp_path / "resumed", corpus, *flags, "--resume", "true")
+    assert done.returncode == 0, done.stderr[-4000:]
+    whole, resumed = losses(tmp_path / "whole"), losses(tmp_path / "resumed")
+    assert len(whole) == 8 and resumed == whole  # the same batches, in the same order, after the resume too
+    assert {path.name for path in (tmp_path / "resumed" / "checkpoint-8").glob("data_state_*")} == {
+        "data_state_0.pkl",
+        "data_state_1.pkl",
+    }
+
+
+def test_pretraining_streams_its_corpus(corpus, tmp_path):
+    flags = ["--config", str(CONFIGS / "mlm_tiny.yaml"), "--train_data", str(corpus), "--train_split", "train"]
+    flags += ["--eval_data", f"corpus={corpus}:validation", "--vocab_size", "120", "--block_size", "64"]
+    flags += ["--streaming", "true", "--shuffle_buffer", "32", "--num_epochs", "0", "--best_metric", "corpus/loss"]
+    run_script("pretrain_mlm.py", *flags, "--max_steps", "4", "--output_dir", str(tmp_path / "run"))
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["steps"] == 4 and results["tokens_seen"] > 0 and "train_tokens_per_epoch" not in results
+    with pytest.raises(ValueError, match="A streamed training set has no known length: give the run's budget as"):
+        run_script(
+            "pretrain_mlm.py", *flags, "--max_steps", "0", "--num_epochs", "1", "--output_dir", str(tmp_path / "e")
+        )
