@@ -289,7 +289,8 @@ def build_accelerator(run: RunFolder) -> Accelerator:
 def command_line() -> str:
     """How this process was started, as a shell line (an installed command by its name: `hf-encoders finetune ...`)."""
     program = Path(sys.argv[0])
-    return shlex.join([program.name if program.is_absolute() else str(program), *sys.argv[1:]])
+    installed = program.is_absolute() or program.parent.name == "bin"
+    return shlex.join([program.name if installed else str(program), *sys.argv[1:]])
 
 
 def run_settings(run: RunFolder, model: PreTrainedModel, accelerator: Accelerator) -> dict:
