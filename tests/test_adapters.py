@@ -27,6 +27,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassificati
 from hf_encoders import EncoderForMaskedLM, EncoderForSequenceClassification, Seq2SeqConfig
 from hf_encoders import Seq2SeqForConditionalGeneration as Seq2Seq
 from hf_encoders.adapters import LoraArguments, load_adapted, with_lora
+from hf_encoders.cards import build_model_card
 from hf_encoders.cli import main as cli
 from hf_encoders.hub import push_to_hub, upload_plan
 from hf_encoders.testing.local_hub import LocalHub
@@ -196,6 +197,10 @@ def test_lora_adapts_the_encoder_decoder_and_merges_into_the_same_translations(l
     assert torch.equal(
         adapted.generate(**inputs, num_beams=3, **start), merged.generate(**inputs, num_beams=3, **start)
     )
+
+    card = build_model_card(output, repo_id="org/de-en-lora", base_model="org/de-en")
+    assert card.data.library_name == "peft" and card.data.base_model == "org/de-en"
+    assert 'AutoPeftModelForSeq2SeqLM.from_pretrained("org/de-en-lora")' in card.text
 
 
 def test_lora_translation_needs_a_trained_model():
