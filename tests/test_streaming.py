@@ -11,15 +11,20 @@ from pathlib import Path
 import pytest
 from conftest import CONFIGS, run_script, wordpiece_tokenizer
 from test_training import ACCELERATE, JOB, ROOT, losses
+from transformers import AutoTokenizer
 
+from hf_encoders.cards import build_model_card
 from hf_encoders.data import (
     StreamedExamples,
     StreamError,
+    load_parallel_dataset,
     load_text_dataset,
     mlm_blocks,
     pack_for_mlm,
+    prepare_translation,
     stream_text_dataset,
 )
+from hf_encoders.data.streaming import stream_parallel_dataset, translation_pairs
 from hf_encoders.run_folder import checkpoints
 
 WORDS = "the a cat dog sat on mat ran in park big small red blue and with".split()
@@ -141,3 +146,26 @@ def test_pretraining_streams_its_corpus(corpus, tmp_path):
         run_script(
             "pretrain_mlm.py", *flags, "--max_steps", "0", "--num_epochs", "1", "--output_dir", str(tmp_path / "e")
         )
+
+
+def test_streamed_pairs_are_the_map_style_pairs(translation_run, handful):
+    tokenizer = AutoTokenizer.from_pretrained(translation_run[0] / "best")
+    limits = {"max_source_length": 64, "max_target_length": 9}  # some targets are cut, keeping their </s>
+    mapped = prepare_translation(load_parallel_dataset(handful, "de", "en")["train"], tokenizer, "de", "en", **limits)
+    make = translation_pairs(tokenizer, "de", "en", **limits)
+    stream = StreamedExamples(
+        stream_parallel_dataset(handful, "de", "en"), make, buffer_size=0, text_column=("de", "en")
+    )
+    streamed = [example for _, example in zip(range(len(mapped)), stream, strict=False)]
+    assert [pair["input_ids"] for pair in streamed] == mapped["input_ids"]
+    assert [pair["labels"] for pair in streamed] == mapped["labels"] and max(map(len, mapped["labels"])) == 9
+
+
+def test_translation_streams_its_training_pairs(translation_run, handful, tmp_path):
+    flags = ["--config", str(CONFIGS / "translation_tiny.yaml"), "--data", str(handful), "--streaming", "true"]
+    flags += ["--tokenizer", str(translation_run[0] / "best"), "--shuffle_buffer", "4", "--max_steps", "4"]
+    flags += ["--num_epochs", "0", "--per_device_batch_size", "4", "--output_dir", str(tmp_path / "run")]
+    run_script("train_translation.py", *flags)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["train"]["steps"] == 4 and results["train_pairs"] is None and results["test"]["examples"] == 8
+    assert "streamed training pairs" in " ".join(str(build_model_card(tmp_path / "run", repo_id="org/s")).split())

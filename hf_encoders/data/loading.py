@@ -18,6 +18,7 @@ import os
 import socket
 import zlib
 from collections import defaultdict
+from collections.abc import Collection
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -325,6 +326,7 @@ def load_parallel_dataset(
     name: str | None = None,
     validation_fraction: float = 0.05,
     seed: int = 0,
+    splits: Collection[str] | None = None,
 ) -> DatasetDict:
     """Sentence pairs as a `DatasetDict` whose columns are the two language codes (`en`, `de`).
 
@@ -332,12 +334,14 @@ def load_parallel_dataset(
         spec: a directory of aligned `{split}.{lang}[.gz]` files (train.en.gz <-> train.de.gz); or a Hub id, or local
             jsonl/parquet/tsv files, with a `translation` column of `{lang: text}` dicts or one column per language.
         src, tgt: language codes. Pairs with an empty side are dropped and counted.
+        splits: read only these splits of aligned files (a streamed run reads its training split elsewhere).
     """
     if src == tgt:
         raise ValueError(f"Source and target language are both {src!r}.")
     aligned = aligned_files(spec) if is_local(spec) else {}
     if aligned:
-        dataset = _load_aligned(spec, aligned, src, tgt)
+        wanted = {split: files for split, files in aligned.items() if splits is None or split in splits}
+        dataset = _load_aligned(spec, wanted, src, tgt)
     else:  # a Hub id, or local jsonl/parquet/tsv files with a `translation` column or one column per language
         dataset = (
             load_text_dataset(spec, name=name, text_column=None)

@@ -17,6 +17,7 @@ truncated or undecodable mid-stream stops the run with its name and row; the che
 """
 
 import gzip
+import itertools
 import logging
 import os
 import random
@@ -30,7 +31,8 @@ from datasets import IterableDataset, load_dataset
 from datasets.distributed import split_dataset_by_node
 from transformers import PreTrainedTokenizerBase
 
-from .loading import _file_format, _hub_offline, _local_files, _split_name, is_local
+from ..tokenization import language_tag, target_language_token
+from .loading import _file_format, _hub_offline, _local_files, _split_name, aligned_files, is_local
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,72 @@ def stream_text_dataset(
     return stream
 
 
+def _aligned_lines(sources: list[str], targets: list[str], src: str, tgt: str) -> Iterator[dict]:
+    """The pairs of aligned files, line by line, both sides in step; files of different lengths are an error."""
+    for source, target in zip(sources, targets, strict=True):
+        opener = [gzip.open if name.endswith(".gz") else open for name in (source, target)]
+        with opener[0](source, "rt", encoding="utf-8") as left, opener[1](target, "rt", encoding="utf-8") as right:
+            for number, (line, other) in enumerate(itertools.zip_longest(left, right), start=1):
+                if line is None or other is None:
+                    raise ValueError(f"Parallel files differ in length: {source} and {target} part at line {number}.")
+                yield {src: line.rstrip("\n"), tgt: other.rstrip("\n")}
+
+
+def stream_parallel_dataset(
+    spec: str | os.PathLike, src: str, tgt: str, split: str = "train", name: str | None = None
+) -> IterableDataset:
+    """One split of sentence pairs as a stream with columns `src` and `tgt`: aligned `{split}.{language}[.gz]` files
+    read side by side, or a Hub id / local jsonl or parquet files with a `translation` column or a column per
+    language (as `load_parallel_dataset` reads them)."""
+    aligned = aligned_files(spec).get(split, {}) if is_local(spec) else {}
+    if aligned:
+        if src not in aligned or tgt not in aligned:
+            raise ValueError(f"{str(spec)!r} has no {src}-{tgt} pair of {split!r} files: {sorted(aligned)}.")
+        files = {"sources": [str(aligned[src])], "targets": [str(aligned[tgt])], "src": src, "tgt": tgt}
+        stream = IterableDataset.from_generator(_aligned_lines, gen_kwargs=files)
+        stream.info.description = str(aligned[src])
+        return stream
+    stream = stream_text_dataset(spec, split, name)
+
+    def columns(batch: dict) -> dict:
+        if "translation" in batch:
+            return {language: [pair[language] for pair in batch["translation"]] for language in (src, tgt)}
+        return {language: batch[language] for language in (src, tgt)}
+
+    return stream.map(columns, batched=True, remove_columns=stream.column_names)
+
+
+def translation_pairs(
+    tokenizer: PreTrainedTokenizerBase,
+    src: str,
+    tgt: str,
+    max_source_length: int,
+    max_target_length: int,
+    overlong: str = "truncate",
+) -> Callable:
+    """What `prepare_translation` makes of a batch of pairs: source + `</s>`, `<2tgt>` + target + `</s>`; pairs over
+    the limits cut to them or left out (`overlong`), counted in the log batch by batch."""
+    from .preparation import _pair_fits, _tokenize_pairs, _truncate_pair
+
+    if overlong not in ("truncate", "drop"):
+        raise ValueError(f"overlong={overlong!r} is not supported; choose 'truncate' or 'drop'.")
+    tag = target_language_token(tokenizer, tgt)
+    if tag is None:
+        raise ValueError(f"Unknown target language {tgt!r}: the tokenizer has no {language_tag(tgt)!r} tag.")
+    limits = {"max_source_length": max_source_length, "max_target_length": max_target_length}
+
+    def make(batch: dict) -> list[dict]:
+        tokenized = _tokenize_pairs(batch, tokenizer, src, tgt, tag)
+        pairs = [dict(zip(tokenized, row, strict=True)) for row in zip(*tokenized.values(), strict=True)]
+        fitting = [pair for pair in pairs if _pair_fits(pair, **limits)]
+        if too_long := len(pairs) - len(fitting):
+            done = "truncated" if overlong == "truncate" else "dropped"
+            logger.info("stream: %d of %d pairs over the length limits were %s", too_long, len(pairs), done)
+        return [_truncate_pair(pair, **limits) for pair in pairs] if overlong == "truncate" else fitting
+
+    return make
+
+
 def mlm_blocks(tokenizer: PreTrainedTokenizerBase, block_size: int, text_column: str = "text") -> Callable:
     """What `pack_for_mlm` makes of a batch of documents: `[CLS] doc [SEP]` pieces packed into blocks."""
     from .preparation import _pack_documents
@@ -93,7 +161,7 @@ class StreamedExamples(torch.utils.data.IterableDataset):
         process_index, num_processes: which part of the stream this process reads.
         seed: the shuffle buffer's generator (each process draws its own, from `seed` and its index).
         buffer_size: examples held for shuffling (0: served in stream order).
-        text_column: documents with an empty text here are dropped and counted.
+        text_column: documents with an empty text here (or in any of several columns) are dropped and counted.
     """
 
     def __init__(
@@ -104,11 +172,12 @@ class StreamedExamples(torch.utils.data.IterableDataset):
         num_processes: int = 1,
         seed: int = 0,
         buffer_size: int = 10_000,
-        text_column: str = "text",
+        text_column: str | tuple[str, ...] = "text",
     ):
         self.documents = split_dataset_by_node(documents, process_index, num_processes)
         self.files = (documents.info.description or "").splitlines()
-        self.make, self.buffer_size, self.text_column = make, buffer_size, text_column
+        self.make, self.buffer_size = make, buffer_size
+        self.text_columns = (text_column,) if isinstance(text_column, str) else tuple(text_column)
         self.generator = random.Random(seed * 1_000_003 + process_index)
         self.epoch, self.pending, self.buffer, self.dropped = 0, [], [], 0
         self.source_state = None  # the stream's position after the documents that made `pending` and `buffer`
@@ -177,8 +246,7 @@ class StreamedExamples(torch.utils.data.IterableDataset):
                 break
             except (EOFError, OSError, UnicodeDecodeError, zlib.error, gzip.BadGzipFile) as error:
                 raise StreamError(self.where(error)) from error
-            text = row.get(self.text_column)
-            if text is None or not str(text).strip():
+            if any(row.get(column) is None or not str(row[column]).strip() for column in self.text_columns):
                 self.dropped += 1
                 continue
             batch.append(row)
@@ -197,4 +265,11 @@ class StreamedExamples(torch.utils.data.IterableDataset):
         )
 
 
-__all__ = ["StreamError", "StreamedExamples", "mlm_blocks", "stream_text_dataset"]
+__all__ = [
+    "StreamError",
+    "StreamedExamples",
+    "mlm_blocks",
+    "stream_parallel_dataset",
+    "stream_text_dataset",
+    "translation_pairs",
+]

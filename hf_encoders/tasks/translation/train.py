@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
+from datasets import DatasetDict
 from transformers import AutoModelForSeq2SeqLM
 
 from ... import (
@@ -37,6 +38,7 @@ from ... import (
 )
 from ...adapters import LoraArguments, is_adapter, load_adapted, with_lora
 from ...baselines import marian_mt
+from ...data.streaming import StreamedExamples, stream_parallel_dataset, translation_pairs
 from ...run_folder import start_run
 from ...tokenization import seq2seq_token_ids
 from ...training import LOSS_METRICS, TrainingConfig, evaluate_loss, train
@@ -89,6 +91,10 @@ class DataArguments:
     overlong: str = field(default="truncate", metadata={"help": "Over-long pairs: truncate or drop (both logged)."})
     max_train_examples: int = field(default=0, metadata={"help": "Only the first N training pairs (0: all)."})
     num_proc: int | None = None
+    streaming: bool = field(
+        default=False, metadata={"help": "Read and tokenize the training pairs on the fly (the budget in max_steps)."}
+    )
+    shuffle_buffer: int = field(default=10_000, metadata={"help": "Pairs a streamed run shuffles among."})
 
 
 @dataclass
@@ -124,11 +130,17 @@ def translate_everywhere(model, state: PartialState, tokenizer, sources: list[st
     return gather_object(hypotheses) if state.num_processes > 1 else hypotheses
 
 
-def load_data(run, model_args: ModelArguments, data_args: DataArguments, eval_args: EvaluationArguments) -> tuple:
+def load_data(
+    run, model_args: ModelArguments, data_args: DataArguments, eval_args: EvaluationArguments, seed: int
+) -> tuple:
     """The sentence pairs (the training split cut to `max_train_examples`), the run's joint tokenizer and the pairs
-    tokenized: `(pairs, tokenizer, tokenized)`."""
+    tokenized: `(pairs, tokenizer, tokenized)`; with `streaming`, the training pairs are a stream, tokenized on the
+    fly (`StreamedExamples`)."""
     src, tgt = data_args.src, data_args.tgt
-    pairs = load_parallel_dataset(data_args.data, src, tgt)
+    evaluated = ("validation", eval_args.test_split) if data_args.streaming else None
+    pairs = load_parallel_dataset(data_args.data, src, tgt, splits=evaluated)
+    if data_args.streaming:
+        pairs = {**pairs, "train": stream_parallel_dataset(data_args.data, src, tgt)}
     for split in ("train", "validation", eval_args.test_split):
         if split not in pairs:
             raise ValueError(f"{data_args.data!r} has no {split!r} split of {src}-{tgt} pairs: {sorted(pairs)}.")
@@ -144,16 +156,15 @@ def load_data(run, model_args: ModelArguments, data_args: DataArguments, eval_ar
         languages=sorted((src, tgt)),
         model_max_length=data_args.max_source_length,
     )
-    tokenized = prepare_translation(
-        pairs,
-        tokenizer,
-        src,
-        tgt,
-        data_args.max_source_length,
-        data_args.max_target_length,
-        data_args.overlong,
-        data_args.num_proc,
-    )
+    limits = (data_args.max_source_length, data_args.max_target_length, data_args.overlong)
+    mapped = DatasetDict({name: split for name, split in pairs.items() if not data_args.streaming or name != "train"})
+    tokenized = prepare_translation(mapped, tokenizer, src, tgt, *limits, data_args.num_proc)
+    if data_args.streaming:
+        state = PartialState()
+        make = translation_pairs(tokenizer, src, tgt, *limits)
+        tokenized["train"] = StreamedExamples(
+            pairs["train"], make, state.process_index, state.num_processes, seed, data_args.shuffle_buffer, (src, tgt)
+        )
     return pairs, tokenizer, tokenized
 
 
@@ -252,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
     run = start_run(training, settings, [f"validation/{key}" for key in (*LOSS_METRICS, *TRANSLATION_SCORES)])
     state = PartialState()
     with state.main_process_first():  # one process reads and tokenizes, filling the datasets cache for the others
-        pairs, tokenizer, tokenized = load_data(run, model_args, data_args, eval_args)
+        pairs, tokenizer, tokenized = load_data(run, model_args, data_args, eval_args, training.seed)
 
     model = build_model(model_args, tokenizer)
     padding_free = isinstance(model, Seq2SeqForConditionalGeneration)  # Marian reads padded batches only
@@ -270,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
         "parameters": parameters,
         "trainable_parameters": parameter_count(model, trainable=True),
         "train": asdict(result),
-        "train_pairs": len(tokenized["train"]),
+        "train_pairs": None if data_args.streaming else len(tokenized["train"]),
         "test": test,
     }
     if state.is_main_process:
