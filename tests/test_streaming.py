@@ -17,14 +17,21 @@ from hf_encoders.cards import build_model_card
 from hf_encoders.data import (
     StreamedExamples,
     StreamError,
+    load_monolingual_dataset,
     load_parallel_dataset,
     load_text_dataset,
     mlm_blocks,
     pack_for_mlm,
+    prepare_denoising,
     prepare_translation,
     stream_text_dataset,
 )
-from hf_encoders.data.streaming import stream_parallel_dataset, translation_pairs
+from hf_encoders.data.streaming import (
+    denoising_segments,
+    stream_monolingual_dataset,
+    stream_parallel_dataset,
+    translation_pairs,
+)
 from hf_encoders.run_folder import checkpoints
 
 WORDS = "the a cat dog sat on mat ran in park big small red blue and with".split()
@@ -142,6 +149,8 @@ def test_pretraining_streams_its_corpus(corpus, tmp_path):
     run_script("pretrain_mlm.py", *flags, "--max_steps", "4", "--output_dir", str(tmp_path / "run"))
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["steps"] == 4 and results["tokens_seen"] > 0 and "train_tokens_per_epoch" not in results
+    card = " ".join(str(build_model_card(tmp_path / "run", repo_id="org/m")).split())
+    assert f"on the fly from the streamed text ({results['tokens_seen']:,} tokens seen)" in card
     with pytest.raises(ValueError, match="A streamed training set has no known length: give the run's budget as"):
         run_script(
             "pretrain_mlm.py", *flags, "--max_steps", "0", "--num_epochs", "1", "--output_dir", str(tmp_path / "e")
@@ -169,3 +178,26 @@ def test_translation_streams_its_training_pairs(translation_run, handful, tmp_pa
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["train"]["steps"] == 4 and results["train_pairs"] is None and results["test"]["examples"] == 8
     assert "streamed training pairs" in " ".join(str(build_model_card(tmp_path / "run", repo_id="org/s")).split())
+
+
+def test_streamed_segments_are_the_map_style_segments(translation_run, handful):
+    tokenizer = AutoTokenizer.from_pretrained(translation_run[0] / "best")
+    texts = load_monolingual_dataset(handful, "en", "train")["train"]
+    mapped = prepare_denoising(texts, tokenizer, "en", max_length=12)  # some sentences are cut
+    make = denoising_segments(tokenizer, 12)
+    stream = StreamedExamples(stream_monolingual_dataset(handful, "en"), make, buffer_size=0)
+    streamed = [example for _, example in zip(range(len(mapped)), stream, strict=False)]
+    for column in ("input_ids", "labels", "sentence_lengths"):
+        assert [segment[column] for segment in streamed] == mapped[column]
+
+
+def test_denoising_streams_its_texts(handful, tmp_path):
+    flags = ["--config", str(CONFIGS / "denoising_multi30k.yaml"), "--texts", f"en={handful}", f"de={handful}"]
+    flags += ["--vocab_size", "150", "--max_steps", "3", "--num_epochs", "0", "--per_device_batch_size", "4"]
+    flags += ["--streaming", "true", "--shuffle_buffer", "4", "--output_dir", str(tmp_path / "denoising")]
+    flags += ["--eval_every", "0", "--eval_max_examples", "4", "--best_metric", f"{handful.name}.en/loss"]
+    run_script("pretrain_denoising.py", *flags)
+    results = json.loads((tmp_path / "denoising" / "results.json").read_text())
+    assert results["steps"] == 3 and "train_segments" not in results
+    card = " ".join(str(build_model_card(tmp_path / "denoising", repo_id="org/d")).split())
+    assert "made on the fly from the streamed texts" in card

@@ -133,6 +133,39 @@ def translation_pairs(
     return make
 
 
+def stream_monolingual_dataset(spec: str | os.PathLike, language: str, split: str = "train") -> IterableDataset:
+    """One language's texts as a stream with columns `text` and `language`: the `language` side of aligned parallel
+    files, or whatever `stream_text_dataset` reads (as `load_monolingual_dataset` reads them)."""
+    aligned = aligned_files(spec).get(split, {}) if is_local(spec) else {}
+    if aligned and language not in aligned:
+        raise ValueError(f"{str(spec)!r} has no {language!r} side of split {split!r}: {sorted(aligned)}.")
+    stream = stream_text_dataset(aligned[language] if aligned else spec, split)
+    return stream.map(lambda batch: {"language": [language] * len(batch["text"])}, batched=True)
+
+
+def denoising_segments(tokenizer: PreTrainedTokenizerBase, max_length: int) -> Callable:
+    """What `prepare_denoising` makes of a batch of documents (each with its `language`): sentences gathered into
+    segments of at most `max_length` tokens, the target tagged with the language; long sentences cut, and counted."""
+    from .preparation import SENTENCE_END, _denoising_segments
+
+    def make(batch: dict) -> list[dict]:
+        made = []
+        for language in dict.fromkeys(batch["language"]):  # the batch's languages, in order
+            tag = target_language_token(tokenizer, language)
+            if tag is None:
+                raise ValueError(
+                    f"Unknown language {language!r}: the tokenizer has no {language_tag(language)!r} tag."
+                )
+            texts = [text for text, lang in zip(batch["text"], batch["language"], strict=True) if lang == language]
+            segments = _denoising_segments({"text": texts}, tokenizer, tag, max_length, "text", SENTENCE_END)
+            if cut := sum(segments.pop("cut_sentences")):
+                logger.info("stream: %d %s sentences longer than %d tokens were cut", cut, language, max_length - 2)
+            made += [dict(zip(segments, row, strict=True)) for row in zip(*segments.values(), strict=True)]
+        return made
+
+    return make
+
+
 def mlm_blocks(tokenizer: PreTrainedTokenizerBase, block_size: int, text_column: str = "text") -> Callable:
     """What `pack_for_mlm` makes of a batch of documents: `[CLS] doc [SEP]` pieces packed into blocks."""
     from .preparation import _pack_documents
@@ -268,7 +301,9 @@ class StreamedExamples(torch.utils.data.IterableDataset):
 __all__ = [
     "StreamError",
     "StreamedExamples",
+    "denoising_segments",
     "mlm_blocks",
+    "stream_monolingual_dataset",
     "stream_parallel_dataset",
     "stream_text_dataset",
     "translation_pairs",

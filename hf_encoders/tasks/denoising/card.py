@@ -118,9 +118,14 @@ def card_section(run: RunRecord) -> CardSection:
             intended_use=intended_use,
             auto_class="AutoModelForSeq2SeqLM",
             train_description=(
-                f"{', '.join(name for _, _, name in sources)}: {run.results['train_segments']:,} segments of whole "
-                f"sentences, at most {data['max_length']} tokens each "
-                f"({run.results['train_tokens_per_epoch']:,} target tokens per epoch)"
+                f"{', '.join(name for _, _, name in sources)}: segments of whole sentences, at most "
+                f"{data['max_length']} tokens each, "
+                + (
+                    f"made on the fly from the streamed texts ({run.train_results['tokens_seen']:,} tokens seen)"
+                    if data.get("streaming")
+                    else f"{run.results['train_segments']:,} of them "
+                    f"({run.results['train_tokens_per_epoch']:,} target tokens per epoch)"
+                )
             ),
             eval_data=list(others.values()),
         ),

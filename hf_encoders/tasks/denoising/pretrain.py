@@ -40,6 +40,7 @@ from ... import (
     translate,
 )
 from ...data import monolingual_source_name, parse_named_source
+from ...data.streaming import StreamedExamples, denoising_segments, stream_monolingual_dataset
 from ...modeling_seq2seq_vae import gaussian_kl
 from ...run_folder import start_run
 from ...training import LOSS_METRICS, TrainingConfig, evaluate_loss, train
@@ -61,6 +62,10 @@ class DataArguments:
     vocab_size: int = 8000
     max_length: int = field(default=128, metadata={"help": "Tokens per segment, language tag and </s> included."})
     num_proc: int | None = None
+    streaming: bool = field(
+        default=False, metadata={"help": "Read and segment the training texts on the fly (the budget in max_steps)."}
+    )
+    shuffle_buffer: int = field(default=10_000, metadata={"help": "Segments a streamed run shuffles among."})
 
 
 @dataclass
@@ -162,11 +167,17 @@ def metric_names(sources: list, latent_size: int | None) -> list[str]:
 
 
 def load_documents(sources: list, data_args: DataArguments) -> dict:
-    """Each source's documents: name -> `(language, training documents, validation documents)`."""
+    """Each source's documents: name -> `(language, training documents, validation documents)`; with `streaming`,
+    the training documents are a stream."""
     documents = {}
     for language, spec, split in sources:
-        data = load_monolingual_dataset(spec, language, split)
-        train_texts = first_n(data[split], data_args.max_documents or None)  # 0: all
+        if data_args.streaming:
+            data = load_monolingual_dataset(spec, language, "validation")
+            train_texts = stream_monolingual_dataset(spec, language, split)
+        else:
+            data = load_monolingual_dataset(spec, language, split)
+            train_texts = data[split]
+        train_texts = first_n(train_texts, data_args.max_documents or None)  # 0: all
         documents[monolingual_source_name(language, spec)] = (language, train_texts, data["validation"])
     return documents
 
@@ -186,16 +197,26 @@ def denoising_tokenizer(run, documents: dict, sources: list, model_args: ModelAr
     )
 
 
-def prepare_segments(documents: dict, tokenizer, data_args: DataArguments, eval_args: EvaluationArguments) -> tuple:
-    """The training segments of all sources, and each source's validation segments (cut to `eval_max_examples`)."""
+def prepare_segments(
+    documents: dict, tokenizer, data_args: DataArguments, eval_args: EvaluationArguments, seed: int
+) -> tuple:
+    """The training segments of all sources (one after the other; with `streaming`, made on the fly), and each
+    source's validation segments (cut to `eval_max_examples`)."""
     segments, validation = [], {}
     for name, (language, train_texts, validation_texts) in documents.items():
-        segments.append(
-            prepare_denoising(train_texts, tokenizer, language, data_args.max_length, num_proc=data_args.num_proc)
-        )
+        if not data_args.streaming:
+            train_texts = prepare_denoising(
+                train_texts, tokenizer, language, data_args.max_length, num_proc=data_args.num_proc
+            )
+        segments.append(train_texts)
         held_out = prepare_denoising(validation_texts, tokenizer, language, data_args.max_length)
         validation[name] = first_n(held_out, eval_args.eval_max_examples or None)  # 0: all
-    return concatenate_datasets(segments), validation
+    if not data_args.streaming:
+        return concatenate_datasets(segments), validation
+    state, make = PartialState(), denoising_segments(tokenizer, data_args.max_length)
+    stream = concatenate_datasets(segments)
+    rank, processes = state.process_index, state.num_processes
+    return StreamedExamples(stream, make, rank, processes, seed, data_args.shuffle_buffer), validation
 
 
 def noise_settings(noise_args: NoiseArguments) -> dict:
@@ -281,7 +302,7 @@ def main(argv: list[str] | None = None) -> dict:
     with state.main_process_first():  # one process reads and tokenizes, filling the datasets cache for the others
         documents = load_documents(sources, data_args)
         tokenizer = denoising_tokenizer(run, documents, sources, model_args, data_args)
-        train_segments, validation = prepare_segments(documents, tokenizer, data_args, eval_args)
+        train_segments, validation = prepare_segments(documents, tokenizer, data_args, eval_args, training.seed)
 
     model = build_model(model_args, tokenizer)
     collator = DenoisingCollator(tokenizer, **noise_settings(noise_args), padding_free=True, seed=training.seed)
@@ -293,12 +314,10 @@ def main(argv: list[str] | None = None) -> dict:
     step_inputs = kl_annealing(noise_args.kl_annealing_steps) if model_args.latent_size else None
     result = train(model, train_segments, collator, run, tokenizer, evaluate, step_inputs=step_inputs)
 
-    summary = {
-        **asdict(result),
-        "parameters": parameters,
-        "train_segments": len(train_segments),
-        "train_tokens_per_epoch": sum(map(len, train_segments["labels"])),
-    }
+    summary = {**asdict(result), "parameters": parameters}
+    if not data_args.streaming:
+        summary["train_segments"] = len(train_segments)
+        summary["train_tokens_per_epoch"] = sum(map(len, train_segments["labels"]))
     if model_args.latent_size and state.is_main_process:
         final = type(model).from_pretrained(run.path / "final").to(state.device)
         summary["latent_examples"] = latent_examples(

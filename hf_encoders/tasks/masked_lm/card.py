@@ -52,7 +52,11 @@ def card_section(run: RunRecord) -> CardSection:
             auto_class="AutoModelForMaskedLM",
             train_description=(
                 f"split `{data['train_split']}`, packed into blocks of {data['block_size']} tokens "
-                f"({run.results.get('train_tokens_per_epoch', 0):,} tokens per epoch)"
+                + (
+                    f"on the fly from the streamed text ({run.train_results['tokens_seen']:,} tokens seen)"
+                    if data.get("streaming")
+                    else f"({run.results.get('train_tokens_per_epoch', 0):,} tokens per epoch)"
+                )
             ),
             eval_data=[other for other in held_out if other.title != trained_on.title],
         ),
