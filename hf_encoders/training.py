@@ -8,6 +8,9 @@ is the same. What it does:
   cosine or warmup-stable-decay schedules, gradient clipping;
 - token-level losses averaged over the whole global batch (every labelled token of the accumulation window on every
   process counts once), so 4 x 2 accumulation equals a batch of 8 and two processes equal one;
+- a map-style training set (shuffled, length-grouped if asked, split across processes by accelerate), or a streamed
+  one (`hf_encoders.data.StreamedExamples`: each process reads its own part; a budget in steps; its position saved
+  with every checkpoint);
 - a budget in steps, epochs and/or wall-clock minutes; evaluation every N steps; a non-finite loss stops the run
   with the step named, before any checkpoint is written from the broken weights;
 - checkpoints every N steps with `save_state`, verified by a manifest and renamed when complete (a crash mid-save
@@ -18,9 +21,9 @@ is the same. What it does:
   the resolved config beside them.
 
 `train()` reads top to bottom, as accelerate's examples do; its parts: `StopConditions` (the budget as a value),
-`build_optimizer`, `resume`, `accumulation_windows` (the micro-batches of each step, resumable mid-epoch),
-`optimizer_step` (one accumulation window: loss normalisation, label smoothing, clipping), `TrainLoss` (logging and
-the non-finite guard), `Evaluation` (the metrics and the best model). The run folder (`RunFolder`) writes, verifies
+`build_optimizer`, `resume`, `MapStyleData` / `StreamedData` (the micro-batches of each step, resumable mid-epoch
+or mid-stream), `optimizer_step` (one accumulation window: loss normalisation, label smoothing, clipping),
+`TrainLoss` (logging and the non-finite guard), `Evaluation` (the metrics and the best model). The run folder (`RunFolder`) writes, verifies
 and loads the checkpoints and exports the models. Task evaluations live with their task (hf_encoders/tasks/*).
 """
 

@@ -121,6 +121,7 @@ def launch(output_dir: Path, corpus: Path, *flags: str, env: dict | None = None)
     ]
     command = [*launcher, str(JOB), "--output_dir", str(output_dir), "--log_every", "1", "--max_steps", "8", *flags]
     environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_ENCODERS_TEST_STREAM": str(corpus), **(env or {})}
+    environment["HF_ENCODERS_TEST_MASKING"] = "dynamic"  # MLMCollator: masks drawn per batch, resumed with the run
     return subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=ROOT, env=environment)
 
 
