@@ -98,7 +98,8 @@ def main() -> None:
 
 def streamed_rate(args: argparse.Namespace, tokenizer) -> dict:
     """Tokens per second of the streamed path in one process (one thread), and one GPU's consumption at mlm_base
-    size (the FLOPs of a token at an assumed MFU): how many such processes (or workers) feed a GPU 3x over."""
+    size (the FLOPs of a token at an assumed MFU): how many dataloader workers (`--dataloader_workers`, a core each)
+    feed a GPU 3x over."""
     import torch
     import yaml
 
@@ -139,7 +140,7 @@ def streamed_rate(args: argparse.Namespace, tokenizer) -> dict:
     print(
         f"streamed: {tokens:,} tokens in {batches:,} batches in {seconds:.1f} s = {rate / 1e3:.0f} k tokens/s per "
         f"process; an H100 at mlm_base size and {args.assumed_mfu:.0%} MFU consumes {gpu / 1e3:.0f} k tokens/s: "
-        f"{3 * gpu / rate:.1f} processes' worth feed it 3x over"
+        f"{3 * gpu / rate:.1f} dataloader workers' worth (one core each) feed it 3x over"
     )
     return {
         "tokens": tokens,
@@ -149,7 +150,7 @@ def streamed_rate(args: argparse.Namespace, tokenizer) -> dict:
         "mlm_base_training_flops_per_token": flops,
         "h100_assumed_mfu": args.assumed_mfu,
         "h100_mlm_base_tokens_per_second_derived": gpu,
-        "processes_for_3x": 3 * gpu / rate,
+        "workers_for_3x": 3 * gpu / rate,
     }
 
 

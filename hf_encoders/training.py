@@ -52,6 +52,7 @@ from accelerate.utils import (
     send_to_device,
     set_seed,
 )
+from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
@@ -102,6 +103,9 @@ class TrainingConfig:
         default=0.0, metadata={"help": "Label-smoothed cross-entropy on the model's logits (0: the model's own loss)."}
     )
     group_by_length: bool = field(default=False, metadata={"help": "Batch examples of similar length together."})
+    dataloader_workers: int = field(
+        default=0, metadata={"help": "Worker processes that read and tokenize a streamed training set (0: none)."}
+    )
     resume: bool = field(
         default=False, metadata={"help": "Continue the run in output_dir from its newest intact checkpoint."}
     )
@@ -115,6 +119,7 @@ class TrainingConfig:
                 ("per_device_batch_size", "gradient_accumulation_steps", "keep_checkpoints", "log_every"), 1
             ),
             **dict.fromkeys(("max_steps", "warmup_steps", "eval_every", "save_every", "num_epochs", "max_minutes"), 0),
+            "dataloader_workers": 0,
             **dict.fromkeys(("weight_decay", "max_grad_norm"), 0),
         }
         for name, minimum in at_least.items():
@@ -344,7 +349,7 @@ def resume(run: RunFolder, accelerator: Accelerator, total_steps: int, data: "Tr
     if checkpoint := run.resume_from():
         progress.update(run.load_checkpoint(accelerator, checkpoint))
         if isinstance(data, StreamedData):
-            data.stream.load_state_dict(run.load_data_state(checkpoint, accelerator.process_index))
+            data.load_state_dict(run.load_data_state(checkpoint, accelerator.process_index))
         logger.info("Resumed from %s (step %d)", checkpoint, progress["step"])
     if run.config.resume and accelerator.is_main_process:
         run.truncate_metrics(progress["step"])
@@ -397,29 +402,35 @@ class MapStyleData:
 
 
 class StreamedData:
-    """A stream (`hf_encoders.data.StreamedExamples`): each process reads its own part and batches it, in steps
-    without epochs; its position goes into every checkpoint, so a resumed run reads on from there."""
+    """A stream (`hf_encoders.data.StreamedExamples`): each process reads its own part (split again among its
+    `dataloader_workers`, which read and tokenize while the model trains) and batches it, in steps without epochs.
+    torchdata's `StatefulDataLoader` tracks the position of every worker as the loop consumes the batches; it goes
+    into every checkpoint, so a resumed run reads on from there. The collator runs in the training process, so that
+    noise-drawing collators resume with the run."""
 
     steps_per_epoch = 0  # unknown: a streamed run is measured in steps
 
     def __init__(self, stream, collator: Callable, config: "TrainingConfig", accelerator: Accelerator):
         if not config.max_steps:
             raise ValueError("A streamed training set has no known length: give the run's budget as --max_steps.")
-        self.stream, self.collator, self.accelerator = stream, collator, accelerator
-        self.dataloader = torch.utils.data.DataLoader(  # not prepared: accelerate's would read a batch ahead
-            stream, batch_size=config.per_device_batch_size, collate_fn=collator
+        self.collator, self.accelerator = collator, accelerator
+        self.dataloader = StatefulDataLoader(  # not prepared: accelerate's would read a batch ahead
+            stream, batch_size=config.per_device_batch_size, collate_fn=list, num_workers=config.dataloader_workers
         )
 
     def windows(self, step: int) -> Iterator[list[dict]]:
         accumulation = self.accelerator.gradient_accumulation_steps
         if isinstance(self.collator, ResumableCollator):  # noise-drawing: the same masks as an uninterrupted run
             self.collator.resume_at(step * accumulation)
-        batches = (send_to_device(batch, self.accelerator.device) for batch in self.dataloader)
+        batches = (send_to_device(self.collator(rows), self.accelerator.device) for rows in self.dataloader)
         while True:
             yield list(itertools.islice(batches, accumulation))
 
     def state_dict(self) -> dict:
-        return self.stream.state_dict()
+        return self.dataloader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dataloader.load_state_dict(state)
 
 
 TrainingData = MapStyleData | StreamedData

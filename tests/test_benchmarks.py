@@ -130,7 +130,7 @@ def test_data_benchmark_runs_and_records_its_figures(tmp_path):
     assert 0 < result["block_fill"] <= 1 and result["load_tokenize_pack_seconds"] > 0
     streamed = result["streamed"]
     assert streamed["tokens"] >= 3000 and streamed["tokens_per_second_per_process"] > 0
-    assert streamed["processes_for_3x"] == pytest.approx(
+    assert streamed["workers_for_3x"] == pytest.approx(
         3 * streamed["h100_mlm_base_tokens_per_second_derived"] / streamed["tokens_per_second_per_process"]
     )
 

@@ -125,10 +125,13 @@ def launch(output_dir: Path, corpus: Path, *flags: str, env: dict | None = None)
     return subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=ROOT, env=environment)
 
 
-def test_a_killed_streamed_run_resumes_with_the_batches_of_an_uninterrupted_one(tmp_path):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("".join(" ".join(f"t{(i * 13 + k) % 59}" for k in range(5 + i % 17)) + "\n" for i in range(300)))
-    flags = ["--per_device_batch_size", "2", "--save_every", "3"]
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_killed_streamed_run_resumes_with_the_batches_of_an_uninterrupted_one(workers, tmp_path):
+    lines = [" ".join(f"t{(i * 13 + k) % 59}" for k in range(5 + i % 17)) + "\n" for i in range(320)]
+    for part in range(4):  # a file for each worker of each process
+        (tmp_path / f"corpus-{part}.txt").write_text("".join(lines[part::4]))
+    corpus = tmp_path / "corpus-*.txt"
+    flags = ["--per_device_batch_size", "2", "--save_every", "3", "--dataloader_workers", workers]
     done = launch(tmp_path / "whole", corpus, *flags)
     assert done.returncode == 0, done.stderr[-4000:]
     killed = launch(tmp_path / "resumed", corpus, *flags, env={"HF_ENCODERS_TEST_CRASH_AT_BATCH": "8"})

@@ -191,8 +191,9 @@ class StreamedExamples(torch.utils.data.IterableDataset):
     Args:
         documents: the stream (`stream_text_dataset`), read `DOCUMENTS_PER_BATCH` documents at a time.
         make: a batch of documents (a dict of columns) -> the examples made of them, in order (`mlm_blocks`).
-        process_index, num_processes: which part of the stream this process reads.
-        seed: the shuffle buffer's generator (each process draws its own, from `seed` and its index).
+        process_index, num_processes: which part of the stream this process reads (its dataloader workers, if any,
+            each read some of that part's files: `datasets` splits a stream among workers by files).
+        seed: the shuffle buffer's generator (each part draws its own, from `seed` and the part's index).
         buffer_size: examples held for shuffling (0: served in stream order).
         text_column: documents with an empty text here (or in any of several columns) are dropped and counted.
     """
@@ -207,13 +208,23 @@ class StreamedExamples(torch.utils.data.IterableDataset):
         buffer_size: int = 10_000,
         text_column: str | tuple[str, ...] = "text",
     ):
-        self.documents = split_dataset_by_node(documents, process_index, num_processes)
+        self.source, self.process_index, self.num_processes, self.seed = documents, process_index, num_processes, seed
         self.files = (documents.info.description or "").splitlines()
         self.make, self.buffer_size = make, buffer_size
         self.text_columns = (text_column,) if isinstance(text_column, str) else tuple(text_column)
-        self.generator = random.Random(seed * 1_000_003 + process_index)
+        self.documents, self.generator = None, None  # this process's (or worker's) part, set when iterated
         self.epoch, self.pending, self.buffer, self.dropped = 0, [], [], 0
         self.source_state = None  # the stream's position after the documents that made `pending` and `buffer`
+
+    def take_part(self) -> None:
+        """This process's part of the stream (which `datasets` splits again by files among the dataloader workers,
+        if any), and the shuffle generator of this process's (or worker's) own (unless a restored state brought
+        one)."""
+        worker = torch.utils.data.get_worker_info()
+        part = self.process_index * (worker.num_workers if worker else 1) + (worker.id if worker else 0)
+        self.documents = split_dataset_by_node(self.source, self.process_index, self.num_processes)
+        if self.generator is None:
+            self.generator = random.Random(self.seed * 1_000_003 + part)
 
     def state_dict(self) -> dict:
         return {
@@ -221,7 +232,7 @@ class StreamedExamples(torch.utils.data.IterableDataset):
             "source": self.source_state,
             "pending": [{key: np.asarray(value) for key, value in example.items()} for example in self.pending],
             "buffer": [{key: np.asarray(value) for key, value in example.items()} for example in self.buffer],
-            "generator": self.generator.getstate(),
+            "generator": self.generator and self.generator.getstate(),
             "dropped": self.dropped,
         }
 
@@ -229,10 +240,20 @@ class StreamedExamples(torch.utils.data.IterableDataset):
         self.epoch, self.source_state, self.dropped = state["epoch"], state["source"], state["dropped"]
         self.pending = [{key: value.tolist() for key, value in example.items()} for example in state["pending"]]
         self.buffer = [{key: value.tolist() for key, value in example.items()} for example in state["buffer"]]
-        self.generator.setstate(state["generator"])
+        if state["generator"] is not None:
+            self.generator = random.Random()
+            self.generator.setstate(state["generator"])
 
     def __iter__(self) -> Iterator[dict]:
-        """The examples, epoch after epoch, without end."""
+        """The examples, epoch after epoch, without end (none in a dataloader worker that `datasets` gives no file
+        of the process's part: more workers than files)."""
+        self.take_part()
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None and worker.id >= self.documents.num_shards:
+            logger.warning(
+                "stream: dataloader worker %d has no file to read (%d files)", worker.id, self.documents.num_shards
+            )
+            return
         while True:
             made = 0
             for example in self.made():
@@ -256,6 +277,8 @@ class StreamedExamples(torch.utils.data.IterableDataset):
 
     def made(self) -> Iterator[dict]:
         """This epoch's examples in stream order, starting where the state says (`pending` first)."""
+        if self.documents is None:
+            self.take_part()
         self.documents.set_epoch(self.epoch)
         if self.source_state is not None:
             self.documents.load_state_dict(self.source_state)
