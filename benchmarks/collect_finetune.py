@@ -4,7 +4,7 @@ trainable parameters, training time, the validation curve it was chosen on and i
 
     python benchmarks/collect_finetune.py --method full=runs/sst2_full_s0,runs/sst2_full_s1,runs/sst2_full_s2 \
         --method lora=runs/sst2_lora_s0,runs/sst2_lora_s1,runs/sst2_lora_s2 \
-        --pretraining benchmarks/results/mlm_small_pretraining_cpu.json --output benchmarks/results/lora_sst2_cpu.json
+        --pretraining runs/mlm_small --output benchmarks/results/lora_sst2_cpu.json
 """
 
 import argparse
@@ -20,7 +20,7 @@ REPORTED = ("accuracy", "f1", "matthews_correlation")
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", action="append", required=True, help="NAME=RUN_DIR,RUN_DIR,... (one per seed)")
-    parser.add_argument("--pretraining", type=Path, help="the pretraining run's results JSON (its tokens are stated)")
+    parser.add_argument("--pretraining", type=Path, help="the pretraining run's folder (its tokens are stated)")
     parser.add_argument("--title", default="Fine-tuning runs over seeds, chosen on validation, scored once on test")
     parser.add_argument("--output", type=Path, required=True)
     return parser.parse_args()
@@ -50,6 +50,23 @@ def read_run(folder: Path) -> dict:
         "validation_curve": curve,
         "chosen": max(curve, key=lambda row: row[best_metric]) if settings["training"]["greater_is_better"] else None,
         "reported": results["test"],
+    }
+
+
+def read_pretraining(folder: Path) -> dict:
+    """What the fine-tuned encoder was pretrained with: its run's command, steps, tokens and time."""
+    results = json.loads((folder / "results.json").read_text())
+    settings = json.loads((folder / "config.json").read_text())
+    return {
+        "run": str(folder),
+        "command": settings.get("command"),
+        "data": settings["data"]["train_data"] + ":" + settings["data"]["train_split"],
+        "parameters": results["parameters"],
+        "steps": results["steps"],
+        "tokens_seen": results["tokens_seen"],
+        "train_seconds": results["seconds"],
+        "stopped_by": results["stopped_by"],
+        "final_metrics": results["metrics"],
     }
 
 
@@ -83,11 +100,7 @@ def main() -> None:
         name, _, folders = entry.partition("=")
         runs = [read_run(Path(folder)) for folder in folders.split(",")]
         methods[name] = {"summary": summary(runs), "runs": runs}
-    pretraining = json.loads(args.pretraining.read_text()) if args.pretraining else None
-    settings = {
-        "pretraining": pretraining
-        and {key: pretraining[key] for key in ("command", "train_tokens_seen", "steps", "wall_seconds_training")},
-    }
+    settings = {"pretraining": read_pretraining(args.pretraining) if args.pretraining else None}
     write_result(args.output, args.title, settings, {"methods": methods})
 
 

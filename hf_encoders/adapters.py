@@ -71,11 +71,13 @@ def peft() -> ModuleType:
 @dataclass
 class LoraArguments:
     lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0: no adapter, every weight trains."})
-    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scale numerator (the update is alpha / r)."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA's scale: the update is multiplied by alpha / r."})
     lora_dropout: float = 0.0
     lora_target: list[str] | None = field(
         default=None,
-        metadata={"help": "Modules to adapt (default: every attention and MLP projection: " + ", ".join(PROJECTIONS)},
+        metadata={
+            "help": f"Modules to adapt (default: every attention and MLP projection, {', '.join(PROJECTIONS)})."
+        },
     )
 
     def __post_init__(self):
