@@ -48,7 +48,7 @@ def read_run(folder: Path) -> dict:
         "steps": results["train"]["steps"],
         "train_seconds": results["train"]["seconds"],
         "validation_curve": curve,
-        "chosen": max(curve, key=lambda row: row[best_metric]) if settings["training"]["greater_is_better"] else None,
+        "chosen": (max if settings["training"]["greater_is_better"] else min)(curve, key=lambda row: row[best_metric]),
         "reported": results["test"],
     }
 
@@ -80,8 +80,11 @@ def summary(runs: list[dict]) -> dict:
             "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "values": values,
         }
+    chosen = [next(value for key, value in run["chosen"].items() if key != "step") for run in runs]
     return {
         "seeds": [run["seed"] for run in runs],
+        "chosen_on": runs[0]["chosen_on"],
+        "mean_chosen_validation": statistics.fmean(chosen),
         "reported_split": runs[0]["reported"]["split"],
         "trainable_parameters": runs[0]["trainable_parameters"],
         "parameters": runs[0]["parameters"],

@@ -4,10 +4,13 @@ data is refused with a message naming the problem."""
 
 import json
 import random
+import statistics
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import SPECIALS, WORDS, run_script, tiny_config
+from conftest import ROOT, SPECIALS, WORDS, run_script, tiny_config
 from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, PreTrainedTokenizerFast
@@ -380,3 +383,23 @@ def test_the_declared_metric_names_are_what_each_task_reports(task):
     assert sorted(finetune_classification.scores(task, logits, labels)) == sorted(
         finetune_classification.TASK_METRICS[task]
     )
+
+
+def test_runs_over_seeds_are_gathered_with_their_spread(checkpoint, tmp_path):
+    rows = [{"text": " ".join(words), "label": sorted(ANIMALS & set(words))[0]} for words in sentences(48, 9)]
+    data = write_splits(tmp_path / "data", {"train": rows, "validation": rows[:16]})
+    folders = []
+    for seed in ("0", "1"):
+        folders.append(tmp_path / f"seed{seed}")
+        flags = ["--validation_from_train", "16", "--test_split", "validation", "--max_steps", "4", "--seed", seed]
+        finetune(checkpoint, data, folders[-1], *flags, "--eval_every", "2", "--best_metric", "validation/accuracy")
+    output = tmp_path / "gathered.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "collect_finetune.py"), "--output", str(output)]
+    command += ["--method", "full=" + ",".join(map(str, folders))]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    gathered = json.loads(output.read_text())["methods"]["full"]
+    accuracies = [json.loads((folder / "results.json").read_text())["test"]["accuracy"] for folder in folders]
+    assert gathered["summary"]["accuracy"]["values"] == accuracies and gathered["summary"]["seeds"] == [0, 1]
+    assert gathered["summary"]["accuracy"]["std"] == pytest.approx(statistics.stdev(accuracies))
+    assert gathered["summary"]["chosen_on"] == finetune_classification.HELD_OUT
+    assert [row["step"] for row in gathered["runs"][0]["validation_curve"]] == [2, 4]
