@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ from hf_encoders.data.streaming import (
     stream_parallel_dataset,
     translation_pairs,
 )
-from hf_encoders.run_folder import checkpoints
+from hf_encoders.run_folder import checkpoint_problem, checkpoints
 
 WORDS = "the a cat dog sat on mat ran in park big small red blue and with".split()
 
@@ -205,3 +206,24 @@ def test_denoising_streams_its_texts(handful, tmp_path):
     assert results["steps"] == 3 and "train_segments" not in results
     card = " ".join(str(build_model_card(tmp_path / "denoising", repo_id="org/d")).split())
     assert "made on the fly from the streamed texts" in card
+
+
+def test_undecodable_text_names_its_file(tmp_path):
+    (tmp_path / "train.txt").write_bytes(b"a good line\n" * 50 + b"a bad \xff\xfe line\n" + b"more\n" * 10)
+    stream = StreamedExamples(stream_text_dataset(tmp_path, "train"), keep_documents, buffer_size=0)
+    with pytest.raises(StreamError, match=r"Cannot read .*train\.txt on after row \d+"):
+        texts(stream)
+
+
+def test_a_stream_that_breaks_mid_run_keeps_its_checkpoints_whole(tmp_path):
+    lines = "".join(" ".join(f"t{(i * 7 + k) % 59}" for k in range(6 + i % 11)) + "\n" for i in range(1500))
+    content = gzip.compress(lines.encode())  # more documents than the stream reads at a time (1,000)
+    (tmp_path / "corpus-0.txt.gz").write_bytes(content)
+    (tmp_path / "corpus-1.txt.gz").write_bytes(content[: len(content) // 2])  # a download cut short
+    command = [sys.executable, str(JOB), "--output_dir", str(tmp_path / "run")]
+    command += ["--max_steps", "100000", "--save_every", "2", "--per_device_batch_size", "16", "--log_every", "1"]
+    env = {**os.environ, "HF_ENCODERS_TEST_STREAM": str(tmp_path / "corpus-*.txt.gz")}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
+    assert done.returncode != 0 and "corpus-1.txt.gz on after row" in done.stderr, done.stderr[-3000:]
+    kept = checkpoints(tmp_path / "run")
+    assert kept and checkpoint_problem(kept[-1]) is None  # the last checkpoint before the break is whole
