@@ -154,7 +154,11 @@ def is_adapter(folder: str | Path) -> bool:
 
 def adapter_task(adapter: str | Path) -> str:
     """The task an adapter was trained for, from the task type its config records."""
-    task_type = peft().PeftConfig.from_pretrained(str(adapter)).task_type
+    return task_of(peft().PeftConfig.from_pretrained(str(adapter)).task_type, str(adapter))
+
+
+def task_of(task_type: str, adapter: str) -> str:
+    """Our name of PEFT's task type `task_type` (of the adapter `adapter`)."""
     for name, task in TASKS.items():
         if task.task_type == task_type:
             return name

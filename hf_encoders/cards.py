@@ -404,9 +404,9 @@ def saved_modules(run: RunRecord) -> list[str]:
 
 def adapter_section(run: RunRecord, model_id: str) -> str:
     """The "How to use" of an adapter's card: what it adapts and trains, loading it with PEFT, merging it."""
-    from .adapters import TASKS, adapter_task
+    from .adapters import TASKS, task_of
 
-    task = adapter_task(run.model_dir)
+    task = task_of(run.adapter.get("task_type"), str(run.model_dir))  # from its config: no PEFT needed to card it
     labels = run.results.get("labels") if TASKS[task].trains_head else None
     template = jinja2.Template(ADAPTER_TEMPLATE.read_text(encoding="utf-8"))
     return (
