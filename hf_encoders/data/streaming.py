@@ -16,6 +16,7 @@ exactly the examples an uninterrupted one would, without going through the epoch
 truncated or undecodable mid-stream stops the run with its name and row; the checkpoints written before stay whole.
 """
 
+import csv
 import gzip
 import itertools
 import logging
@@ -39,12 +40,10 @@ logger = logging.getLogger(__name__)
 DOCUMENTS_PER_BATCH = 1000  # what `datasets.map(batched=True)` hands the map-style path's functions at a time
 
 
-def stream_text_dataset(
-    spec: str | os.PathLike, split: str = "train", name: str | None = None, text_column: str = "text"
-) -> IterableDataset:
+def stream_text_dataset(spec: str | os.PathLike, split: str = "train", name: str | None = None) -> IterableDataset:
     """One split of local files (a folder, file or glob, as `load_text_dataset` reads them) or of a Hub data set, as a
-    `datasets` stream: nothing is downloaded whole or cached. Rows whose `text_column` is empty are dropped (and
-    counted, per epoch, by `StreamedExamples`)."""
+    `datasets` stream: nothing is downloaded whole or cached. `StreamedExamples` drops (and counts) the rows with an
+    empty text."""
     if not is_local(spec):
         if _hub_offline():
             raise ConnectionError(f"Cannot stream {spec!r}: HF_HUB_OFFLINE is set and streaming needs the Hub.")
@@ -59,7 +58,7 @@ def stream_text_dataset(
     if len(builders) != 1:
         raise ValueError(f"Cannot stream {spec}: the split's files are of several formats ({sorted(builders)}).")
     builder = builders.pop()
-    options = {"delimiter": "\t", "quoting": 3, "keep_default_na": False} if builder == "csv" else {}
+    options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "keep_default_na": False} if builder == "csv" else {}
     stream = load_dataset(
         builder, data_files={split: [str(path) for path in files]}, split=split, streaming=True, **options
     )

@@ -103,7 +103,7 @@ def load_eval_sets(data: DataArguments, tokenizer) -> dict:
 def load_documents(data: DataArguments):
     """The training split's documents: a `datasets.Dataset`, or a stream of them (`--streaming`)."""
     if data.streaming:
-        return stream_text_dataset(data.train_data, data.train_split, text_column=data.text_column)
+        return stream_text_dataset(data.train_data, data.train_split)
     corpus = load_text_dataset(data.train_data, text_column=data.text_column)
     if data.train_split not in corpus:
         raise ValueError(f"{data.train_data!r} has no split {data.train_split!r}: {list(corpus)}.")
