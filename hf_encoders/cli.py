@@ -647,10 +647,12 @@ def merge_lora_command(args: argparse.Namespace) -> None:
 
     options = {"trust_remote_code": True} if args.trust_remote_code else {}
     run_results = Path(args.adapter).parent / "results.json"  # a fine-tuning run's best/ or final/: its labels
-    labels = args.labels or (json.loads(run_results.read_text()).get("labels") if run_results.is_file() else None)
-    if labels:
-        options["id2label"] = dict(enumerate(labels))
-        options["label2id"] = {name: i for i, name in enumerate(labels)}
+    run = json.loads(run_results.read_text()) if run_results.is_file() else {}
+    if labels := args.labels or run.get("labels"):
+        from .tasks.classification.finetune import label_settings
+
+        task = run.get("task", "single_label")  # the run's (multi-label, regression), else one class per text
+        options.update(label_settings(task, labels, {name: i for i, name in enumerate(labels)}))
     merged = merge_lora(args.adapter, output, **options)
     print(f"wrote {type(merged).__name__} ({args.adapter} merged, the adapted outputs checked) to {output}")
 

@@ -218,3 +218,23 @@ def test_default_targets_of_the_encoder_decoder_include_cross_attention():
     assert sorted(adapted.peft_config["default"].target_modules) == sorted(
         ["qkv_proj", "q_proj", "kv_proj", "o_proj", "up_proj", "down_proj"]
     )
+
+
+def test_a_multi_label_adapter_merges_into_a_multi_label_model(base, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [
+        {"text": row["text"], "label": [row["label"]] + (["red"] if "red" in row["text"] else [])}
+        for row in cat_or_dog(24, 3)
+    ]
+    for split in ("train", "validation", "test"):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    flags = "--text_column text --task multi_label --label_names cat dog red --max_steps 2 --num_epochs 0 --lora_r 2"
+    run = tmp_path / "run"
+    run_script(
+        "finetune_classification.py", "--model", base, "--data", str(data), "--output_dir", str(run), *flags.split()
+    )
+    assert cli(["merge-lora", str(run / "final"), str(tmp_path / "merged")]) == 0
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
+    assert merged.config.problem_type == "multi_label_classification"  # the run's task: sigmoid, not softmax
+    assert merged.config.id2label == {0: "cat", 1: "dog", 2: "red"}

@@ -274,9 +274,8 @@ def label_settings(task: str, names: list[str], label2id: dict[str, int]) -> dic
     return {**labels, **({"problem_type": problem_type} if problem_type else {})}
 
 
-def build_model(args: ModelArguments, names: list[str], label2id: dict[str, int]) -> torch.nn.Module:
-    """The checkpoint with a new head of `len(names)` outputs, the label names in its config."""
-    labels = label_settings(args.task, names, label2id)
+def build_model(args: ModelArguments, labels: dict) -> torch.nn.Module:
+    """The checkpoint with a new head for the labels (`label_settings`), their names in its config."""
     return model_class(args.task).from_pretrained(args.model, trust_remote_code=args.trust_remote_code, **labels)
 
 
@@ -336,7 +335,8 @@ def main(argv: list[str] | None = None) -> dict:
             for name in wanted_splits(data_args)
         }
 
-    model = build_model(model_args, names, label2id)
+    labels = label_settings(task, names, label2id)
+    model = build_model(model_args, labels)
     parameters = parameter_count(model)
     if lora.lora_r:  # adapters: only they and the head train
         model = with_lora(model, lora, "token-classification" if task == "token" else "sequence-classification")
@@ -359,7 +359,6 @@ def main(argv: list[str] | None = None) -> dict:
         "validation_split": validation_name(data_args),
     }
     if data_args.test_split:
-        labels = label_settings(task, names, label2id)
         logits, summary["test"] = predict_test(
             chosen, encoded[data_args.test_split], collator, state, model_args, data_args, labels
         )
