@@ -16,7 +16,7 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -117,10 +117,7 @@ def training_data(tokenizer):
     """`examples()`, or with HF_ENCODERS_TEST_STREAM=FILE the documents of FILE streamed into blocks of 24."""
     if not (corpus := os.environ.get("HF_ENCODERS_TEST_STREAM")):
         return examples()
-    state = PartialState()
-    documents = stream_text_dataset(corpus)
-    make = mlm_blocks(tokenizer, 24)
-    return StreamedExamples(documents, make, state.process_index, state.num_processes, seed=0, buffer_size=8)
+    return StreamedExamples(stream_text_dataset(corpus), mlm_blocks(tokenizer, 24), seed=0, buffer_size=8)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from datasets import IterableDataset, load_dataset
 from datasets.distributed import split_dataset_by_node
 from transformers import PreTrainedTokenizerBase
@@ -190,8 +191,9 @@ class StreamedExamples(torch.utils.data.IterableDataset):
     Args:
         documents: the stream (`stream_text_dataset`), read `DOCUMENTS_PER_BATCH` documents at a time.
         make: a batch of documents (a dict of columns) -> the examples made of them, in order (`mlm_blocks`).
-        process_index, num_processes: which part of the stream this process reads (its dataloader workers, if any,
-            each read some of that part's files: `datasets` splits a stream among workers by files).
+        process_index, num_processes: which part of the stream this process reads (default: this process's, as
+            accelerate knows it); its dataloader workers, if any, each read some of that part's files (`datasets`
+            splits a stream among workers by files).
         seed: the shuffle buffer's generator (each part draws its own, from `seed` and the part's index).
         buffer_size: examples held for shuffling (0: served in stream order).
         text_column: documents with an empty text here (or in any of several columns) are dropped and counted.
@@ -201,13 +203,16 @@ class StreamedExamples(torch.utils.data.IterableDataset):
         self,
         documents: IterableDataset,
         make: Callable[[dict], list[dict]],
-        process_index: int = 0,
-        num_processes: int = 1,
+        process_index: int | None = None,
+        num_processes: int | None = None,
         seed: int = 0,
         buffer_size: int = 10_000,
         text_column: str | tuple[str, ...] = "text",
     ):
-        self.source, self.process_index, self.num_processes, self.seed = documents, process_index, num_processes, seed
+        state = PartialState()
+        self.process_index = state.process_index if process_index is None else process_index
+        self.num_processes = state.num_processes if num_processes is None else num_processes
+        self.source, self.seed = documents, seed
         self.files = (documents.info.description or "").splitlines()
         self.make, self.buffer_size = make, buffer_size
         self.text_columns = (text_column,) if isinstance(text_column, str) else tuple(text_column)

@@ -213,10 +213,9 @@ def prepare_segments(
         validation[name] = first_n(held_out, eval_args.eval_max_examples or None)  # 0: all
     if not data_args.streaming:
         return concatenate_datasets(segments), validation
-    state, make = PartialState(), denoising_segments(tokenizer, data_args.max_length)
-    stream = concatenate_datasets(segments)
-    rank, processes = state.process_index, state.num_processes
-    return StreamedExamples(stream, make, rank, processes, seed, data_args.shuffle_buffer), validation
+    make = denoising_segments(tokenizer, data_args.max_length)
+    stream = StreamedExamples(concatenate_datasets(segments), make, seed=seed, buffer_size=data_args.shuffle_buffer)
+    return stream, validation
 
 
 def noise_settings(noise_args: NoiseArguments) -> dict:

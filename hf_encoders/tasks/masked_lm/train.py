@@ -110,14 +110,12 @@ def load_documents(data: DataArguments):
     return corpus[data.train_split]
 
 
-def training_blocks(documents, tokenizer, data: DataArguments, state: PartialState, seed: int):
+def training_blocks(documents, tokenizer, data: DataArguments, seed: int):
     """The documents packed into blocks: all of them now, or on the fly, this process's part (`--streaming`)."""
     if not data.streaming:
         return pack_for_mlm(documents, tokenizer, data.block_size, data.text_column, data.num_proc)
     make = mlm_blocks(tokenizer, data.block_size, data.text_column)
-    return StreamedExamples(
-        documents, make, state.process_index, state.num_processes, seed, data.shuffle_buffer, data.text_column
-    )
+    return StreamedExamples(documents, make, seed=seed, buffer_size=data.shuffle_buffer, text_column=data.text_column)
 
 
 def build_model(args: ModelArguments, tokenizer) -> PreTrainedModel:
@@ -162,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
             max_rows=data_args.tokenizer_training_documents,
             model_max_length=data_args.block_size,
         )
-        blocks = training_blocks(train_documents, tokenizer, data_args, state, training.seed)
+        blocks = training_blocks(train_documents, tokenizer, data_args, training.seed)
         eval_sets = load_eval_sets(data_args, tokenizer)
 
     model = build_model(model_args, tokenizer)

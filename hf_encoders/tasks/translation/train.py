@@ -160,10 +160,10 @@ def load_data(
     mapped = DatasetDict({name: split for name, split in pairs.items() if not data_args.streaming or name != "train"})
     tokenized = prepare_translation(mapped, tokenizer, src, tgt, *limits, data_args.num_proc)
     if data_args.streaming:
-        state = PartialState()
         make = translation_pairs(tokenizer, src, tgt, *limits)
+        buffer = data_args.shuffle_buffer
         tokenized["train"] = StreamedExamples(
-            pairs["train"], make, state.process_index, state.num_processes, seed, data_args.shuffle_buffer, (src, tgt)
+            pairs["train"], make, seed=seed, buffer_size=buffer, text_column=(src, tgt)
         )
     return pairs, tokenizer, tokenized
 
