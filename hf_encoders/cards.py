@@ -94,19 +94,28 @@ class RunRecord:
         mask = json.loads(tokenizer_config.read_text()).get("mask_token") if tokenizer_config.is_file() else None
         return (mask.get("content") if isinstance(mask, dict) else mask) or "[MASK]"
 
-    def chosen_metrics(self) -> dict[str, float]:
-        """The validation metrics of the model the card is about: those of the evaluation that made it `best/` (from
-        the run's metrics.jsonl), else the final evaluation's."""
-        final = self.train_results.get("metrics", {})
+    def chosen_evaluation(self) -> tuple[str, dict[str, float]]:
+        """Which model the card is about and its validation metrics: the evaluation that made it `best/` (from the
+        run's metrics.jsonl; a checkpoint's, `step N`, or an average's, `averaged_N`), else the final one."""
+        final = ("final", self.train_results.get("metrics", {}))
         best_metric, log = self.training.get("best_metric"), self.directory / "metrics.jsonl"
         if self.model_dir.name != "best" or not best_metric or not log.is_file():
             return final
-        evaluated = [
-            row for line in log.read_text().splitlines() if line.strip() and best_metric in (row := json.loads(line))
-        ]
+        evaluated = []  # (model, metrics): a checkpoint's rows are unprefixed, an average's are `averaged_N/...`
+        for row in map(json.loads, filter(str.strip, log.read_text().splitlines())):
+            labels = {key.removesuffix(best_metric).rstrip("/") for key in row if key.endswith(best_metric)}
+            for label in labels:
+                prefix = f"{label}/" if label else ""
+                metrics = {k.removeprefix(prefix): v for k, v in row.items() if k.startswith(prefix) and k != "step"}
+                evaluated.append((label or f"step {row['step']}", metrics))
         if not evaluated:
             return final
-        return (max if self.training.get("greater_is_better") else min)(evaluated, key=lambda row: row[best_metric])
+        choose = max if self.training.get("greater_is_better") else min
+        return choose(evaluated, key=lambda model: model[1][best_metric])
+
+    def chosen_metrics(self) -> dict[str, float]:
+        """The validation metrics of the model the card is about (`chosen_evaluation`)."""
+        return self.chosen_evaluation()[1]
 
 
 def read_run(run_dir: "str | Path | RunRecord") -> RunRecord:
@@ -353,6 +362,11 @@ def training_rows(run: RunRecord, unit: str = "sequences") -> list[tuple[str, st
         ("mixed precision", training["mixed_precision"]),
         ("seed", str(training["seed"])),
     ]
+    if training.get("average_last"):
+        chosen = run.chosen_evaluation()[0]
+        n = chosen.removeprefix("averaged_")
+        weights = f"the average of the {n} last checkpoints' weights" if n.isdigit() else f"the checkpoint of {chosen}"
+        rows.append(("chosen on validation", f"{weights} (averages of the last {training['average_last']} tried)"))
     tokens = train.get("tokens_seen")
     rows.append(("tokens seen", f"{tokens:,}" if tokens else "not recorded by this run"))
     rows.append(("hardware", run.settings.get("device") or "not recorded by this run"))

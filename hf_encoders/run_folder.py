@@ -8,14 +8,18 @@
   deletes that run's files first (and only those: anything else in the folder is left alone, and named).
 - `resume` continues the run in the folder with the settings it was started with: a setting that changes the run
   (model, data, tokenizer, batch size, seed, evaluation, ...) is refused by name; the budget (`max_steps`,
-  `num_epochs`, `max_minutes`) and the bookkeeping (`eval_every`, `save_every`, `keep_checkpoints`, `log_every`) may
-  change. `metrics.jsonl` is cut back to the resumed step, so no step is logged twice.
+  `num_epochs`, `max_minutes`), the bookkeeping (`eval_every`, `save_every`, `keep_checkpoints`, `log_every`), the
+  checkpoint averaging (`average_last`) and the test's decoding (beams, length penalty) may change. A run resumed
+  at the end of its budget trains no more and says so: its end (evaluation, averaging, export, test) runs again.
+  `metrics.jsonl` is cut back to the resumed step, so no step is logged twice.
 - A run saves its tokenizer once, in `tokenizer/`; every resume (and every other process) loads that one.
 - Every checkpoint gets a manifest (each file's size and SHA-256) written last; resume takes the newest checkpoint
   whose files match it, and says which newer ones it skipped and why.
 - The run folder is the training loop's checkpoint manager: `write_checkpoint` (atomic, the K newest kept),
   `resume_from` and `load_checkpoint`, and `export` of the final and the best model (`save_pretrained`).
 - The seed is set before anything random happens (tokenizer training, model initialisation, data order, masks).
+- `average_checkpoints` averages the weights of the newest checkpoints, as fairseq's `average_checkpoints.py` does
+  (the loop's `average_last`, and `hf-encoders average-checkpoints`).
 """
 
 import errno
@@ -32,6 +36,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list, parse_flag_from_env, set_seed
+from safetensors.torch import load_file
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
@@ -43,11 +48,15 @@ RUN_FOLDERS = ("tokenizer", "final", "best", "logs", "hub_cache")
 RESUMABLE_SETTINGS = frozenset(
     {"output_dir", "resume", "overwrite_output_dir"}
     | {"max_steps", "num_epochs", "max_minutes"}
-    | {"eval_every", "save_every", "keep_checkpoints", "log_every"}
+    | {"eval_every", "save_every", "keep_checkpoints", "log_every", "average_last"}
 )
-# data settings that change how fast the data is prepared, not what it is
-NOT_THE_RUN = frozenset({"num_proc"})
+# settings of the other sections that do not change what is trained: how fast the data is prepared, and how the
+# chosen model is decoded for the test
+NOT_THE_RUN = frozenset(
+    {"num_proc", "test_num_beams", "length_penalty", "tune_num_beams", "tune_length_penalty", "max_new_tokens"}
+)
 MANIFEST = "manifest.json"
+MODEL_WEIGHTS = "model.safetensors"  # the model's weights in a checkpoint (`save_state` of one unsharded model)
 DATA_STATE = "data_state_{}.pkl"  # a process's position in a streamed training set, in each checkpoint
 
 
@@ -65,6 +74,37 @@ def run_entries(output_dir: Path) -> list[Path]:
     """The files and folders of a run in `output_dir` (empty when it holds none)."""
     named = [output_dir / name for name in (*RUN_FILES, *RUN_FOLDERS)]
     return [p for p in named if p.exists()] + sorted(output_dir.glob("checkpoint-*"))
+
+
+def average_checkpoints(folders: list[Path]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of the model weights in the checkpoints `folders` (accumulated in float64, returned
+    in each tensor's own dtype), as fairseq's `average_checkpoints.py` does. Every checkpoint must be intact (its
+    manifest) and hold the same tensors; integer buffers must be equal in all of them."""
+    if not folders:
+        raise CheckpointError("No checkpoints to average.")
+    total: dict[str, torch.Tensor] = {}
+    for folder in folders:
+        if (problem := checkpoint_problem(folder)) is not None:
+            raise CheckpointError(f"Cannot average {folder}: {problem}.")
+        if not (folder / MODEL_WEIGHTS).is_file():
+            raise CheckpointError(
+                f"{folder} holds no {MODEL_WEIGHTS} (a sharded FSDP checkpoint?): only whole models are averaged."
+            )
+        weights = load_file(folder / MODEL_WEIGHTS)
+        if total and weights.keys() != total.keys():
+            raise CheckpointError(f"{folder} holds other tensors than {folders[0]}: they are not one run's.")
+        for name, value in weights.items():
+            if not value.is_floating_point():
+                if name in total and not torch.equal(total[name], value):
+                    raise CheckpointError(f"{name} (not a float) differs between {folders[0]} and {folder}.")
+                total[name] = value
+            else:
+                total[name] = total[name] + value.double() if name in total else value.double()
+    dtypes = {name: value.dtype for name, value in weights.items()}
+    return {
+        name: (value / len(folders)).to(dtypes[name]) if dtypes[name].is_floating_point else value
+        for name, value in total.items()
+    }
 
 
 def write_manifest(folder: Path) -> None:
@@ -291,16 +331,28 @@ class RunFolder:
         if tokenizer is not None and accelerator.is_main_process:
             tokenizer.save_pretrained(folder)
 
+    def last_logged(self, key: str) -> float:
+        """The last value of `key` in metrics.jsonl (NaN when it was never logged)."""
+        values = [row[key] for row in map(json.loads, self.metrics_file.read_text().splitlines()) if key in row]
+        return values[-1] if values else float("nan")
+
     def record(self, step: int, values: dict) -> None:
         with self.metrics_file.open("a") as handle:
             handle.write(json.dumps({"step": step, **values}) + "\n")
 
-    def truncate_metrics(self, step: int) -> None:
-        """Drop the rows logged after `step` (by a run killed before its next checkpoint): resumed, they come again."""
+    def truncate_metrics(self, step: int, keep_last_evaluations: bool = True) -> None:
+        """Drop the rows logged after `step` (by a run killed before its next checkpoint): resumed, they come again.
+        Without `keep_last_evaluations`, the evaluations of `step` itself go too (a finished run's end, done again).
+        """
         if not self.metrics_file.is_file():
             return
         lines = self.metrics_file.read_text().splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        rows = [(line, json.loads(line)) for line in lines if line.strip()]
+        kept = [
+            line
+            for line, row in rows
+            if row["step"] < step or (row["step"] == step and (keep_last_evaluations or "train/loss" in row))
+        ]
         if len(kept) < len(lines):
             logger.info(
                 "resume: dropped %d rows after step %d from %s", len(lines) - len(kept), step, self.metrics_file
@@ -343,4 +395,11 @@ def start_run(config, settings: dict | None = None, metric_names: Collection[str
     return run
 
 
-__all__ = ["RunFolder", "start_run", "checkpoints", "CheckpointError", "resolve_mixed_precision"]
+__all__ = [
+    "RunFolder",
+    "start_run",
+    "checkpoints",
+    "average_checkpoints",
+    "CheckpointError",
+    "resolve_mixed_precision",
+]

@@ -17,6 +17,8 @@ is the same. What it does:
   leaves the previous one), the K newest kept; `resume` continues from the newest intact one, skipping the batches
   already seen, and steps, tokens and time go on counting (the run folder's rules: hf_encoders/run_folder.py);
 - the final and the best model (by the chosen validation metric) exported with `save_pretrained` and the tokenizer;
+  at the end, the weights of the N newest checkpoints averaged (`average_last`, as fairseq does), evaluated, and
+  the average made the best model when it scores better;
 - a progress bar on the main process, metrics to tensorboard and to `metrics.jsonl`, their curves in `curves.png`,
   the resolved config beside them.
 
@@ -29,6 +31,7 @@ and loads the checkpoints and exports the models. Task evaluations live with the
 
 import argparse
 import itertools
+import json
 import logging
 import math
 import os
@@ -58,7 +61,7 @@ from transformers import HfArgumentParser, PreTrainedModel, PreTrainedTokenizerB
 
 from .data import ResumableCollator, build_dataloader
 from .plots import plot_training_curves
-from .run_folder import RunFolder, checkpoints
+from .run_folder import RunFolder, average_checkpoints, checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +94,13 @@ class TrainingConfig:
     eval_every: int = field(default=0, metadata={"help": "Evaluate every N steps (and at the end); 0: at the end."})
     save_every: int = field(default=0, metadata={"help": "Checkpoint every N steps; 0: only at the end."})
     keep_checkpoints: int = 2
+    average_last: list[int] = field(
+        default_factory=list,
+        metadata={
+            "help": "At the end, average the weights of the N newest checkpoints (one or more N: 5 10) into "
+            "averaged_N/; each is evaluated, and exported to best/ when it scores better."
+        },
+    )
     log_every: int = 10
     best_metric: str = field(
         default="", metadata={"help": "Validation metric choosing the best model, e.g. imdb/loss."}
@@ -142,6 +152,15 @@ class TrainingConfig:
             raise ValueError("Give a budget: max_steps > 0 or num_epochs > 0.")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}.")
+        if self.average_last and (min(self.average_last) < 2 or max(self.average_last) > self.keep_checkpoints):
+            raise ValueError(
+                f"average_last={self.average_last}: each N must lie in [2, keep_checkpoints={self.keep_checkpoints}] "
+                "(the run keeps only keep_checkpoints checkpoints to average)."
+            )
+        if self.average_last and not self.save_every:
+            raise ValueError(
+                "average_last averages the run's checkpoints: give save_every (a checkpoint every N steps)."
+            )
 
 
 def parse_config(dataclass_types: tuple[type, ...], argv: list[str] | None = None) -> tuple:
@@ -252,7 +271,8 @@ class TrainResult:
     seconds: float
     tokens_seen: int  # input tokens (without padding) of all processes
     tokens_per_second: float
-    stopped_by: str
+    stopped_by: str | None
+    averaged: dict[str, dict[str, float]] = field(default_factory=dict)  # averaged_N: its evaluation
 
 
 @dataclass(frozen=True)
@@ -302,10 +322,15 @@ def command_line() -> str:
 
 
 def run_settings(run: RunFolder, model: PreTrainedModel, accelerator: Accelerator) -> dict:
-    """What config.json records: the run's settings, the training's, and what it trains on."""
+    """What config.json records: the run's settings, the training's, what it trains on, and the command lines of
+    its segments (a resumed run's earlier ones first)."""
+    earlier = {}
+    if run.resuming:
+        earlier = json.loads((run.path / "config.json").read_text())
     return {
         **run.settings,
         "command": command_line(),
+        "commands": [*earlier.get("commands", [earlier["command"]] if "command" in earlier else []), command_line()],
         "parameters": sum(p.numel() for p in model.parameters()),
         "training": run.training_settings(),
         "num_processes": accelerator.num_processes,
@@ -351,14 +376,54 @@ def resume(run: RunFolder, accelerator: Accelerator, total_steps: int, data: "Tr
         if isinstance(data, StreamedData):
             data.load_state_dict(run.load_data_state(checkpoint, accelerator.process_index))
         logger.info("Resumed from %s (step %d)", checkpoint, progress["step"])
+    finished = progress["step"] >= total_steps
     if run.config.resume and accelerator.is_main_process:
-        run.truncate_metrics(progress["step"])
-    if progress["step"] >= total_steps:
-        raise ValueError(
-            f"The run in {run.path} is already at step {progress['step']} of {total_steps}: give a larger "
-            "--max_steps (or --num_epochs) to train on."
+        run.truncate_metrics(progress["step"], keep_last_evaluations=not finished)
+    if finished:
+        logger.warning(
+            "The run in %s is already at step %d of %d: nothing is trained, its end (evaluation, averaging, export) "
+            "runs again. Give a larger --max_steps (or --num_epochs) to train on.",
+            run.path,
+            progress["step"],
+            total_steps,
         )
     return progress
+
+
+def planned_checkpoints(config: TrainingConfig, total_steps: int) -> int:
+    """How many checkpoints the run keeps at its end (every `save_every` steps, and the last step's)."""
+    saved = total_steps // config.save_every + (total_steps % config.save_every > 0) if config.save_every else 1
+    return min(saved, config.keep_checkpoints)
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Load `weights` (a checkpoint's, which holds tied tensors once) into `model`; any other missing or unexpected
+    tensor is an error."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    state = model.state_dict()
+    loaded = {state[name].data_ptr() for name in weights}
+    untied = [name for name in missing if state[name].data_ptr() not in loaded]
+    if untied or unexpected:
+        raise ValueError(f"The averaged weights do not fit the model: missing {untied}, unexpected {unexpected}.")
+
+
+def average_last_checkpoints(
+    model: torch.nn.Module, run: RunFolder, accelerator: Accelerator, evaluation: "Evaluation", step: int
+) -> dict[str, dict[str, float]]:
+    """`config.average_last`: for each N, the weights of the run's N newest checkpoints averaged into `model`,
+    exported to `averaged_N/` and evaluated (logged as `averaged_N/...`, and exported to `best/` when it scores
+    better than the best so far). A run stopped early by its time budget may have fewer: that N is skipped, said."""
+    found, results = checkpoints(run.path), {}
+    for n in run.config.average_last:
+        name = f"averaged_{n}"
+        if len(found) < n:
+            logger.warning("average_last: %s has %d checkpoints, not %d: no %s", run.path, len(found), n, name)
+            continue
+        load_weights(accelerator.unwrap_model(model), average_checkpoints(found[-n:]))
+        logger.info("%s: the weights of %s", name, ", ".join(folder.name for folder in found[-n:]))
+        run.export(accelerator, model, name, evaluation.tokenizer)
+        results[name] = evaluation(model, step, label=name)
+    return results
 
 
 def accumulation_windows(
@@ -529,20 +594,27 @@ class Evaluation:
     def improves(self, value: float) -> bool:
         return self.best is None or (value > self.best if self.greater_is_better else value < self.best)
 
-    def __call__(self, model: PreTrainedModel, step: int) -> dict[str, float]:
-        """Evaluate, log the metrics (tensorboard and metrics.jsonl), and export the model if it is the best."""
+    def __call__(self, model: PreTrainedModel, step: int, label: str = "") -> dict[str, float]:
+        """Evaluate, log the metrics (tensorboard and metrics.jsonl; as `label/...` when a label names the model,
+        e.g. `averaged_10`), and export the model if it is the best."""
         metrics = self.evaluate(model, self.accelerator) if self.evaluate else {}
-        self.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+        named = {f"{label}/{k}" if label else k: v for k, v in metrics.items()}
+        self.accelerator.log({f"eval/{k}": v for k, v in named.items()}, step=step)
         if self.metric and self.metric not in metrics:
             raise ValueError(f"best_metric={self.metric!r} is not among the evaluation metrics {sorted(metrics)}.")
         if self.metric and self.improves(metrics[self.metric]):
             self.best = metrics[self.metric]
             self.run.export(self.accelerator, model, "best", self.tokenizer)
             logger.info(
-                "step %d: new best %s = %.4f, exported to %s", step, self.metric, self.best, self.run.path / "best"
+                "step %d%s: new best %s = %.4f, exported to %s",
+                step,
+                f" ({label})" if label else "",
+                self.metric,
+                self.best,
+                self.run.path / "best",
             )
-        if self.accelerator.is_main_process:
-            self.run.record(step, metrics)
+        if self.accelerator.is_main_process and named:
+            self.run.record(step, named)
         return metrics
 
 
@@ -605,12 +677,19 @@ def train(
     if config.best_metric and evaluate is None:
         raise ValueError(f"best_metric={config.best_metric!r} needs an evaluation, and this run has none.")
     accelerator = build_accelerator(run)
+    if config.average_last and accelerator.distributed_type == DistributedType.FSDP:
+        raise ValueError("average_last averages whole models' checkpoints; FSDP saves them sharded: drop one.")
     set_seed(config.seed)  # the training's own randomness does not depend on what the data preparation drew
     if accelerator.is_main_process:
         run.write_settings(run_settings(run, model, accelerator))
     streamed = isinstance(train_dataset, torch.utils.data.IterableDataset)
     data = (StreamedData if streamed else MapStyleData)(train_dataset, collator, config, accelerator)
     stop = StopConditions.from_config(config, data.steps_per_epoch)
+    if config.average_last and (kept := planned_checkpoints(config, stop.total_steps)) < max(config.average_last):
+        raise ValueError(
+            f"average_last={config.average_last}, but {stop.total_steps} steps with save_every={config.save_every} "
+            f"leave {kept} checkpoints: save more often or average fewer."
+        )
     optimizer, scheduler = build_optimizer(model, config, stop.total_steps, accelerator.num_processes)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     accelerator.init_trackers("tb")
@@ -621,7 +700,8 @@ def train(
     step = progress["step"]
     bar = tqdm(total=stop.total_steps, initial=step, disable=not accelerator.is_local_main_process, desc="training")
     totals, train_loss = RunTotals(progress, accelerator), TrainLoss(run, accelerator, bar)
-    for window in data.windows(step):
+    stopped_by = stop.reached(step, 0.0)  # a resumed run at the end of its budget: nothing to train
+    for window in data.windows(step) if stopped_by is None else ():
         inputs = step_inputs(step) if step_inputs else {}
         loss, tokens = optimizer_step(model, window, optimizer, scheduler, accelerator, config, inputs)
         step += 1
@@ -641,13 +721,15 @@ def train(
 
     seconds = totals.seconds()
     metrics = evaluation(model, step)
-    run.write_checkpoint(accelerator, step, totals.progress(evaluation.best, seconds), data.state_dict())
+    if step > progress["step"]:  # else the resumed checkpoint is this step's
+        run.write_checkpoint(accelerator, step, totals.progress(evaluation.best, seconds), data.state_dict())
     run.export(accelerator, model, "final", tokenizer)
+    averaged = average_last_checkpoints(model, run, accelerator, evaluation, step)
     tokens_seen = totals.tokens_seen()
     close_logs(run, accelerator)
-    return TrainResult(
-        step, train_loss.last, metrics, seconds, tokens_seen, tokens_seen / max(seconds, 1e-9), stopped_by
-    )
+    train_loss_last = train_loss.last if step > progress["step"] else run.last_logged("train/loss")
+    throughput = tokens_seen / max(seconds, 1e-9)
+    return TrainResult(step, train_loss_last, metrics, seconds, tokens_seen, throughput, stopped_by, averaged)
 
 
 __all__ = [

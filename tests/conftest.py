@@ -200,10 +200,12 @@ def run_main(main: Callable[[list[str]], object], *flags: str) -> ScriptRun:
     fresh one (which spends about 6 s here importing torch and transformers). The accelerate state is cleared before
     and after, so that each run sets up its Accelerator (precision, processes) afresh."""
     stdout, stderr = io.StringIO(), io.StringIO()
+    program = Path(sys.modules[main.__module__].__file__).relative_to(ROOT)  # what the run records as its command
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
         with contextlib.chdir(ROOT), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            result = main(list(flags))
+            with mock.patch.object(sys, "argv", [str(program), *flags]):
+                result = main(list(flags))
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()

@@ -179,7 +179,7 @@ def test_pushed_runs_load_without_the_package_and_give_the_same_logits(mlm_run, 
     results = json.loads((translation_run[0] / "results.json").read_text())["test"]
     bleu, args, split = loaded["org/translator"]["BLEU"]
     assert bleu == pytest.approx(results["bleu"]["score"], abs=1e-4) and split == "test"
-    assert args == {"signature": results["bleu"]["signature"], "num_beams": 2}
+    assert args == {"signature": results["bleu"]["signature"], "num_beams": 2, "length_penalty": 1.0}
     assert set(loaded["org/encoder"]) == {"perplexity (masked tokens)", "masked-token accuracy"}
 
 

@@ -38,10 +38,32 @@ def test_resume_refuses_settings_that_change_the_run_and_allows_a_longer_budget(
     run_job(tmp_path, *CONSTANT, "--max_steps", "4")
     with pytest.raises(ValueError, match=r"training.seed: 0 -> 3; training.per_device_batch_size: 4 -> 8\. Drop"):
         run_job(tmp_path, *CONSTANT, "--max_steps", "6", "--resume", "--per_device_batch_size", "8", "--seed", "3")
-    with pytest.raises(ValueError, match="is already at step 4 of 4: give a larger --max_steps"):
-        run_job(tmp_path, *CONSTANT, "--max_steps", "4", "--resume")
     result = run_job(tmp_path, *CONSTANT, "--max_steps", "6", "--resume", "--eval_every", "3").result
+    commands = json.loads((tmp_path / "config.json").read_text())["commands"]  # one per segment
+    assert len(commands) == 2 and "--max_steps 4" in commands[0] and "--max_steps 6 --resume" in commands[1]
     assert result.steps == 6 and sorted(losses(tmp_path)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_finished_run_resumed_trains_no_more_and_runs_its_end_again(tmp_path, caplog):
+    flags = [*CONSTANT, "--max_steps", "4", "--best_metric", "held_out/loss"]
+    evaluated = {"HF_ENCODERS_TEST_EVALUATE": "1"}
+    first = run_job(tmp_path, *flags, env=evaluated).result
+    before = (tmp_path / "metrics.jsonl").read_text()
+    with caplog.at_level(logging.WARNING):
+        again = run_job(tmp_path, *flags, "--resume", "--average_last", "2", env=evaluated).result
+    assert "is already at step 4 of 4: nothing is trained, its end (evaluation, averaging, export) runs again" in (
+        caplog.text
+    )
+    assert (again.steps, again.train_loss, again.tokens_seen) == (first.steps, first.train_loss, first.tokens_seen)
+    assert again.metrics == pytest.approx(first.metrics)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert (tmp_path / "metrics.jsonl").read_text().startswith(before)  # the end's evaluation is not logged twice
+    assert [sorted(row) for row in rows[len(before.splitlines()) :]] == [
+        ["averaged_2/held_out/accuracy", "averaged_2/held_out/loss", "averaged_2/held_out/perplexity", "step"]
+    ]
+    assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4"] and (
+        tmp_path / "averaged_2"
+    ).is_dir()
 
 
 def test_resume_skips_a_damaged_checkpoint_and_says_why(tmp_path, caplog):

@@ -2,6 +2,8 @@
 trains through the same script, and bad input is refused with a clear message."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,6 +73,49 @@ def test_marian_trains_through_the_same_script(handful, tmp_path):
     card = build_model_card(output)  # a transformers model: its card needs no remote code
     assert "custom_code" not in card.data.tags and "trust_remote_code" not in card.text
     assert "`MarianMTModel`" in card.text and card.data.pipeline_tag == "translation"
+
+
+def test_averaged_checkpoints_and_a_decoding_grid_are_chosen_on_validation(handful, tmp_path):
+    output = tmp_path / "run"
+    flags = [*TINY, "--data", str(handful), "--output_dir", str(output), "--vocab_size", "120", "--num_epochs", "0"]
+    flags += ["--max_steps", "6", "--save_every", "2", "--keep_checkpoints", "3", "--eval_every", "2"]
+    flags += ["--max_new_tokens", "8", "--average_last", "2", "3"]
+    run_script("train_translation.py", *flags, "--tune_num_beams", "1", "2", "--tune_length_penalty", "0.5", "2.0")
+    results = json.loads((output / "results.json").read_text())
+    assert set(results["train"]["averaged"]) == {"averaged_2", "averaged_3"}
+    assert all((output / name / "model.safetensors").is_file() for name in ("averaged_2", "averaged_3"))
+    tried = results["test"]["decoding_on_validation"]
+    assert [(row["num_beams"], row["length_penalty"]) for row in tried] == [(1, 1.0), (2, 0.5), (2, 2.0)]
+    chosen = max(tried, key=lambda row: row["bleu"])  # the run's best_metric: validation/bleu
+    decoding = {key: results["test"][key] for key in ("num_beams", "length_penalty")}
+    assert decoding == {"num_beams": chosen["num_beams"], "length_penalty": chosen["length_penalty"]}
+    generation = AutoModelForSeq2SeqLM.from_pretrained(output / "best").generation_config
+    assert (generation.num_beams, generation.length_penalty) == (decoding["num_beams"], decoding["length_penalty"])
+    card = build_model_card(output).text
+    assert f"length penalty {decoding['length_penalty']} (chosen among 3 on validation BLEU)" in card
+    assert "averages of the last [2, 3] tried" in card
+
+    # the finished run, resumed with another decoding: nothing trained, the test decoded again
+    run_script("train_translation.py", *flags, "--resume", "--test_num_beams", "3", "--length_penalty", "1.0")
+    again = json.loads((output / "results.json").read_text())
+    assert (
+        again["train"]["steps"] == 6
+        and again["test"]["num_beams"] == 3
+        and again["test"]["decoding_on_validation"] == []
+    )
+    assert json.loads((output / "config.json").read_text())["evaluation"]["test_num_beams"] == 3
+
+    collected, figure = tmp_path / "collected.json", tmp_path / "recipe.png"
+    collect = [sys.executable, str(ROOT / "benchmarks" / "collect_translation.py"), str(output)]
+    done = subprocess.run(
+        [*collect, "--output", str(collected), "--plot", str(figure)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = json.loads(collected.read_text())["runs"]
+    assert len(run["commands"]) == 2 and "--resume --test_num_beams 3" in run["commands"][1]
+    assert set(run["averaged"]) == {"averaged_2", "averaged_3"} and len(run["validation_curve"]) == 3
+    assert run["test"]["num_beams"] == 3 and run["test"]["bleu"]["score"] == again["test"]["bleu"]["score"]
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def write_pairs(folder: Path, files: dict[str, list[str]]) -> Path:

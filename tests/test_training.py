@@ -12,9 +12,16 @@ import pytest
 import tiny_training_job
 import torch
 from conftest import ScriptRun, run_main
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForMaskedLM
 
-from hf_encoders.run_folder import checkpoints, resolve_mixed_precision
+from hf_encoders.run_folder import (
+    CheckpointError,
+    average_checkpoints,
+    checkpoints,
+    resolve_mixed_precision,
+    write_manifest,
+)
 from hf_encoders.training import (
     NonFiniteLossError,
     StopConditions,
@@ -168,7 +175,61 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     assert not (tmp_path / "final").exists()  # nothing exported from the broken weights
 
 
-def test_stop_conditions_count_steps_epochs_and_minutes():
+def test_the_newest_checkpoints_are_averaged_evaluated_and_chosen_on_validation(tmp_path):
+    flags = "--per_device_batch_size 4 --max_steps 8 --save_every 2 --keep_checkpoints 3 --eval_every 2".split()
+    job = run_job(
+        tmp_path,
+        *flags,
+        *("--average_last", "2", "3", "--best_metric", "held_out/loss"),
+        env={"HF_ENCODERS_TEST_EVALUATE": "1"},
+    )
+    kept = checkpoints(tmp_path)
+    assert [p.name for p in kept] == ["checkpoint-4", "checkpoint-6", "checkpoint-8"]
+    saved = [load_file(folder / "model.safetensors") for folder in kept]
+    for n in (2, 3):
+        averaged = load_file(tmp_path / f"averaged_{n}" / "model.safetensors")
+        for name in saved[0]:
+            expected = torch.stack([weights[name] for weights in saved[-n:]]).mean(0)
+            assert torch.allclose(averaged[name], expected, atol=1e-6), name
+        assert (tmp_path / f"averaged_{n}" / "tokenizer.json").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    candidates = {
+        f"checkpoint-{row['step']}" if key == "held_out/loss" else key.split("/")[0]: row[key]
+        for row in rows
+        for key in row
+        if key.endswith("held_out/loss")
+    }
+    assert len(candidates) == 6  # steps 2, 4, 6, 8 and the two averages
+    for name, evaluation in job.result.averaged.items():
+        assert candidates[name] == evaluation["held_out/loss"]
+    chosen = min(candidates, key=candidates.get)  # the lowest validation loss is the best model
+    expected = load_file(tmp_path / chosen / "model.safetensors")
+    best = AutoModelForMaskedLM.from_pretrained(tmp_path / "best").state_dict()
+    assert all(torch.equal(best[name], value) for name, value in expected.items()), (chosen, candidates)
+
+
+def test_averaging_refuses_what_cannot_be_averaged(tmp_path):
+    with pytest.raises(ValueError, match=r"average_last=\[2, 5\]: each N must lie in \[2, keep_checkpoints=3\]"):
+        TrainingConfig(average_last=[2, 5], keep_checkpoints=3, save_every=2)
+    with pytest.raises(ValueError, match="average_last averages the run's checkpoints: give save_every"):
+        TrainingConfig(average_last=[2])
+    with pytest.raises(ValueError, match=r"but 4 steps with save_every=4 leave 1 checkpoints: save more often"):
+        run_job(tmp_path / "few", "--max_steps", "4", "--save_every", "4", "--average_last", "2")
+    assert not (tmp_path / "few" / "checkpoint-4").exists()  # refused before the first step
+
+    run_job(tmp_path / "run", "--per_device_batch_size", "4", "--max_steps", "4", "--save_every", "2")
+    first, second = checkpoints(tmp_path / "run")
+    alone, saved = average_checkpoints([first]), load_file(first / "model.safetensors")
+    assert alone.keys() == saved.keys() and all(alone[name].equal(saved[name]) for name in saved)
+    save_file({**load_file(second / "model.safetensors"), "extra": torch.zeros(2)}, second / "model.safetensors")
+    with pytest.raises(CheckpointError, match=f"Cannot average {second}: model.safetensors is .* the manifest says"):
+        average_checkpoints([first, second])
+    write_manifest(second)
+    with pytest.raises(CheckpointError, match=f"{second} holds other tensors than {first}: they are not one run's"):
+        average_checkpoints([first, second])
+    with pytest.raises(CheckpointError, match="No checkpoints to average"):
+        average_checkpoints([])
+
     by_epochs = StopConditions.from_config(TrainingConfig(num_epochs=2.5), steps_per_epoch=4)
     assert by_epochs.total_steps == 10 and by_epochs.reached(9, 1e9) is None
     assert by_epochs.reached(10, 0.0) == "max_steps"

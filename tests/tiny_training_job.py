@@ -6,7 +6,8 @@ test process (`main(flags)`):
 Environment switches: HF_ENCODERS_TEST_MASKING=dynamic (MLMCollator; default: a fixed masking that does not depend
 on how the batch is split), HF_ENCODERS_TEST_CRASH_AT_BATCH=k (the k-th batch fails: a killed run),
 HF_ENCODERS_TEST_FAIL_SAVE_AT_STEP=n (writing checkpoint n fails halfway), HF_ENCODERS_TEST_NAN_AT_STEP=n (the
-loss becomes NaN from that optimizer step on), HF_ENCODERS_TEST_STREAM=FILE (train on FILE's documents, streamed).
+loss becomes NaN from that optimizer step on), HF_ENCODERS_TEST_STREAM=FILE (train on FILE's documents, streamed),
+HF_ENCODERS_TEST_EVALUATE=1 (evaluate on 32 held-out examples: `held_out/loss`, ...).
 """
 
 import contextlib
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hf_encoders import EncoderConfig, EncoderForMaskedLM, MLMCollator  # noqa: E402
 from hf_encoders.data import StreamedExamples, mlm_blocks, stream_text_dataset  # noqa: E402
 from hf_encoders.run_folder import start_run  # noqa: E402
-from hf_encoders.training import TrainingConfig, TrainResult, parse_config, train  # noqa: E402
+from hf_encoders.training import TrainingConfig, TrainResult, evaluate_loss, parse_config, train  # noqa: E402
 
 VOCAB = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"] + [f"t{i}" for i in range(59)]
 
@@ -109,8 +110,14 @@ def main(argv: list[str] | None = None) -> TrainResult:
 
         model.head.register_forward_hook(poison)
 
+    evaluate = held_out_loss if os.environ.get("HF_ENCODERS_TEST_EVALUATE") else None
     with failing_save:
-        return train(model, training_data(tokenizer), collator, run, tokenizer=tokenizer)
+        return train(model, training_data(tokenizer), collator, run, tokenizer=tokenizer, evaluate=evaluate)
+
+
+def held_out_loss(model, accelerator) -> dict[str, float]:
+    losses = evaluate_loss(model, examples(32, seed=1), fixed_masking, accelerator, batch_size=8)
+    return {f"held_out/{name}": value for name, value in losses.items()}
 
 
 def training_data(tokenizer):

@@ -30,6 +30,8 @@ def first_test_source(run: RunRecord) -> str:
 
 def card_section(run: RunRecord) -> CardSection:
     data, test = run.data, run.results["test"]
+    decoding = {"num_beams": test["num_beams"], "length_penalty": test.get("length_penalty", 1.0)}
+    tuned = len(test.get("decoding_on_validation") or []) > 1
     src, tgt = data["src"], data["tgt"]
     dataset = describe_data(data["data"])
     task = dict(
@@ -47,7 +49,7 @@ def card_section(run: RunRecord) -> CardSection:
             metric_name=metric_name,
             value=test[key]["score"],
             signature=test[key]["signature"],
-            metric_args={"signature": test[key]["signature"], "num_beams": test["num_beams"]},
+            metric_args={"signature": test[key]["signature"], **decoding},
         )
         for key, (metric_type, metric_name) in SCORES.items()
         if key in test
@@ -74,9 +76,10 @@ def card_section(run: RunRecord) -> CardSection:
         example=first_test_source(run),
         evaluation_note=(
             f"sacreBLEU on the detokenized `{test['split']}` references ({test['examples']:,} sentences), beam search "
-            f"{test['num_beams']}, with the signatures that make the numbers comparable; the validation rows are the "
-            "greedy scores the checkpoint was chosen on"
-            + (f" (the first {examples:,} validation sentences)." if examples else ".")
+            f"{test['num_beams']}, length penalty {decoding['length_penalty']}"
+            + (f" (chosen among {len(test['decoding_on_validation'])} on validation BLEU)" if tuned else "")
+            + ", with the signatures that make the numbers comparable; the validation rows are the greedy scores the "
+            "model was chosen on" + (f" (the first {examples:,} validation sentences)." if examples else ".")
         ),
         fields=dict(
             source_language=src,
@@ -85,6 +88,7 @@ def card_section(run: RunRecord) -> CardSection:
             target_language_name=language_name(tgt),
             test_split=test["split"],
             test_num_beams=test["num_beams"],
+            test_length_penalty=decoding["length_penalty"],
             headline={key: test[key]["score"] for key in ("bleu", "chrf")},
             train_examples=run.results["train_pairs"],
             tokenizer=data.get("tokenizer_model", ""),

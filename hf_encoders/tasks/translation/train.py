@@ -7,9 +7,12 @@
 Reads sentence pairs with `datasets` (aligned local files such as Multi30k's, or a Hub id like `bentrevett/multi30k`),
 trains a joint tokenizer with language tags unless one is given, and trains `Seq2SeqForConditionalGeneration` (or a
 `MarianMTModel` of the same size) with label-smoothed cross-entropy on length-bucketed batches. Every `eval_every`
-steps it reports validation loss and greedy BLEU/chrF; the best model by validation BLEU is exported to `best/`,
-then translated with beam search on the test split: hypotheses, scores with sacreBLEU signatures and `results.json`
-are written beside it.
+steps it reports validation loss and greedy BLEU/chrF; the best model by validation BLEU is exported to `best/`
+(averages of the last checkpoints compete for it with `--average_last 5 10`). With `--tune_num_beams` and/or
+`--tune_length_penalty`, that model decodes the validation split with every combination, and the best by validation
+BLEU is the test's decoding. The test's decoding is saved as the chosen model's `generation_config.json` (what
+pipelines use by default); then it translates the test split once:
+hypotheses, scores with sacreBLEU signatures and `results.json` are written beside it.
 """
 
 import logging
@@ -105,7 +108,25 @@ class EvaluationArguments:
     test_max_examples: int = field(default=0, metadata={"help": "Only the first N test pairs (0: all)."})
     test_num_beams: int = 5
     length_penalty: float = 1.0
+    tune_num_beams: list[int] = field(
+        default_factory=list, metadata={"help": "Beam sizes tried on validation; the best decodes the test."}
+    )
+    tune_length_penalty: list[float] = field(
+        default_factory=list, metadata={"help": "Length penalties tried on validation, with each beam size."}
+    )
     max_new_tokens: int = 128
+
+    def __post_init__(self):
+        if any(beams < 1 for beams in (self.test_num_beams, *self.tune_num_beams)):
+            raise ValueError(f"Beam sizes must be at least 1: {self.test_num_beams}, {self.tune_num_beams}.")
+
+    def decodings(self) -> list[dict]:
+        """The beam sizes and length penalties to try: the tuned grid, or the one given decoding (greedy search, one
+        beam, has no length penalty: it is tried once)."""
+        beams = self.tune_num_beams or [self.test_num_beams]
+        penalties = self.tune_length_penalty or [self.length_penalty]
+        grid = [{"num_beams": b, "length_penalty": p if b > 1 else 1.0} for b in beams for p in penalties]
+        return list({tuple(decoding.values()): decoding for decoding in grid}.values())
 
 
 def build_model(args: ModelArguments, tokenizer) -> torch.nn.Module:
@@ -170,11 +191,29 @@ def load_data(
 
 def generation_options(eval_args: EvaluationArguments) -> dict:
     """The settings of `translate` that validation (greedy) and test (beam search) share."""
-    return {
-        "batch_size": eval_args.eval_batch_size,
-        "max_new_tokens": eval_args.max_new_tokens,
-        "length_penalty": eval_args.length_penalty,
-    }
+    return {"batch_size": eval_args.eval_batch_size, "max_new_tokens": eval_args.max_new_tokens}
+
+
+def choose_decoding(
+    model, state: PartialState, tokenizer, pairs, data_args: DataArguments, eval_args: EvaluationArguments, metric: str
+) -> tuple[dict, list[dict]]:
+    """The beam size and length penalty the test is decoded with: the given ones, or of the tuned grid the one with
+    the highest validation `metric` (a score of `score_translations`); and every tried decoding's validation scores."""
+    decodings = eval_args.decodings()
+    if len(decodings) == 1:
+        return decodings[0], []
+    validation = first_n(pairs["validation"], eval_args.eval_max_examples or None)
+    sources, references = list(validation[data_args.src]), list(validation[data_args.tgt])
+    tried = []
+    for decoding in decodings:
+        hypotheses = translate_everywhere(
+            model, state, tokenizer, sources, data_args.tgt, **generation_options(eval_args), **decoding
+        )
+        scores = {name: score["score"] for name, score in score_translations(hypotheses, references).items()}
+        tried.append({**decoding, **scores})
+        logger.info("validation, beams %(num_beams)d, length penalty %(length_penalty)g: %(bleu).2f BLEU", tried[-1])
+    chosen = max(tried, key=lambda row: row[metric])
+    return {key: chosen[key] for key in decodings[0]}, tried
 
 
 def validation_evaluator(
@@ -209,30 +248,32 @@ def validation_evaluator(
 def evaluate_on_test(
     run, state: PartialState, tokenizer, pairs, data_args: DataArguments, eval_args: EvaluationArguments
 ) -> tuple:
-    """The test set, once, translated with beam search by the model chosen on validation: `(chosen model folder,
-    hypotheses, test figures)`."""
+    """The test set, once, translated with beam search by the model chosen on validation, with the decoding chosen
+    on validation (saved as the model's generation config): `(chosen model folder, hypotheses, test figures)`."""
     chosen = chosen_model(run)
     best = (load_adapted(chosen) if is_adapter(chosen) else AutoModelForSeq2SeqLM.from_pretrained(chosen)).to(
         state.device
     )
+    metric = run.config.best_metric.removeprefix("validation/")
+    decoding, tried = choose_decoding(
+        best, state, tokenizer, pairs, data_args, eval_args, metric if metric in TRANSLATION_SCORES else "bleu"
+    )
+    if state.is_main_process and not is_adapter(chosen):  # what pipelines and `generate` then use by default
+        best.generation_config.update(**decoding)
+        best.generation_config.save_pretrained(chosen)
     started = time.perf_counter()
     test = first_n(pairs[eval_args.test_split], eval_args.test_max_examples or None)
     hypotheses = translate_everywhere(
-        best,
-        state,
-        tokenizer,
-        list(test[data_args.src]),
-        data_args.tgt,
-        num_beams=eval_args.test_num_beams,
-        **generation_options(eval_args),
+        best, state, tokenizer, list(test[data_args.src]), data_args.tgt, **generation_options(eval_args), **decoding
     )
     scores = score_translations(hypotheses, list(test[data_args.tgt]))
     figures = {
         "split": eval_args.test_split,
         "examples": len(hypotheses),
-        "num_beams": eval_args.test_num_beams,
+        **decoding,
         "seconds": time.perf_counter() - started,
         **scores,
+        "decoding_on_validation": tried,
     }
     return chosen, hypotheses, figures
 

@@ -1,0 +1,117 @@
+"""Gather finished translation runs (hf-encoders train-translation) into one results JSON and one figure: each run's
+command lines, settings, validation curve (greedy BLEU at every evaluation), the averages of its last checkpoints,
+the model chosen on validation, the decodings tried on validation, and the test figures of that model and decoding.
+
+    python benchmarks/collect_translation.py runs/t25_de_en runs/t25_en_de \
+        --output benchmarks/results/translation_recipe_cpu.json --plot benchmarks/results/translation_recipe_cpu.png
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCORES = ("bleu", "bleu_lowercased", "chrf")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="finished train-translation output folders")
+    parser.add_argument("--title", default="Multi30k translation recipe: chosen on val, test2016 decoded once")
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--plot", type=Path, help="the validation curves and decoding grids as PNG")
+    return parser.parse_args()
+
+
+def read_run(folder: Path) -> dict:
+    """One finished run: how it was started and resumed, what it trained, what it was chosen on, what it scored."""
+    from hf_encoders.cards import read_run as read_record
+
+    record = read_record(folder)
+    settings, results = record.settings, record.results
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    curve = [
+        {"step": row["step"], "loss": row["validation/loss"], **{k: row[f"validation/{k}"] for k in SCORES}}
+        for row in rows
+        if "validation/bleu" in row
+    ]
+    test = results["test"]
+    return {
+        "run": str(folder),
+        "direction": f"{settings['data']['src']}-{settings['data']['tgt']}",
+        "architecture": results["architecture"],
+        "commands": settings.get("commands", [settings.get("command")]),
+        "parameters": results["parameters"],
+        "model": settings["model"],
+        "training": settings["training"],
+        "device": settings.get("device"),
+        "versions": settings.get("versions"),
+        "train_pairs": results["train_pairs"],
+        "steps": results["train"]["steps"],
+        "train_minutes": results["train"]["seconds"] / 60,
+        "tokens_seen": results["train"]["tokens_seen"],
+        "validation_curve": curve,
+        "averaged": results["train"].get("averaged", {}),
+        "chosen_model": record.chosen_evaluation()[0],
+        "chosen_validation": record.chosen_metrics(),
+        "decoding_on_validation": test.get("decoding_on_validation", []),
+        "test": {
+            "split": test["split"],
+            "examples": test["examples"],
+            "num_beams": test["num_beams"],
+            "length_penalty": test.get("length_penalty", 1.0),
+            "seconds": test["seconds"],
+            **{name: test[name] for name in SCORES},
+        },
+    }
+
+
+def plot(runs: list[dict], output: Path) -> None:
+    """Left: greedy validation BLEU (lowercased) per evaluation, the averages as crosses at the last step. Right:
+    validation BLEU (lowercased) of every beam size and length penalty tried."""
+    from hf_encoders.plots import _pyplot, _save
+
+    plt = _pyplot()
+    figure, (curves, grid) = plt.subplots(1, 2, figsize=(11, 4))
+    for run in runs:
+        steps = [point["step"] for point in run["validation_curve"]]
+        (line,) = curves.plot(steps, [p["bleu_lowercased"] for p in run["validation_curve"]], marker="o", ms=3)
+        curves.plot(
+            [run["steps"]] * len(run["averaged"]),
+            [m["validation/bleu_lowercased"] for m in run["averaged"].values()],
+            "x",
+            color=line.get_color(),
+            label=f"{run['direction']}: averages of the last {', '.join(n[9:] for n in run['averaged'])}",
+        )
+        curves.plot([], [], color=line.get_color(), label=f"{run['direction']}: per evaluation (greedy)")
+        tried = run["decoding_on_validation"]
+        for beams in sorted({row["num_beams"] for row in tried}):
+            chosen = [row for row in tried if row["num_beams"] == beams]
+            grid.plot(
+                [row["length_penalty"] for row in chosen],
+                [row["bleu_lowercased"] for row in chosen],
+                marker="o",
+                label=f"{run['direction']}, beam {beams}",
+            )
+    curves.set(title="validation BLEU (lowercased) while training", xlabel="step")
+    grid.set(title="validation BLEU (lowercased) of the chosen model", xlabel="length penalty")
+    for axis in (curves, grid):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    _save(figure, output)
+
+
+def main() -> None:
+    args = parse_args()
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.common import write_result
+
+    runs = [read_run(folder) for folder in args.runs]
+    write_result(args.output, args.title, {"metric_note": "sacreBLEU on the detokenized references"}, {"runs": runs})
+    if args.plot:
+        plot(runs, args.plot)
+
+
+if __name__ == "__main__":
+    main()
