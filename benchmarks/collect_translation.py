@@ -68,12 +68,12 @@ def read_run(folder: Path) -> dict:
 
 
 def plot(runs: list[dict], output: Path) -> None:
-    """Left: greedy validation BLEU (lowercased) per evaluation, the averages as crosses at the last step. Right:
-    validation BLEU (lowercased) of every beam size and length penalty tried."""
+    """Greedy validation BLEU (lowercased) per evaluation, the averages as crosses at the last step; validation
+    loss per evaluation; validation BLEU (lowercased) of every beam size and length penalty tried."""
     from hf_encoders.plots import _pyplot, _save
 
     plt = _pyplot()
-    figure, (curves, grid) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, (curves, losses, grid) = plt.subplots(1, 3, figsize=(16, 4))
     for run in runs:
         steps = [point["step"] for point in run["validation_curve"]]
         (line,) = curves.plot(steps, [p["bleu_lowercased"] for p in run["validation_curve"]], marker="o", ms=3)
@@ -85,6 +85,7 @@ def plot(runs: list[dict], output: Path) -> None:
             label=f"{run['direction']}: averages of the last {', '.join(n[9:] for n in run['averaged'])}",
         )
         curves.plot([], [], color=line.get_color(), label=f"{run['direction']}: per evaluation (greedy)")
+        losses.plot(steps, [p["loss"] for p in run["validation_curve"]], marker="o", ms=3, label=run["direction"])
         tried = run["decoding_on_validation"]
         for beams in sorted({row["num_beams"] for row in tried}):
             chosen = [row for row in tried if row["num_beams"] == beams]
@@ -95,8 +96,9 @@ def plot(runs: list[dict], output: Path) -> None:
                 label=f"{run['direction']}, beam {beams}",
             )
     curves.set(title="validation BLEU (lowercased) while training", xlabel="step")
+    losses.set(title="validation loss while training", xlabel="step")
     grid.set(title="validation BLEU (lowercased) of the chosen model", xlabel="length penalty")
-    for axis in (curves, grid):
+    for axis in (curves, losses, grid):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     _save(figure, output)
