@@ -73,7 +73,11 @@ def checkpoints(output_dir: Path) -> list[Path]:
 def run_entries(output_dir: Path) -> list[Path]:
     """The files and folders of a run in `output_dir` (empty when it holds none)."""
     named = [output_dir / name for name in (*RUN_FILES, *RUN_FOLDERS)]
-    return [p for p in named if p.exists()] + sorted(output_dir.glob("checkpoint-*"))
+    return (
+        [p for p in named if p.exists()]
+        + sorted(output_dir.glob("checkpoint-*"))
+        + sorted(p for p in output_dir.glob("averaged_*") if p.is_dir())
+    )
 
 
 def average_checkpoints(folders: list[Path]) -> dict[str, torch.Tensor]:

@@ -207,6 +207,9 @@ def test_the_newest_checkpoints_are_averaged_evaluated_and_chosen_on_validation(
     best = AutoModelForMaskedLM.from_pretrained(tmp_path / "best").state_dict()
     assert all(torch.equal(best[name], value) for name, value in expected.items()), (chosen, candidates)
 
+    run_job(tmp_path, "--max_steps", "2", "--overwrite_output_dir")  # a new run there: the averages were the old one's
+    assert not list(tmp_path.glob("averaged_*"))
+
 
 def test_averaging_refuses_what_cannot_be_averaged(tmp_path):
     with pytest.raises(ValueError, match=r"average_last=\[2, 5\]: each N must lie in \[2, keep_checkpoints=3\]"):
