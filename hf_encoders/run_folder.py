@@ -308,6 +308,15 @@ class RunFolder:
                 shutil.rmtree(old)
         accelerator.wait_for_everyone()
 
+    def update_best(self, best: float) -> None:
+        """Record `best` (an average's validation score, found after the last checkpoint was written) in the newest
+        checkpoint's progress, so that a resumed run measures its new evaluations against it."""
+        if PartialState().is_main_process and (found := checkpoints(self.path)):
+            progress_file = found[-1] / "progress.json"
+            progress_file.write_text(json.dumps({**json.loads(progress_file.read_text()), "best": best}))
+            write_manifest(found[-1])
+        PartialState().wait_for_everyone()
+
     def load_checkpoint(self, accelerator: Accelerator, checkpoint: Path) -> dict:
         """Load the state saved in `checkpoint` into the prepared objects; its progress.json (step, best, ...)."""
         accelerator.load_state(str(checkpoint))

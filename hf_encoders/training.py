@@ -724,7 +724,10 @@ def train(
     if step > progress["step"]:  # else the resumed checkpoint is this step's
         run.write_checkpoint(accelerator, step, totals.progress(evaluation.best, seconds), data.state_dict())
     run.export(accelerator, model, "final", tokenizer)
+    best_of_checkpoints = evaluation.best
     averaged = average_last_checkpoints(model, run, accelerator, evaluation, step)
+    if evaluation.best != best_of_checkpoints:  # an average is the best model now
+        run.update_best(evaluation.best)
     tokens_seen = totals.tokens_seen()
     close_logs(run, accelerator)
     train_loss_last = train_loss.last if step > progress["step"] else run.last_logged("train/loss")

@@ -18,6 +18,7 @@ from transformers import AutoModelForMaskedLM
 from hf_encoders.run_folder import (
     CheckpointError,
     average_checkpoints,
+    checkpoint_problem,
     checkpoints,
     resolve_mixed_precision,
     write_manifest,
@@ -206,6 +207,8 @@ def test_the_newest_checkpoints_are_averaged_evaluated_and_chosen_on_validation(
     expected = load_file(tmp_path / chosen / "model.safetensors")
     best = AutoModelForMaskedLM.from_pretrained(tmp_path / "best").state_dict()
     assert all(torch.equal(best[name], value) for name, value in expected.items()), (chosen, candidates)
+    progress = json.loads((kept[-1] / "progress.json").read_text())  # what a resumed run measures itself against
+    assert progress["best"] == candidates[chosen] and checkpoint_problem(kept[-1]) is None
 
     run_job(tmp_path, "--max_steps", "2", "--overwrite_output_dir")  # a new run there: the averages were the old one's
     assert not list(tmp_path.glob("averaged_*"))
