@@ -10,9 +10,9 @@ trains a joint tokenizer with language tags unless one is given, and trains `Seq
 steps it reports validation loss and greedy BLEU/chrF; the best model by validation BLEU is exported to `best/`
 (averages of the last checkpoints compete for it with `--average_last 5 10`). With `--tune_num_beams` and/or
 `--tune_length_penalty`, that model decodes the validation split with every combination, and the best by validation
-BLEU is the test's decoding. The test's decoding is saved as the chosen model's `generation_config.json` (what
-pipelines use by default); then it translates the test split once:
-hypotheses, scores with sacreBLEU signatures and `results.json` are written beside it.
+BLEU becomes the test's decoding, saved as the model's `generation_config.json` (what pipelines use by default).
+Then it translates the test split once: hypotheses, scores with sacreBLEU signatures and `results.json` are written
+beside it.
 """
 
 import logging
