@@ -19,7 +19,7 @@
   `resume_from` and `load_checkpoint`, and `export` of the final and the best model (`save_pretrained`).
 - The seed is set before anything random happens (tokenizer training, model initialisation, data order, masks).
 - `average_checkpoints` averages the weights of the newest checkpoints, as fairseq's `average_checkpoints.py` does
-  (the loop's `average_last`, and `hf-encoders average-checkpoints`).
+  (the loop's `average_last`).
 """
 
 import errno

@@ -391,9 +391,9 @@ def resume(run: RunFolder, accelerator: Accelerator, total_steps: int, data: "Tr
 
 
 def planned_checkpoints(config: TrainingConfig, total_steps: int) -> int:
-    """How many checkpoints the run keeps at its end (every `save_every` steps, and the last step's)."""
-    saved = total_steps // config.save_every + (total_steps % config.save_every > 0) if config.save_every else 1
-    return min(saved, config.keep_checkpoints)
+    """How many checkpoints a run with `save_every` keeps at its end (every `save_every` steps, and the last
+    step's)."""
+    return min(math.ceil(total_steps / config.save_every), config.keep_checkpoints)
 
 
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
@@ -720,8 +720,9 @@ def train(
     bar.close()
 
     seconds = totals.seconds()
+    trained = step > progress["step"]  # else a resumed run at the end of its budget: its checkpoint is this step's
     metrics = evaluation(model, step)
-    if step > progress["step"]:  # else the resumed checkpoint is this step's
+    if trained:
         run.write_checkpoint(accelerator, step, totals.progress(evaluation.best, seconds), data.state_dict())
     run.export(accelerator, model, "final", tokenizer)
     best_of_checkpoints = evaluation.best
@@ -730,7 +731,7 @@ def train(
         run.update_best(evaluation.best)
     tokens_seen = totals.tokens_seen()
     close_logs(run, accelerator)
-    train_loss_last = train_loss.last if step > progress["step"] else run.last_logged("train/loss")
+    train_loss_last = train_loss.last if trained else run.last_logged("train/loss")
     throughput = tokens_seen / max(seconds, 1e-9)
     return TrainResult(step, train_loss_last, metrics, seconds, tokens_seen, throughput, stopped_by, averaged)
 
