@@ -50,11 +50,9 @@ RESUMABLE_SETTINGS = frozenset(
     | {"max_steps", "num_epochs", "max_minutes"}
     | {"eval_every", "save_every", "keep_checkpoints", "log_every", "average_last"}
 )
-# settings of the other sections that do not change what is trained: how fast the data is prepared, and how the
-# chosen model is decoded for the test
-NOT_THE_RUN = frozenset(
-    {"num_proc", "test_num_beams", "length_penalty", "tune_num_beams", "tune_length_penalty", "max_new_tokens"}
-)
+# settings of the other sections that do not change what is trained or chosen: how fast the data is prepared, and
+# how the chosen model is decoded for the test (max_new_tokens is not one: validation BLEU decodes with it too)
+NOT_THE_RUN = frozenset({"num_proc", "test_num_beams", "length_penalty", "tune_num_beams", "tune_length_penalty"})
 MANIFEST = "manifest.json"
 MODEL_WEIGHTS = "model.safetensors"  # the model's weights in a checkpoint (`save_state` of one unsharded model)
 DATA_STATE = "data_state_{}.pkl"  # a process's position in a streamed training set, in each checkpoint

@@ -95,7 +95,10 @@ def test_averaged_checkpoints_and_a_decoding_grid_are_chosen_on_validation(handf
     assert f"length penalty {decoding['length_penalty']} (chosen among 3 on validation BLEU)" in card
     assert "averages of the last [2, 3] tried" in card
 
-    # the finished run, resumed with another decoding: nothing trained, the test decoded again
+    # the finished run, resumed with another decoding: nothing trained, the test decoded again; a generation length
+    # is refused, as validation BLEU (which chose the model) decodes with it
+    with pytest.raises(ValueError, match=r"evaluation.max_new_tokens: 8 -> 16\. Drop them"):
+        run_script("train_translation.py", *flags, "--resume", "--max_new_tokens", "16")
     run_script("train_translation.py", *flags, "--resume", "--test_num_beams", "3", "--length_penalty", "1.0")
     again = json.loads((output / "results.json").read_text())
     assert (
