@@ -1,10 +1,11 @@
 """Gather finished fine-tuning runs (hf-encoders finetune) into one results JSON: each run's command, settings,
 trainable parameters, training time, the validation curve it was chosen on and its reported figures, and per method
-(runs that differ only in their seed) the mean and spread over seeds.
+(runs that differ only in their seed) the mean and spread over seeds; with the pretraining run's commands, tokens and
+held-out curve, and a figure of the curves.
 
     python benchmarks/collect_finetune.py --method full=runs/sst2_full_s0,runs/sst2_full_s1,runs/sst2_full_s2 \
         --method lora=runs/sst2_lora_s0,runs/sst2_lora_s1,runs/sst2_lora_s2 \
-        --pretraining runs/mlm_small --output benchmarks/results/lora_sst2_cpu.json
+        --pretraining runs/mlm_small --output benchmarks/results/lora_sst2_cpu.json --plot lora_sst2_cpu.png
 """
 
 import argparse
@@ -23,6 +24,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pretraining", type=Path, help="the pretraining run's folder (its tokens are stated)")
     parser.add_argument("--title", default="Fine-tuning runs over seeds, chosen on validation, scored once on test")
     parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--plot", type=Path, help="a PNG of the pretraining's and every run's validation curve")
     return parser.parse_args()
 
 
@@ -54,12 +56,14 @@ def read_run(folder: Path) -> dict:
 
 
 def read_pretraining(folder: Path) -> dict:
-    """What the fine-tuned encoder was pretrained with: its run's command, steps, tokens and time."""
+    """What the fine-tuned encoder was pretrained with: its run's commands (one per segment), steps, tokens, time
+    and held-out curve."""
     results = json.loads((folder / "results.json").read_text())
     settings = json.loads((folder / "config.json").read_text())
+    rows = map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())
     return {
         "run": str(folder),
-        "command": settings.get("command"),
+        "commands": settings.get("commands", [settings.get("command")]),
         "data": settings["data"]["train_data"] + ":" + settings["data"]["train_split"],
         "parameters": results["parameters"],
         "steps": results["steps"],
@@ -67,6 +71,7 @@ def read_pretraining(folder: Path) -> dict:
         "train_seconds": results["seconds"],
         "stopped_by": results["stopped_by"],
         "final_metrics": results["metrics"],
+        "validation_curve": [row for row in rows if results["metrics"].keys() & row.keys()],
     }
 
 
@@ -93,6 +98,46 @@ def summary(runs: list[dict]) -> dict:
     }
 
 
+def plot(methods: dict, pretraining: dict | None, output: Path) -> None:
+    """The pretraining's held-out loss per evaluation (when given), then per method each seed's validation curve
+    with the chosen evaluation circled."""
+    from hf_encoders.plots import _pyplot, _save
+
+    plt = _pyplot()
+    panels = [pretraining] * bool(pretraining) + list(methods)
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.6), squeeze=False)
+    axes = list(axes[0])
+    if pretraining:
+        axis = axes.pop(0)
+        for name in (key for key in pretraining["final_metrics"] if key.endswith("/loss")):
+            points = [(row["step"], row[name]) for row in pretraining["validation_curve"] if name in row]
+            axis.plot(*zip(*points, strict=True), marker="o", ms=3, label=name)
+        axis.set(
+            title=f"pretraining: held-out MLM loss ({pretraining['tokens_seen'] / 1e6:.1f}M tokens)", xlabel="step"
+        )
+    for axis, (name, method) in zip(axes, methods.items(), strict=True):
+        for run in method["runs"]:
+            metric = next(key for key in run["chosen"] if key != "step")
+            (line,) = axis.plot(
+                [row["step"] for row in run["validation_curve"]],
+                [row[metric] for row in run["validation_curve"]],
+                marker="o",
+                ms=3,
+                label=f"seed {run['seed']}",
+            )
+            axis.plot(run["chosen"]["step"], run["chosen"][metric], "o", ms=9, mfc="none", color=line.get_color())
+        summary = method["summary"]
+        axis.set(
+            title=f"{name}: {metric} on {summary['chosen_on']}\n{summary['reported_split']} accuracy "
+            f"{100 * summary['accuracy']['mean']:.1f} ± {100 * summary['accuracy']['std']:.1f}",
+            xlabel="step",
+        )
+    for axis in figure.axes:
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    _save(figure, output)
+
+
 def main() -> None:
     args = parse_args()
     sys.path.insert(0, str(ROOT))
@@ -105,6 +150,8 @@ def main() -> None:
         methods[name] = {"summary": summary(runs), "runs": runs}
     settings = {"pretraining": read_pretraining(args.pretraining) if args.pretraining else None}
     write_result(args.output, args.title, settings, {"methods": methods})
+    if args.plot:
+        plot(methods, settings["pretraining"], args.plot)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import os
 import pickle
 import shutil
 from collections.abc import Callable, Collection
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields, is_dataclass
 from pathlib import Path
 
 import torch
@@ -166,7 +166,11 @@ class RunFolder:
     def __init__(self, config, settings: dict):
         self.config = config
         self.path = Path(config.output_dir)
-        self.settings = settings
+        self.settings = {name: asdict(value) if is_dataclass(value) else value for name, value in settings.items()}
+        # each dataclass section's defaults: a setting added to the package after a run started is absent from its
+        # config.json, and the run trained as the setting's default does
+        self.defaults = {name: field_defaults(value) for name, value in settings.items() if is_dataclass(value)}
+        self.defaults["training"] = field_defaults(config)
         self.resuming = bool(config.resume) and (self.path / "config.json").is_file()
         self.precision = resolve_mixed_precision(
             config.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu"
@@ -205,11 +209,12 @@ class RunFolder:
             before = saved.get(section)
             if isinstance(values, dict) and isinstance(before, dict):
                 skip = RESUMABLE_SETTINGS if section == "training" else NOT_THE_RUN
-                changed += [
-                    f"{section}.{key}: {before.get(key)!r} -> {value!r}"
-                    for key, value in values.items()
-                    if key not in skip and json_value(value) != before.get(key)
-                ]
+                defaults = self.defaults.get(section, {})
+                for key, value in values.items():
+                    if key in skip or json_value(value) == before.get(key, defaults.get(key, MISSING)):
+                        continue
+                    old = repr(before[key]) if key in before else "(not in its config.json: a newer setting)"
+                    changed.append(f"{section}.{key}: {old} -> {value!r}")
             elif json_value(values) != before:
                 changed.append(f"{section}: {before!r} -> {values!r}")
         if changed:
@@ -371,6 +376,17 @@ class RunFolder:
         self.metrics_file.write_text("".join(line + "\n" for line in kept))
 
 
+def field_defaults(instance) -> dict:
+    """The defaults of a dataclass instance's fields, as config.json stores them (fields without one left out)."""
+    defaults = {}
+    for item in fields(instance):
+        if item.default is not MISSING:
+            defaults[item.name] = json_value(item.default)
+        elif item.default_factory is not MISSING:
+            defaults[item.name] = json_value(item.default_factory())
+    return defaults
+
+
 def json_value(value):
     """`value` as config.json stores it (tuples as lists, paths as strings)."""
     return json.loads(json.dumps(value, default=str))
@@ -388,8 +404,9 @@ def start_run(config, settings: dict | None = None, metric_names: Collection[str
     """Open the run in `config.output_dir`, before anything expensive or random happens: seed every generator,
     refuse a folder that holds another run (or delete it, with overwrite_output_dir), check a resume's settings
     against the run's config.json, check that the best metric is one the evaluation reports, and check that the
-    folder is writable. `settings` describe the run (script, model, data, ...); `metric_names` are the names the
-    evaluation returns."""
+    folder is writable. `settings` describe the run (script, and model, data, ... as the dataclasses parsed from the
+    command line, whose defaults let a resume accept a setting added since the run started); `metric_names` are the
+    names the evaluation returns."""
     if config.best_metric and metric_names is not None and config.best_metric not in metric_names:
         raise ValueError(
             f"best_metric={config.best_metric!r} is not among the evaluation's metrics {sorted(metric_names)}."

@@ -108,14 +108,17 @@ def test_int8_keeps_the_test_models_bleu(translation_run, handful, tmp_path):
     model_dir = translation_run[0] / "best"
     sources = (handful / "test.de").read_text().splitlines()
     references = (handful / "test.en").read_text().splitlines()
-    bleu = {}
+    hypotheses, bleu = {}, {}
     for quantization in ("float32", "int8"):
         export = convert_to_ctranslate2(model_dir, tmp_path / quantization, quantization=quantization)
         assert json.loads((export / "export.json").read_text())["quantization"] == quantization
-        hypotheses = translate_ctranslate2(export, sources, "en", num_beams=4)
-        bleu[quantization] = score_translations(hypotheses, references)["bleu"]["score"]
-    assert bleu["float32"] > 90  # the test model knows the handful by heart
-    assert bleu["int8"] >= bleu["float32"] - 0.5
+        hypotheses[quantization] = translate_ctranslate2(export, sources, "en", num_beams=4)
+        bleu[quantization] = score_translations(hypotheses[quantization], references)["bleu"]["score"]
+    assert bleu["float32"] > 90 and bleu["int8"] > 90  # the test model knows the handful by heart, quantized too
+    # int8 rounds the weights (and ctranslate2's int8 kernels differ from one CPU to another): where the memorized
+    # model's margin between two tokens is thin, one may flip, which costs a handful of eight sentences ~2 BLEU
+    changed = [pair for pair in zip(hypotheses["float32"], hypotheses["int8"], strict=True) if pair[0] != pair[1]]
+    assert len(changed) <= 1, changed
 
 
 @pytest.mark.parametrize(

@@ -385,18 +385,34 @@ def test_the_declared_metric_names_are_what_each_task_reports(task):
     )
 
 
-def test_runs_over_seeds_are_gathered_with_their_spread(checkpoint, tmp_path):
+def test_runs_over_seeds_are_gathered_with_their_spread_pretraining_and_curves(mlm_run, tmp_path):
     rows = [{"text": " ".join(words), "label": sorted(ANIMALS & set(words))[0]} for words in sentences(48, 9)]
     data = write_splits(tmp_path / "data", {"train": rows, "validation": rows[:16]})
     folders = []
     for seed in ("0", "1"):
         folders.append(tmp_path / f"seed{seed}")
         flags = ["--validation_from_train", "16", "--test_split", "validation", "--max_steps", "4", "--seed", seed]
-        finetune(checkpoint, data, folders[-1], *flags, "--eval_every", "2", "--best_metric", "validation/accuracy")
+        finetune(
+            str(mlm_run / "best"),
+            data,
+            folders[-1],
+            *flags,
+            "--eval_every",
+            "2",
+            "--best_metric",
+            "validation/accuracy",
+        )
     output = tmp_path / "gathered.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "collect_finetune.py"), "--output", str(output)]
-    command += ["--method", "full=" + ",".join(map(str, folders))]
-    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    command += ["--method", "full=" + ",".join(map(str, folders)), "--pretraining", str(mlm_run)]
+    subprocess.run([*command, "--plot", str(tmp_path / "curves.png")], check=True, capture_output=True, timeout=120)
+    assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
+    pretraining = json.loads(output.read_text())["settings"]["pretraining"]
+    pretrained = json.loads((mlm_run / "results.json").read_text())
+    assert pretraining["tokens_seen"] == pretrained["tokens_seen"] and len(pretraining["commands"]) == 1
+    assert [row["step"] for row in pretraining["validation_curve"]] == [6, 12]  # evaluated every 6 of 12 steps
+    card = build_model_card(folders[0]).text  # the pretraining tokens beside the figures
+    assert f"fine-tuned from `run/best` (pretrained on {pretrained['tokens_seen']:,} tokens)" in card
     gathered = json.loads(output.read_text())["methods"]["full"]
     accuracies = [json.loads((folder / "results.json").read_text())["test"]["accuracy"] for folder in folders]
     assert gathered["summary"]["accuracy"]["values"] == accuracies and gathered["summary"]["seeds"] == [0, 1]

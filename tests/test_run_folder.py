@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
@@ -42,6 +43,28 @@ def test_resume_refuses_settings_that_change_the_run_and_allows_a_longer_budget(
     commands = json.loads((tmp_path / "config.json").read_text())["commands"]  # one per segment
     assert len(commands) == 2 and "--max_steps 4" in commands[0] and "--max_steps 6 --resume" in commands[1]
     assert result.steps == 6 and sorted(losses(tmp_path)) == [1, 2, 3, 4, 5, 6]
+
+
+@dataclass
+class DataArguments:
+    train_data: str = "corpus"
+    streaming: bool = False
+
+
+def test_a_run_from_before_a_setting_existed_resumes_at_its_default_and_refuses_another_value(tmp_path):
+    run_job(tmp_path, *CONSTANT, "--max_steps", "2")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["training"]["group_by_length"]  # config.json as an hf_encoders without these settings wrote it
+    saved["data"] = {"train_data": "corpus"}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    newer = r"\(not in its config.json: a newer setting\)"
+    with pytest.raises(ValueError, match=rf"training.group_by_length: {newer} -> True\. Drop"):
+        run_job(tmp_path, *CONSTANT, "--max_steps", "4", "--resume", "--group_by_length", "true")
+    training = TrainingConfig(**{**saved["training"], "resume": True})
+    with pytest.raises(ValueError, match=rf"data.streaming: {newer} -> True\. Drop"):
+        start_run(training, {"script": "tiny_training_job", "data": DataArguments(streaming=True)})
+    start_run(training, {"script": "tiny_training_job", "data": DataArguments()})  # the defaults: how it trained
+    assert run_job(tmp_path, *CONSTANT, "--max_steps", "4", "--resume").result.steps == 4
 
 
 def test_a_finished_run_resumed_trains_no_more_and_runs_its_end_again(tmp_path, caplog):

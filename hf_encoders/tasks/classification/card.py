@@ -1,6 +1,7 @@
 """The model card's section of a fine-tuning run: the test scores (the validation scores the checkpoint was chosen
 on stay out of the model-index when there are test scores), the labels, a classification example."""
 
+import json
 from pathlib import Path
 
 from ...cards import ENCODER_FAMILY, ENCODER_TEMPLATE, CardSection, ResultRow, RunRecord, describe_data
@@ -40,6 +41,8 @@ def card_section(run: RunRecord) -> CardSection:
     ]
     base = run.settings["model"]["model"]
     local_base = Path(base).exists()
+    tokens = pretraining_tokens(Path(base)) if local_base else None
+    pretrained = f" (pretrained on {tokens:,} tokens)" if tokens else ""
     pipeline_tag = "token-classification" if token else "text-classification"
     tested = any(row.dataset_split != chosen_on for row in rows)
     return CardSection(
@@ -56,7 +59,7 @@ def card_section(run: RunRecord) -> CardSection:
         fields=dict(
             family=ENCODER_FAMILY,
             objective=(
-                f"fine-tuned from `{'/'.join(Path(base).parts[-2:]) if local_base else base}` for "
+                f"fine-tuned from `{'/'.join(Path(base).parts[-2:]) if local_base else base}`{pretrained} for "
                 f"{kind.replace('_', '-')} {'regression' if kind == 'regression' else 'classification'} "
                 f"(labels: {', '.join(labels)})"
             ),
@@ -68,3 +71,14 @@ def card_section(run: RunRecord) -> CardSection:
         ),
         base_model=None if local_base else base,
     )
+
+
+def pretraining_tokens(base: Path) -> int | None:
+    """The tokens a local base model was pretrained on, when it is the export (`RUN/best`, `RUN/final`) of a
+    pretraining run of this package, whose results.json counts them."""
+    settings, results = base.parent / "config.json", base.parent / "results.json"
+    if not (settings.is_file() and results.is_file()):
+        return None
+    if not str(json.loads(settings.read_text()).get("script", "")).startswith("pretrain"):
+        return None
+    return json.loads(results.read_text()).get("tokens_seen")

@@ -319,9 +319,9 @@ def main(argv: list[str] | None = None) -> dict:
         training.token_level_loss = False  # one label per example: the loss is the mean over the batch's examples
     settings = {
         "script": "finetune_classification",
-        "model": asdict(model_args),
-        "data": asdict(data_args),
-        "lora": asdict(lora),
+        "model": model_args,
+        "data": data_args,
+        "lora": lora,
     }
     run = start_run(training, settings, [f"validation/{name}" for name in TASK_METRICS[task]])
     state = PartialState()

@@ -291,10 +291,10 @@ def main(argv: list[str] | None = None) -> dict:
     sources = denoising_sources(model_args, data_args, training)
     settings = {
         "script": "pretrain_denoising",
-        "model": asdict(model_args),
-        "data": asdict(data_args),
-        "noise": asdict(noise_args),
-        "evaluation": asdict(eval_args),
+        "model": model_args,
+        "data": data_args,
+        "noise": noise_args,
+        "evaluation": eval_args,
     }
     run = start_run(training, settings, metric_names(sources, model_args.latent_size))
     state = PartialState()

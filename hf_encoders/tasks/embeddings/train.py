@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not model_args.model:
         raise ValueError("Give the encoder checkpoint to start from: --model PATH_OR_HUB_ID.")
     training.token_level_loss = False  # one loss per batch of pairs
-    settings = {"script": "train_embeddings", "model": asdict(model_args), "data": asdict(data_args)}
+    settings = {"script": "train_embeddings", "model": model_args, "data": data_args}
     run = start_run(training, settings, metric_names(data_args))
     state = PartialState()
     with state.main_process_first():

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     eval_names = [parse_named_source(entry)[0] for entry in data_args.eval_data]
     run = start_run(
         training,
-        {"script": "pretrain_mlm", "model": asdict(model_args), "data": asdict(data_args)},
+        {"script": "pretrain_mlm", "model": model_args, "data": data_args},
         metric_names=[f"{name}/{key}" for name in eval_names for key in LOSS_METRICS],
     )
     state = PartialState()

@@ -296,10 +296,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError("LoRA adapts a trained model: give it with --init_from (or set --lora_r 0).")
     settings = {
         "script": "train_translation",
-        "model": asdict(model_args),
-        "data": asdict(data_args),
-        "evaluation": asdict(eval_args),
-        "lora": asdict(lora),
+        "model": model_args,
+        "data": data_args,
+        "evaluation": eval_args,
+        "lora": lora,
     }
     run = start_run(training, settings, [f"validation/{key}" for key in (*LOSS_METRICS, *TRANSLATION_SCORES)])
     state = PartialState()
