@@ -3,10 +3,13 @@ multi-label and regression train through the same script, token labels sit on ea
 data is refused with a message naming the problem."""
 
 import json
+import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -419,3 +422,22 @@ def test_runs_over_seeds_are_gathered_with_their_spread_pretraining_and_curves(m
     assert gathered["summary"]["accuracy"]["std"] == pytest.approx(statistics.stdev(accuracies))
     assert gathered["summary"]["chosen_on"] == finetune_classification.HELD_OUT
     assert [row["step"] for row in gathered["runs"][0]["validation_curve"]] == [2, 4]
+
+
+def test_the_card_states_the_base_tokens_counted_at_fine_tuning_not_those_of_a_base_resumed_since(mlm_run, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(mlm_run, base)
+    rows = [{"text": " ".join(words), "label": sorted(ANIMALS & set(words))[0]} for words in sentences(24, 9)]
+    data = write_splits(tmp_path / "data", {"train": rows, "validation": rows[:8]})
+    output = tmp_path / "fine-tuned"
+    finetune(str(base / "best"), data, output, "--test_split", "validation", "--max_steps", "2")
+    counted = json.loads((base / "results.json").read_text())["tokens_seen"]
+    results = json.loads((output / "results.json").read_text())
+    assert results["base_pretraining_tokens"] == counted
+    resumed = json.loads((base / "results.json").read_text()) | {"tokens_seen": 10 * counted}
+    (base / "results.json").write_text(json.dumps(resumed))  # the base run resumed in place, after the fine-tuning
+    assert f"(pretrained on {counted:,} tokens)" in build_model_card(output).text
+    del results["base_pretraining_tokens"]  # a run of an older hf_encoders: nothing recorded, the base changed since
+    (output / "results.json").write_text(json.dumps(results))
+    os.utime(base / "results.json", (time.time() + 60,) * 2)
+    assert "pretrained on" not in build_model_card(output).text

@@ -41,7 +41,10 @@ def card_section(run: RunRecord) -> CardSection:
     ]
     base = run.settings["model"]["model"]
     local_base = Path(base).exists()
-    tokens = pretraining_tokens(Path(base)) if local_base else None
+    if "base_pretraining_tokens" in results:  # counted when the fine-tuning ran
+        tokens = results["base_pretraining_tokens"]
+    else:
+        tokens = count_of_older_run(Path(base), run) if local_base else None
     pretrained = f" (pretrained on {tokens:,} tokens)" if tokens else ""
     pipeline_tag = "token-classification" if token else "text-classification"
     tested = any(row.dataset_split != chosen_on for row in rows)
@@ -71,6 +74,15 @@ def card_section(run: RunRecord) -> CardSection:
         ),
         base_model=None if local_base else base,
     )
+
+
+def count_of_older_run(base: Path, run: RunRecord) -> int | None:
+    """The base's tokens for a run of hf_encoders < 0.4.2, which did not record them: read from the base run, unless
+    that run has changed since the fine-tuning ended (resumed in place, its count would describe a later model)."""
+    base_results = base.parent / "results.json"
+    if base_results.is_file() and base_results.stat().st_mtime > (run.directory / "results.json").stat().st_mtime:
+        return None
+    return pretraining_tokens(base)
 
 
 def pretraining_tokens(base: Path) -> int | None:

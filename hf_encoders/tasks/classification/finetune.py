@@ -36,6 +36,7 @@ from ...data import build_dataloader
 from ...run_folder import start_run
 from ...training import TrainingConfig, train
 from ..harness import chosen_model, first_n, parameter_count, parse_arguments, write_results
+from .card import pretraining_tokens
 
 logger = logging.getLogger("finetune_classification")
 TASKS = ("single_label", "multi_label", "regression", "token")
@@ -357,6 +358,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train": asdict(result),
         "train_examples": len(encoded[data_args.train_split]),
         "validation_split": validation_name(data_args),
+        "base_pretraining_tokens": pretraining_tokens(Path(model_args.model)),  # None: not a local pretraining run
     }
     if data_args.test_split:
         logits, summary["test"] = predict_test(
