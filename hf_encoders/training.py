@@ -66,7 +66,13 @@ from .run_folder import RunFolder, average_checkpoints, checkpoints
 logger = logging.getLogger(__name__)
 
 LOSS_METRICS = ("loss", "perplexity", "accuracy")  # what `evaluate_loss` reports
-SCHEDULES = {"linear": "linear", "cosine": "cosine", "wsd": "warmup_stable_decay", "constant": "constant_with_warmup"}
+SCHEDULES = {
+    "linear": "linear",
+    "cosine": "cosine",
+    "wsd": "warmup_stable_decay",
+    "constant": "constant_with_warmup",
+    "inverse_sqrt": "inverse_sqrt",  # fairseq's transformer schedule: lr * sqrt(warmup / step) after warmup
+}
 PRECISIONS = ("no", "bf16", "fp16")
 
 
@@ -84,7 +90,9 @@ class TrainingConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.98
     adam_epsilon: float = 1e-6
-    lr_schedule: str = field(default="linear", metadata={"help": "linear, cosine, wsd or constant (after warmup)."})
+    lr_schedule: str = field(
+        default="linear", metadata={"help": "linear, cosine, wsd, constant or inverse_sqrt (after warmup)."}
+    )
     warmup_steps: int = 0
     decay_fraction: float = field(default=0.2, metadata={"help": "wsd: fraction of the steps spent decaying."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the gradient norm to this (0: no clipping)."})

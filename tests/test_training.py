@@ -27,6 +27,7 @@ from hf_encoders.training import (
     NonFiniteLossError,
     StopConditions,
     TrainingConfig,
+    build_optimizer,
     parameter_groups,
     parse_config,
     smoothed_cross_entropy,
@@ -299,6 +300,19 @@ def test_weight_decay_spares_norms_and_biases():
     decay, no_decay = parameter_groups(model, 0.1)
     assert [p.shape for p in decay["params"]] == [(4, 4)] and decay["weight_decay"] == 0.1
     assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
+
+
+def test_inverse_sqrt_schedule_warms_up_then_decays_as_one_over_the_root_of_the_step():
+    config = TrainingConfig(lr_schedule="inverse_sqrt", learning_rate=1e-3, warmup_steps=4, max_steps=100)
+    optimizer, scheduler = build_optimizer(torch.nn.Linear(2, 2), config, total_steps=100, num_processes=1)
+    rates = []
+    for _ in range(100):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates[:5] == pytest.approx([0.0, 2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert rates[16] == pytest.approx(5e-4) and rates[64] == pytest.approx(2.5e-4)  # 1e-3 * sqrt(4 / step)
+    assert rates[99] > 0  # it never anneals to 0: the last checkpoints differ, averaging has something to average
 
 
 def test_config_file_and_overrides(tmp_path):
