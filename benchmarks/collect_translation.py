@@ -75,25 +75,28 @@ def plot(runs: list[dict], output: Path) -> None:
     plt = _pyplot()
     figure, (curves, losses, grid) = plt.subplots(1, 3, figsize=(16, 4))
     for run in runs:
+        name = f"{run['architecture']} {run['direction']}"
+        style = "-" if run["architecture"] == runs[0]["architecture"] else "--"  # a baseline beside: dashed
         steps = [point["step"] for point in run["validation_curve"]]
-        (line,) = curves.plot(steps, [p["bleu_lowercased"] for p in run["validation_curve"]], marker="o", ms=3)
+        (line,) = curves.plot(steps, [p["bleu_lowercased"] for p in run["validation_curve"]], style, marker="o", ms=3)
         curves.plot(
             [run["steps"]] * len(run["averaged"]),
             [m["validation/bleu_lowercased"] for m in run["averaged"].values()],
             "x",
             color=line.get_color(),
-            label=f"{run['direction']}: averages of the last {', '.join(n[9:] for n in run['averaged'])}",
+            label=f"{name}: averages of the last {', '.join(n[9:] for n in run['averaged'])}",
         )
-        curves.plot([], [], color=line.get_color(), label=f"{run['direction']}: per evaluation (greedy)")
-        losses.plot(steps, [p["loss"] for p in run["validation_curve"]], marker="o", ms=3, label=run["direction"])
+        curves.plot([], [], style, color=line.get_color(), label=f"{name}: per evaluation (greedy)")
+        losses.plot(steps, [p["loss"] for p in run["validation_curve"]], style, marker="o", ms=3, label=name)
         tried = run["decoding_on_validation"]
         for beams in sorted({row["num_beams"] for row in tried}):
             chosen = [row for row in tried if row["num_beams"] == beams]
             grid.plot(
                 [row["length_penalty"] for row in chosen],
                 [row["bleu_lowercased"] for row in chosen],
+                style,
                 marker="o",
-                label=f"{run['direction']}, beam {beams}",
+                label=f"{name}, beam {beams}",
             )
     curves.set(title="validation BLEU (lowercased) while training", xlabel="step")
     losses.set(title="validation loss while training", xlabel="step")
