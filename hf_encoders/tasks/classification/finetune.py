@@ -338,6 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     labels = label_settings(task, names, label2id)
     model = build_model(model_args, labels)
+    base_tokens = pretraining_tokens(Path(model_args.model))  # None: not a local pretraining run of this package
     parameters = parameter_count(model)
     if lora.lora_r:  # adapters: only they and the head train
         model = with_lora(model, lora, "token-classification" if task == "token" else "sequence-classification")
@@ -358,7 +359,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train": asdict(result),
         "train_examples": len(encoded[data_args.train_split]),
         "validation_split": validation_name(data_args),
-        "base_pretraining_tokens": pretraining_tokens(Path(model_args.model)),  # None: not a local pretraining run
+        "base_pretraining_tokens": base_tokens,
     }
     if data_args.test_split:
         logits, summary["test"] = predict_test(
