@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from transformers import AutoModelForSequenceClassification, AutoModelForTokenCl
 from hf_encoders import EncoderForMaskedLM
 from hf_encoders.cards import build_model_card
 from hf_encoders.tasks.classification import finetune as finetune_classification  # what the script runs
+from hf_encoders.tasks.classification.card import pretraining_tokens
 
 ANIMALS = {"cat", "dog"}
 
@@ -424,7 +426,9 @@ def test_runs_over_seeds_are_gathered_with_their_spread_pretraining_and_curves(m
     assert [row["step"] for row in gathered["runs"][0]["validation_curve"]] == [2, 4]
 
 
-def test_the_card_states_the_base_tokens_counted_at_fine_tuning_not_those_of_a_base_resumed_since(mlm_run, tmp_path):
+def test_the_card_states_the_base_tokens_counted_at_fine_tuning_not_those_of_a_base_resumed_since(
+    mlm_run, tmp_path, monkeypatch
+):
     base = tmp_path / "base"
     shutil.copytree(mlm_run, base)
     rows = [{"text": " ".join(words), "label": sorted(ANIMALS & set(words))[0]} for words in sentences(24, 9)]
@@ -441,3 +445,5 @@ def test_the_card_states_the_base_tokens_counted_at_fine_tuning_not_those_of_a_b
     (output / "results.json").write_text(json.dumps(results))
     os.utime(base / "results.json", (time.time() + 60,) * 2)
     assert "pretrained on" not in build_model_card(output).text
+    monkeypatch.chdir(base)  # a Hub id is not the run folder it happens to be run from
+    assert pretraining_tokens(Path("some-model")) is None and pretraining_tokens(base / "best") == 10 * counted

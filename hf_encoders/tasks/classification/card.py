@@ -89,7 +89,7 @@ def pretraining_tokens(base: Path) -> int | None:
     """The tokens a local base model was pretrained on, when it is the export (`RUN/best`, `RUN/final`) of a
     pretraining run of this package, whose results.json counts them."""
     settings, results = base.parent / "config.json", base.parent / "results.json"
-    if not (settings.is_file() and results.is_file()):
+    if not (base.is_dir() and settings.is_file() and results.is_file()):  # a Hub id is no folder here
         return None
     if not str(json.loads(settings.read_text()).get("script", "")).startswith("pretrain"):
         return None
