@@ -44,7 +44,7 @@ def card_section(run: RunRecord) -> CardSection:
     if "base_pretraining_tokens" in results:  # counted when the fine-tuning ran
         tokens = results["base_pretraining_tokens"]
     else:
-        tokens = count_of_older_run(Path(base), run) if local_base else None
+        tokens = count_of_older_run(Path(base), run)
     pretrained = f" (pretrained on {tokens:,} tokens)" if tokens else ""
     pipeline_tag = "token-classification" if token else "text-classification"
     tested = any(row.dataset_split != chosen_on for row in rows)
