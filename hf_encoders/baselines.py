@@ -70,17 +70,24 @@ def marian_mt(
     hidden_activation: str = "gelu",
     hidden_dropout: float = 0.1,
     attention_dropout: float = 0.0,
+    embedding_dropout: float | None = None,
     max_position_embeddings: int = 256,
     attn_implementation: str = "sdpa",
     norm_type: str = "layernorm",
     position_embedding_type: str = "sinusoidal",
 ) -> MarianMTModel:
     """A fresh `MarianMTModel` (shared, tied embeddings; gelu) with `num_hidden_layers` encoder and
-    `num_decoder_layers` decoder layers, whose generation starts, ends and pads with the tokenizer's ids."""
+    `num_decoder_layers` decoder layers, whose generation starts, ends and pads with the tokenizer's ids. Its one
+    dropout, `hidden_dropout`, acts on the residual branches and on the input embeddings."""
     if hidden_activation != "gelu" or norm_type != "layernorm" or position_embedding_type == "rope":
         logger.warning(
             "MarianMTModel is post-norm LayerNorm with sinusoidal positions and one activation (gelu here); "
             "hidden_activation, norm_type and position_embedding_type do not apply to it"
+        )
+    if embedding_dropout is not None and embedding_dropout != hidden_dropout:
+        logger.warning(
+            f"MarianMTModel drops its input embeddings with its one dropout, hidden_dropout={hidden_dropout}; "
+            f"embedding_dropout={embedding_dropout} does not apply to it"
         )
     special = seq2seq_token_ids(tokenizer)
     config = MarianConfig(

@@ -4,6 +4,7 @@ trains through the same script, and bad input is refused with a clear message.""
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,27 @@ def test_marian_trains_through_the_same_script(handful, tmp_path):
     card = build_model_card(output)  # a transformers model: its card needs no remote code
     assert "custom_code" not in card.data.tags and "trust_remote_code" not in card.text
     assert "`MarianMTModel`" in card.text and card.data.pipeline_tag == "translation"
+
+
+def test_embedding_dropout_reaches_our_model_and_is_marian_s_one_dropout(translation_run, caplog):
+    tokenizer = AutoTokenizer.from_pretrained(translation_run[0] / "best")
+    sizes = dict(hidden_size=32, num_hidden_layers=1, num_decoder_layers=1, intermediate_size=64)
+    ours = train_translation.build_model(
+        train_translation.ModelArguments(**sizes, hidden_dropout=0.2, embedding_dropout=0.3), tokenizer
+    )
+    assert ours.config.embedding_dropout == 0.3
+    assert ours.model.encoder.embeddings.dropout.p == ours.model.decoder.embeddings.dropout.p == 0.3
+
+    marian = train_translation.ModelArguments(
+        architecture="marian", **sizes, hidden_dropout=0.2, embedding_dropout=0.3, position_embedding_type="sinusoidal"
+    )
+    with caplog.at_level("WARNING"):
+        model = train_translation.build_model(marian, tokenizer)
+    assert model.config.dropout == 0.2 and "embedding_dropout=0.3 does not apply to it" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        train_translation.build_model(replace(marian, embedding_dropout=0.2), tokenizer)
+    assert "embedding_dropout" not in caplog.text
 
 
 def test_averaged_checkpoints_and_a_decoding_grid_are_chosen_on_validation(handful, tmp_path):

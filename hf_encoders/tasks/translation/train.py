@@ -66,6 +66,9 @@ class ModelArguments:  # also the denoising task's (tasks/denoising/pretrain.py)
     max_position_embeddings: int = 256
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.0
+    embedding_dropout: float = field(
+        default=0.0, metadata={"help": "On the input embeddings (Marian: its one dropout, hidden_dropout, is there)."}
+    )
     attn_implementation: str = "sdpa"
     latent_size: int | None = field(default=None, metadata={"help": "Variational bottleneck size (None: off)."})
     latent_memory_tokens: int = field(default=1, metadata={"help": "Memory vectors the latent becomes."})
