@@ -69,7 +69,8 @@ def read_run(folder: Path) -> dict:
 
 def plot(runs: list[dict], output: Path) -> None:
     """Greedy validation BLEU (lowercased) per evaluation, the averages as crosses at the last step; validation
-    loss per evaluation; validation BLEU (lowercased) of every beam size and length penalty tried."""
+    loss per evaluation; validation BLEU (lowercased) of every beam size (one marker each) and length penalty tried.
+    A run keeps its colour in every panel."""
     from hf_encoders.plots import _pyplot, _save
 
     plt = _pyplot()
@@ -89,13 +90,14 @@ def plot(runs: list[dict], output: Path) -> None:
         curves.plot([], [], style, color=line.get_color(), label=f"{name}: per evaluation (greedy)")
         losses.plot(steps, [p["loss"] for p in run["validation_curve"]], style, marker="o", ms=3, label=name)
         tried = run["decoding_on_validation"]
-        for beams in sorted({row["num_beams"] for row in tried}):
+        for beams, marker in zip(sorted({row["num_beams"] for row in tried}), "osD^v", strict=False):
             chosen = [row for row in tried if row["num_beams"] == beams]
             grid.plot(
                 [row["length_penalty"] for row in chosen],
                 [row["bleu_lowercased"] for row in chosen],
                 style,
-                marker="o",
+                marker=marker,
+                color=line.get_color(),
                 label=f"{name}, beam {beams}",
             )
     curves.set(title="validation BLEU (lowercased) while training", xlabel="step")

@@ -74,6 +74,8 @@ def test_marian_trains_through_the_same_script(handful, tmp_path):
     card = build_model_card(output)  # a transformers model: its card needs no remote code
     assert "custom_code" not in card.data.tags and "trust_remote_code" not in card.text
     assert "`MarianMTModel`" in card.text and card.data.pipeline_tag == "translation"
+    prose = " ".join(card.text.split())
+    assert "transformers' encoder-decoder (`MarianMTModel`" in prose and "`hf_encoders` encoder-decoder" not in prose
 
 
 def test_embedding_dropout_reaches_our_model_and_is_marian_s_one_dropout(translation_run, caplog):
