@@ -337,6 +337,12 @@ def architecture_rows(config: dict, parameters: int) -> list[tuple[str, str]]:
     return rows + [(name, f"{config[key]}") for key, name in names.items() if config.get(key) is not None]
 
 
+def hardware(settings: dict) -> str:
+    """What a run trained on: its device, or its segments' in order where a resumed run changed device."""
+    devices = [device for device in settings.get("devices") or [settings.get("device")] if device]
+    return ", then ".join(dict.fromkeys(devices)) or "not recorded by this run"
+
+
 def training_rows(run: RunRecord, unit: str = "sequences") -> list[tuple[str, str]]:
     """The card's training-procedure table: optimizer, schedule, batch (of `unit`), steps, hardware, versions."""
     training, train = run.training, run.train_results
@@ -369,7 +375,7 @@ def training_rows(run: RunRecord, unit: str = "sequences") -> list[tuple[str, st
         rows.append(("chosen on validation", f"{weights} (averages of the last {training['average_last']} tried)"))
     tokens = train.get("tokens_seen")
     rows.append(("tokens seen", f"{tokens:,}" if tokens else "not recorded by this run"))
-    rows.append(("hardware", run.settings.get("device") or "not recorded by this run"))
+    rows.append(("hardware", hardware(run.settings)))
     rows.append(("wall time", f"{train['seconds'] / 60:.1f} min of training"))
     versions = run.settings.get("versions")
     rows.append(("versions", ", ".join(f"{k} {v}" for k, v in versions.items()) if versions else "not recorded"))

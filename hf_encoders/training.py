@@ -330,8 +330,8 @@ def command_line() -> str:
 
 
 def run_settings(run: RunFolder, model: PreTrainedModel, accelerator: Accelerator) -> dict:
-    """What config.json records: the run's settings, the training's, what it trains on, and the command lines of
-    its segments (a resumed run's earlier ones first)."""
+    """What config.json records: the run's settings, the training's, what it trains on, and the command lines and
+    devices of its segments (a resumed run's earlier ones first)."""
     earlier = {}
     if run.resuming:
         earlier = json.loads((run.path / "config.json").read_text())
@@ -344,6 +344,7 @@ def run_settings(run: RunFolder, model: PreTrainedModel, accelerator: Accelerato
         "num_processes": accelerator.num_processes,
         "distributed_type": accelerator.distributed_type.value,
         "device": device_description(),
+        "devices": [*earlier.get("devices", [earlier["device"]] if "device" in earlier else []), device_description()],
         "versions": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,

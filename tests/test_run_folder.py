@@ -16,8 +16,9 @@ from safetensors.torch import load_file
 from test_training import ACCELERATE, losses, run_job
 
 from hf_encoders import run_folder, tokenization
+from hf_encoders.cards import hardware
 from hf_encoders.run_folder import CheckpointError, checkpoints, start_run
-from hf_encoders.training import TrainingConfig, parse_config
+from hf_encoders.training import TrainingConfig, device_description, parse_config
 
 CONSTANT = ["--per_device_batch_size", "4", "--lr_schedule", "constant", "--save_every", "2"]
 
@@ -35,13 +36,18 @@ def test_a_folder_that_holds_a_run_is_refused_and_overwrite_deletes_only_that_ru
         TrainingConfig(resume=True, overwrite_output_dir=True)
 
 
-def test_resume_refuses_settings_that_change_the_run_and_allows_a_longer_budget(tmp_path):
+def test_resume_refuses_settings_that_change_the_run_and_allows_a_longer_budget_recording_each_segment(tmp_path):
     run_job(tmp_path, *CONSTANT, "--max_steps", "4")
     with pytest.raises(ValueError, match=r"training.seed: 0 -> 3; training.per_device_batch_size: 4 -> 8\. Drop"):
         run_job(tmp_path, *CONSTANT, "--max_steps", "6", "--resume", "--per_device_batch_size", "8", "--seed", "3")
-    result = run_job(tmp_path, *CONSTANT, "--max_steps", "6", "--resume", "--eval_every", "3").result
-    commands = json.loads((tmp_path / "config.json").read_text())["commands"]  # one per segment
+    with mock.patch("hf_encoders.training.device_description", return_value="1 x NVIDIA H100 80GB HBM3"):
+        result = run_job(tmp_path, *CONSTANT, "--max_steps", "6", "--resume", "--eval_every", "3").result
+    settings = json.loads((tmp_path / "config.json").read_text())
+    commands = settings["commands"]  # one per segment, as the devices
     assert len(commands) == 2 and "--max_steps 4" in commands[0] and "--max_steps 6 --resume" in commands[1]
+    assert settings["devices"] == [device_description(), "1 x NVIDIA H100 80GB HBM3"]
+    assert hardware(settings) == f"{device_description()}, then 1 x NVIDIA H100 80GB HBM3"
+    assert hardware({"device": "1 x H100"}) == "1 x H100" and hardware({}) == "not recorded by this run"
     assert result.steps == 6 and sorted(losses(tmp_path)) == [1, 2, 3, 4, 5, 6]
 
 
