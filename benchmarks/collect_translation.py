@@ -9,6 +9,7 @@ the model chosen on validation, the decodings tried on validation, and the test 
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,8 +76,11 @@ def plot(runs: list[dict], output: Path) -> None:
 
     plt = _pyplot()
     figure, (curves, losses, grid) = plt.subplots(1, 3, figsize=(16, 4))
+    kinds = Counter((run["architecture"], run["direction"]) for run in runs)
     for run in runs:
         name = f"{run['architecture']} {run['direction']}"
+        if kinds[run["architecture"], run["direction"]] > 1:  # runs of one kind told apart by their folders
+            name += f" ({Path(run['run']).name})"
         style = "-" if run["architecture"] == runs[0]["architecture"] else "--"  # a baseline beside: dashed
         steps = [point["step"] for point in run["validation_curve"]]
         (line,) = curves.plot(steps, [p["bleu_lowercased"] for p in run["validation_curve"]], style, marker="o", ms=3)

@@ -6,11 +6,13 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from conftest import ROOT, SHARED, run_script
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, MarianMTModel
 
+from benchmarks import collect_translation
 from hf_encoders import Seq2SeqForConditionalGeneration, translate
 from hf_encoders.cards import build_model_card
 from hf_encoders.tasks.translation import train as train_translation  # training/train_translation.py's
@@ -143,6 +145,12 @@ def test_averaged_checkpoints_and_a_decoding_grid_are_chosen_on_validation(handf
     assert set(run["averaged"]) == {"averaged_2", "averaged_3"} and len(run["validation_curve"]) == 3
     assert run["test"]["num_beams"] == 3 and run["test"]["bleu"]["score"] == again["test"]["bleu"]["score"]
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    saved = {}
+    with mock.patch("hf_encoders.plots._save", lambda figure, path: saved.update(figure=figure)):
+        collect_translation.plot([run, {**run, "run": "runs/other"}], figure)  # two runs of one kind: named apart
+    labels = [text.get_text() for text in saved["figure"].axes[1].get_legend().get_texts()]
+    assert labels == [f"hf_seq2seq de-en ({output.name})", "hf_seq2seq de-en (other)"]
 
 
 def write_pairs(folder: Path, files: dict[str, list[str]]) -> Path:
