@@ -11,8 +11,15 @@ Two layouts, whose special-token ids match the configs' defaults:
 
 WordPiece splits on whitespace and punctuation (BERT style); BPE and Unigram use SentencePiece-style `▁` word
 markers, which decode back to the original spacing (what BLEU on raw references needs).
+
+One corpus, one tokenizer: training gives the same vocabulary in every process. The `tokenizers` trainers keep the
+corpus's words in hash maps seeded anew in each process; BPE does not depend on their order, WordPiece and Unigram do,
+and `_train_wordpiece` and `_canonical_unigram` take the order out.
 """
 
+import itertools
+import json
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -34,6 +41,12 @@ SEQ2SEQ_SPECIAL_TOKENS = {
 }
 TOKENIZER_MODELS = ("wordpiece", "bpe", "unigram")
 NORMALIZATIONS = ("NFC", "NFKC", "NFD", "NFKD", None)
+CONTINUING_SUBWORD_PREFIX = "##"  # WordPiece's mark of a piece inside a word
+# Unigram scores are rounded to this many decimals (float32 keeps about as many at scores near -10, and SentencePiece
+# stores float32): far above the last-digit differences between processes, far below what changes a segmentation.
+UNIGRAM_SCORE_DECIMALS = 5
+# the score step that the tokenizers Unigram trainer puts between the characters it adds back
+_UNIGRAM_ADDED_CHARACTER_STEP = 1e-4
 
 
 def language_tag(language: str) -> str:
@@ -59,37 +72,39 @@ def target_language_token(tokenizer: PreTrainedTokenizerBase, language: str) -> 
     return None if tag is None or tag == tokenizer.unk_token_id else tag
 
 
-def _backend(
-    model: str, vocab_size: int, special_tokens: list[str], unk: str, min_frequency: int, show_progress: bool
-):
+def _backend(model: str, unk: str) -> Tokenizer:
     if model == "wordpiece":
         tokenizer = Tokenizer(models.WordPiece(unk_token=unk))
         tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tokenizer.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=special_tokens,
-            show_progress=show_progress,
-        )
-    elif model == "bpe":
-        tokenizer = Tokenizer(models.BPE(unk_token=unk))
-        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-        tokenizer.decoder = decoders.Metaspace()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=special_tokens,
-            show_progress=show_progress,
-        )
     else:
-        tokenizer = Tokenizer(models.Unigram())
+        tokenizer = Tokenizer(models.BPE(unk_token=unk) if model == "bpe" else models.Unigram())
         tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
         tokenizer.decoder = decoders.Metaspace()
-        trainer = trainers.UnigramTrainer(
-            vocab_size=vocab_size, special_tokens=special_tokens, unk_token=unk, show_progress=show_progress
+    return tokenizer
+
+
+def _trainer(
+    model: str, vocab_size: int, special_tokens: list[str], unk: str, min_frequency: int, show_progress: bool
+) -> trainers.Trainer:
+    if model == "wordpiece":
+        return trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=special_tokens,
+            show_progress=show_progress,
+            continuing_subword_prefix=CONTINUING_SUBWORD_PREFIX,
         )
-    return tokenizer, trainer
+    if model == "bpe":
+        return trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=special_tokens,
+            show_progress=show_progress,
+        )
+    return trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=special_tokens, unk_token=unk, show_progress=show_progress
+    )
 
 
 def train_tokenizer(
@@ -136,14 +151,20 @@ def train_tokenizer(
     if vocab_size <= len(special_tokens):
         raise ValueError(f"vocab_size={vocab_size} leaves no room beside the {len(special_tokens)} special tokens.")
 
-    backend, trainer = _backend(model, vocab_size, special_tokens, specials["unk_token"], min_frequency, show_progress)
+    backend = _backend(model, specials["unk_token"])
     steps = [getattr(normalizers, normalization)()] if normalization else []
     backend.normalizer = normalizers.Sequence([*steps, *([normalizers.Lowercase()] if lowercase else [])])
     checked = _CheckedTexts(texts)
-    backend.train_from_iterator(checked, trainer=trainer, length=length)
+    training = (vocab_size, special_tokens, specials["unk_token"], min_frequency, show_progress)
+    if model == "wordpiece":
+        _train_wordpiece(backend, checked, length, *training)
+    else:
+        backend.train_from_iterator(checked, trainer=_trainer(model, *training), length=length)
     if not checked.any_text:
         given = f"all {checked.count} texts given are empty or whitespace" if checked.count else "no texts were given"
         raise ValueError(f"No text to train a tokenizer on: {given}; give a corpus with words in it.")
+    if model == "unigram":
+        backend = _canonical_unigram(backend, len(special_tokens))
 
     def ids(*tokens):
         return [(token, backend.token_to_id(token)) for token in tokens]
@@ -166,6 +187,93 @@ def train_tokenizer(
     expected = {token: i for i, token in enumerate(special_tokens)}
     assert {token: tokenizer.convert_tokens_to_ids(token) for token in special_tokens} == expected
     return tokenizer
+
+
+def _train_wordpiece(
+    backend: Tokenizer,
+    texts: Iterable[str],
+    length: int | None,
+    vocab_size: int,
+    special_tokens: list[str],
+    unk: str,
+    min_frequency: int,
+    show_progress: bool,
+) -> None:
+    """Train `backend`'s WordPiece model on `texts`, to the same vocabulary in every process.
+
+    The tokenizers trainer (BPE with a `##` prefix) gives each `##c` token its id in the order of a hash map seeded
+    anew in each process, and of two merges with equal counts it takes the pair of lower ids: so processes learned
+    different vocabularies. Here the `##c` tokens come first, sorted, as the trainer's special tokens (the only tokens
+    it takes before it reads the corpus). To know them, the library first counts the corpus's words (`_word_counts`),
+    and the trainer then reads those counts. The `##c` stay in the vocabulary as ordinary tokens, not special ones."""
+    counts = _word_counts(backend, texts, length, show_progress)
+    inside = sorted({CONTINUING_SUBWORD_PREFIX + char for word in counts for char in word[1:]})
+    trainer = _trainer("wordpiece", vocab_size, [*special_tokens, *inside], unk, min_frequency, show_progress)
+    counted = Tokenizer(models.WordPiece(unk_token=unk))
+    counted.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # the words have no whitespace in them
+    counted.train_from_iterator(_repeated_words(counts), trainer=trainer)
+    backend.model = counted.model
+    backend.add_special_tokens(special_tokens)
+
+
+def _word_counts(backend: Tokenizer, texts: Iterable[str], length: int | None, show_progress: bool) -> dict[str, int]:
+    """How often each word of `texts` (after `backend`'s normalizer and pre-tokenizer) occurs: counted by the
+    tokenizers library, in parallel, as its trainers count a corpus, and read from the trainer's state."""
+    counter = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    counter.normalizer, counter.pre_tokenizer = backend.normalizer, backend.pre_tokenizer
+    trainer = trainers.WordLevelTrainer(vocab_size=0, show_progress=show_progress)
+    counter.train_from_iterator(texts, trainer=trainer, length=length)
+    words = json.loads(trainer.__getstate__()).get("WordLevelTrainer", {}).get("words")
+    if not isinstance(words, dict):
+        raise RuntimeError(
+            "This version of `tokenizers` keeps no word counts in a WordLevelTrainer's state, which the WordPiece "
+            "training here reads to be the same in every process; install a tokenizers release from 0.23.1 to the "
+            "tested one (see constraints.txt)."
+        )
+    return words
+
+
+def _repeated_words(counts: dict[str, int], chunk: int = 10_000) -> Iterator[str]:
+    """Each word of `counts`, in sorted order, as often as it was counted, separated by spaces."""
+    for word in sorted(counts):
+        for start in range(0, counts[word], chunk):
+            yield f"{word} " * min(chunk, counts[word] - start)
+
+
+def _canonical_unigram(backend: Tokenizer, special_count: int) -> Tokenizer:
+    """`backend` with its Unigram pieces and scores the same in every process.
+
+    The tokenizers trainer sums its EM statistics over the words of a hash map seeded anew in each process, so the
+    scores differ in their last digits (up to about 4e-11, where its digamma steps) and pieces of equal score swap
+    places; and it gives the characters that it adds back at the end (seen in the corpus, dropped by EM) the scores
+    lowest, lowest + 1e-4, ... in the order of a hash set. Here the scores are rounded to `UNIGRAM_SCORE_DECIMALS`,
+    those characters take those scores in sorted order, and pieces of equal score are sorted by their text."""
+    state = json.loads(backend.to_str())
+    vocab = state["model"]["vocab"]
+    scores = {piece: round(score, UNIGRAM_SCORE_DECIMALS) for piece, score in vocab[special_count:]}
+    _sort_added_characters(scores)
+    pieces = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+    state["model"]["vocab"] = [*vocab[:special_count], *([piece, score] for piece, score in pieces)]
+    return Tokenizer.from_str(json.dumps(state))
+
+
+def _sort_added_characters(scores: dict[str, float]) -> None:
+    """Give the characters on the trainer's ladder of lowest scores (lowest, lowest + 1e-4, ...) those scores in
+    sorted order, in place."""
+    if not scores:
+        return
+    characters = defaultdict(list)  # rounded score -> the one-character pieces that have it
+    for piece, score in scores.items():
+        if len(piece) == 1:
+            characters[score].append(piece)
+    lowest, rungs = min(scores.values()), []
+    for step in itertools.count():
+        rung = round(lowest + step * _UNIGRAM_ADDED_CHARACTER_STEP, UNIGRAM_SCORE_DECIMALS)
+        if rung not in characters:
+            break
+        rungs.extend([rung] * len(characters[rung]))
+    on_ladder = sorted(piece for rung in set(rungs) for piece in characters[rung])
+    scores.update(zip(on_ladder, sorted(rungs), strict=True))
 
 
 class _CheckedTexts:
