@@ -20,7 +20,9 @@ is the same. What it does:
   at the end, the weights of the N newest checkpoints averaged (`average_last`, as fairseq does), evaluated, and
   the average made the best model when it scores better;
 - a progress bar on the main process, metrics to tensorboard and to `metrics.jsonl`, their curves in `curves.png`,
-  the resolved config beside them.
+  the resolved config beside them;
+- an orderly end: SIGTERM stops the run as an error does, a stream's dataloader workers end with their process
+  (even one killed with SIGKILL), and the process group is destroyed at exit, before the interpreter's teardown.
 
 `train()` reads top to bottom, as accelerate's examples do; its parts: `StopConditions` (the budget as a value),
 `build_optimizer`, `resume`, `MapStyleData` / `StreamedData` (the micro-batches of each step, resumable mid-epoch
@@ -30,6 +32,9 @@ and loads the checkpoints and exports the models. Task evaluations live with the
 """
 
 import argparse
+import atexit
+import contextlib
+import ctypes
 import itertools
 import json
 import logging
@@ -37,7 +42,9 @@ import math
 import os
 import platform
 import shlex
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
@@ -59,7 +66,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
-from .data import ResumableCollator, build_dataloader
+from .data import ResumableCollator, StreamError, build_dataloader
 from .plots import plot_training_curves
 from .run_folder import RunFolder, average_checkpoints, checkpoints
 
@@ -74,6 +81,15 @@ SCHEDULES = {
     "inverse_sqrt": "inverse_sqrt",  # fairseq's transformer schedule: lr * sqrt(warmup / step) after warmup
 }
 PRECISIONS = ("no", "bf16", "fp16")
+
+
+def refuse_non_finite(settings) -> None:
+    """Raise a ValueError naming the first number among the dataclass `settings` that is not finite: `--learning_rate
+    inf` would pass the range checks, and the run would stop later on a NaN loss that names no setting."""
+    for setting in fields(settings):
+        value = getattr(settings, setting.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{setting.name}={value!r}: it must be a finite number.")
 
 
 @dataclass
@@ -132,6 +148,7 @@ class TrainingConfig:
     )
 
     def __post_init__(self):
+        refuse_non_finite(self)
         at_least = {
             **dict.fromkeys(
                 ("per_device_batch_size", "gradient_accumulation_steps", "keep_checkpoints", "log_every"), 1
@@ -304,7 +321,20 @@ class StopConditions:
         return None
 
 
+def end_process_group() -> None:
+    """Destroy the process group of a distributed run (registered to run at exit, once the script's last collective
+    is done: the scripts evaluate on their test sets after `train()`). Left to the interpreter's own teardown, gloo's
+    worker threads may drop their last finished collective after the interpreter began finalizing; the tensors it
+    held then need the GIL, which ends the thread mid-destructor, and the process aborts ("terminate called without
+    an active exception", SIGABRT) after a run that succeeded. Destroying the group joins those threads while the
+    interpreter is whole. Local to this process: no barrier, which would hang an exit whose peers are gone."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def build_accelerator(run: RunFolder) -> Accelerator:
+    atexit.unregister(end_process_group)  # registered once, however many runs this process trains
+    atexit.register(end_process_group)
     accelerator = Accelerator(
         mixed_precision=run.precision,
         gradient_accumulation_steps=run.config.gradient_accumulation_steps,
@@ -320,6 +350,25 @@ def build_accelerator(run: RunFolder) -> Accelerator:
             accelerator.distributed_type.value,
         )
     return accelerator
+
+
+@contextlib.contextmanager
+def stopped_by_sigterm() -> Iterator[None]:
+    """Within (on the main thread): SIGTERM, a scheduler's or `kill`'s, raises SystemExit, so that the run unwinds as
+    on any error (its dataloader workers shut down, the process group ended at exit) instead of vanishing; the handler
+    that was there before comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame) -> None:
+        raise SystemExit(f"Stopped by {signal.Signals(signum).name}.")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def command_line() -> str:
@@ -458,7 +507,8 @@ class MapStyleData:
     """A dataset of known length: shuffled batches (grouped by length if asked) that accelerate splits across the
     processes, epoch after epoch; a resumed run skips the batches its epoch has already seen."""
 
-    def __init__(self, dataset, collator: Callable, config: "TrainingConfig", accelerator: Accelerator):
+    def __init__(self, dataset, collator: Callable, run: RunFolder, accelerator: Accelerator):
+        config = run.config
         dataloader = build_dataloader(
             dataset, collator, config.per_device_batch_size, group_by_length=config.group_by_length, seed=config.seed
         )
@@ -475,6 +525,29 @@ class MapStyleData:
         return None  # the step says where the data is
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2), Linux: the signal a process gets when its parent dies
+
+
+def end_with_parent(worker_id: int) -> None:
+    """The `worker_init_fn` of a stream's dataloader workers: a worker ends when its parent dies (the training
+    process, killed or crashed; or the forkserver that starts workers for it, and ends with it) instead of living on
+    with its memory (torch's watchdog lets it leave its loop, but its exit then waits forever to flush a pipe that
+    nobody reads). On Linux the kernel kills it (PR_SET_PDEATHSIG); elsewhere a thread looks for the parent every
+    second. SIGTERM ends it at once: the run's handler (`stopped_by_sigterm`) is the training process's alone."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    parent = os.getppid()
+    if not (sys.platform == "linux" and ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0):
+        threading.Thread(target=exit_without_parent, args=(parent,), daemon=True, name="parent-watchdog").start()
+    if os.getppid() != parent:  # it died while the signal was being armed
+        os._exit(1)
+
+
+def exit_without_parent(parent: int, interval: float = 1.0) -> None:
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
+
+
 class StreamedData:
     """A stream (`hf_encoders.data.StreamedExamples`): each process reads its own part (split again among its
     `dataloader_workers`, which read and tokenize while the model trains) and batches it, in steps without epochs.
@@ -484,21 +557,34 @@ class StreamedData:
 
     steps_per_epoch = 0  # unknown: a streamed run is measured in steps
 
-    def __init__(self, stream, collator: Callable, config: "TrainingConfig", accelerator: Accelerator):
+    def __init__(self, stream, collator: Callable, run: RunFolder, accelerator: Accelerator):
+        config = run.config
         if not config.max_steps:
             raise ValueError("A streamed training set has no known length: give the run's budget as --max_steps.")
-        self.collator, self.accelerator = collator, accelerator
+        self.collator, self.run, self.accelerator = collator, run, accelerator
         self.dataloader = StatefulDataLoader(  # not prepared: accelerate's would read a batch ahead
-            stream, batch_size=config.per_device_batch_size, collate_fn=list, num_workers=config.dataloader_workers
+            stream,
+            batch_size=config.per_device_batch_size,
+            collate_fn=list,
+            num_workers=config.dataloader_workers,
+            worker_init_fn=end_with_parent,
         )
 
     def windows(self, step: int) -> Iterator[list[dict]]:
         accumulation = self.accelerator.gradient_accumulation_steps
         if isinstance(self.collator, ResumableCollator):  # noise-drawing: the same masks as an uninterrupted run
             self.collator.resume_at(step * accumulation)
-        batches = (send_to_device(self.collator(rows), self.accelerator.device) for rows in self.dataloader)
+        batches = (send_to_device(self.collator(rows), self.accelerator.device) for rows in self.rows())
         while True:
             yield list(itertools.islice(batches, accumulation))
+
+    def rows(self) -> Iterator[list[dict]]:
+        """The dataloader's batches of rows; a file that cannot be read stops the run, saying what it can go on from."""
+        try:
+            yield from self.dataloader
+        except StreamError as error:
+            then = "resume the run (--resume)" if checkpoints(self.run.path) else "start the run again"
+            raise StreamError(f"{str(error).rstrip()} {checkpoint_note(self.run)} Fix the file and {then}.") from error
 
     def state_dict(self) -> dict:
         return self.dataloader.state_dict()
@@ -551,6 +637,12 @@ def optimizer_step(
     return accelerator.reduce(step_loss, reduction="sum" if config.token_level_loss else "mean"), tokens
 
 
+def checkpoint_note(run: RunFolder) -> str:
+    """What a run stopped by an error can go on from."""
+    kept = checkpoints(run.path)
+    return f"The last good checkpoint is {kept[-1]}." if kept else "No checkpoint was written."
+
+
 class TrainLoss:
     """The train loss averaged over the steps since it was last logged, checked to be finite when it is logged
     (before any checkpoint or export of these weights)."""
@@ -570,10 +662,8 @@ class TrainLoss:
         """Log the mean loss since the last log (tensorboard, metrics.jsonl, the bar), with the step's inputs."""
         self.last = (self.total / self.steps).item()
         if not math.isfinite(self.last):
-            kept = checkpoints(self.run.path)
             raise NonFiniteLossError(
-                f"The training loss became {self.last} by step {step}; stopping. "
-                + (f"The last good checkpoint is {kept[-1]}." if kept else "No checkpoint was written.")
+                f"The training loss became {self.last} by step {step}; stopping. {checkpoint_note(self.run)}"
             )
         values = {"train/loss": self.last, "train/lr": learning_rate, **{f"train/{k}": v for k, v in inputs.items()}}
         self.accelerator.log(values, step=step)
@@ -663,6 +753,7 @@ def close_logs(run: RunFolder, accelerator: Accelerator) -> None:
         tracker.finish()
 
 
+@stopped_by_sigterm()
 def train(
     model: PreTrainedModel,
     train_dataset,
@@ -692,7 +783,7 @@ def train(
     if accelerator.is_main_process:
         run.write_settings(run_settings(run, model, accelerator))
     streamed = isinstance(train_dataset, torch.utils.data.IterableDataset)
-    data = (StreamedData if streamed else MapStyleData)(train_dataset, collator, config, accelerator)
+    data = (StreamedData if streamed else MapStyleData)(train_dataset, collator, run, accelerator)
     stop = StopConditions.from_config(config, data.steps_per_epoch)
     if config.average_last and (kept := planned_checkpoints(config, stop.total_steps)) < max(config.average_last):
         raise ValueError(
@@ -752,6 +843,7 @@ __all__ = [
     "NonFiniteLossError",
     "StopConditions",
     "parse_config",
+    "refuse_non_finite",
     "train",
     "evaluate_loss",
     "smoothed_cross_entropy",

@@ -1,17 +1,23 @@
 """Streamed training data: the map-style path's blocks, made on the fly; each process its own part of the corpus,
-once per epoch; an exact position to resume from, also across a killed two-process run; a truncated file named."""
+once per epoch; an exact position to resume from, also across a killed two-process run; a truncated file named with
+its line; dataloader workers that end with their run."""
 
+import contextlib
 import gzip
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import time
+import zlib
 from pathlib import Path
 
+import psutil  # accelerate's dependency
 import pytest
 from conftest import CONFIGS, run_script, wordpiece_tokenizer
-from test_training import ACCELERATE, JOB, ROOT, losses
+from test_training import ACCELERATE, JOB, ROOT, losses, run_job
 from transformers import AutoTokenizer
 
 from hf_encoders.cards import build_model_card
@@ -106,11 +112,14 @@ def test_the_state_resumes_exactly_across_an_epoch_boundary(corpus):
     assert served[:100] != [document(i) for i in range(100) if document(i)][:100]  # shuffled
 
 
-def test_a_truncated_stream_names_its_file_and_row(tmp_path):
+def test_a_truncated_stream_names_its_file_and_line(tmp_path):
     content = gzip.compress("".join(document(i) + "\n" for i in range(3000)).encode())
     (tmp_path / "train.txt.gz").write_bytes(content[: len(content) // 2])
+    readable = zlib.decompressobj(wbits=31).decompress(content[: len(content) // 2])
+    line = readable.count(b"\n") + 1  # the first line that the cut leaves incomplete
+    assert 1 < line < 3000
     stream = StreamedExamples(stream_text_dataset(tmp_path, "train"), keep_documents, buffer_size=0)
-    with pytest.raises(StreamError, match=r"Cannot read .*train\.txt\.gz on after row \d+ .*truncated or corrupt"):
+    with pytest.raises(StreamError, match=rf"Cannot read .*train\.txt\.gz at line {line}: it is truncated, corrupt"):
         texts(stream)
 
 
@@ -208,11 +217,16 @@ def test_denoising_streams_its_texts(handful, tmp_path):
     assert "made on the fly from the streamed texts" in card
 
 
-def test_undecodable_text_names_its_file(tmp_path):
-    (tmp_path / "train.txt").write_bytes(b"a good line\n" * 50 + b"a bad \xff\xfe line\n" + b"more\n" * 10)
+def test_undecodable_text_names_its_file_and_line(tmp_path):
+    (tmp_path / "train.txt").write_bytes(b"t1 t2 t3\n" * 300 + b"t4 \xff\xfe t5\n" + b"t6 t7\n" * 216)
     stream = StreamedExamples(stream_text_dataset(tmp_path, "train"), keep_documents, buffer_size=0)
-    with pytest.raises(StreamError, match=r"Cannot read .*train\.txt on after row \d+"):
+    with pytest.raises(StreamError, match=r"Cannot read .*train\.txt at line 301: .*not UTF-8") as error:
         texts(stream)
+    assert "checkpoint" not in str(error.value)  # a stream knows of no run
+
+    with pytest.raises(StreamError, match=r"train\.txt at line 301: .* No checkpoint was written\.") as error:
+        run_job(tmp_path / "run", "--max_steps", "4", env={"HF_ENCODERS_TEST_STREAM": str(tmp_path / "train.txt")})
+    assert "good checkpoint" not in str(error.value) and "start the run again" in str(error.value)
 
 
 def test_a_stream_that_breaks_mid_run_keeps_its_checkpoints_whole(tmp_path):
@@ -224,6 +238,81 @@ def test_a_stream_that_breaks_mid_run_keeps_its_checkpoints_whole(tmp_path):
     command += ["--max_steps", "100000", "--save_every", "2", "--per_device_batch_size", "16", "--log_every", "1"]
     env = {**os.environ, "HF_ENCODERS_TEST_STREAM": str(tmp_path / "corpus-*.txt.gz")}
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
-    assert done.returncode != 0 and "corpus-1.txt.gz on after row" in done.stderr, done.stderr[-3000:]
+    assert done.returncode != 0 and "corpus-1.txt.gz at line" in done.stderr, done.stderr[-3000:]
     kept = checkpoints(tmp_path / "run")
     assert kept and checkpoint_problem(kept[-1]) is None  # the last checkpoint before the break is whole
+    assert f"The last good checkpoint is {kept[-1]}. Fix the file and resume the run (--resume)." in done.stderr
+
+
+def alive(process: psutil.Process) -> bool:
+    """Whether `process` still runs: not ended, nor a zombie left to be reaped."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_the_dataloader_workers_of_a_killed_run_end_with_it(signal_name, tmp_path):
+    """A streamed run with two dataloader workers, killed mid-run: its workers (about 400 MB each) end with it
+    instead of living on; SIGTERM stops the run as an error does."""
+    lines = [" ".join(f"t{(i * 13 + k) % 59}" for k in range(5 + i % 17)) + "\n" for i in range(4000)]
+    for part in range(2):  # a file for each worker
+        (tmp_path / f"corpus-{part}.txt").write_text("".join(lines[part::2]))
+    command = [sys.executable, str(JOB), "--output_dir", str(tmp_path / "run"), "--max_steps", "1000000"]
+    command += ["--per_device_batch_size", "2", "--log_every", "1", "--dataloader_workers", "2"]
+    env = {**os.environ, "HF_ENCODERS_TEST_STREAM": str(tmp_path / "corpus-*.txt")}
+    metrics, workers = tmp_path / "run" / "metrics.jsonl", []
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        run = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 180
+        while not (metrics.is_file() and metrics.stat().st_size) and run.poll() is None:  # training: workers up
+            assert time.monotonic() < deadline, "the run did not start training"
+            time.sleep(0.2)
+        workers = psutil.Process(run.pid).children()
+        assert len(workers) == 2, (workers, (tmp_path / "stderr.txt").read_text()[-3000:])
+        run.send_signal(getattr(signal, signal_name))
+        run.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        while any(map(alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(map(alive, workers)), f"the workers outlived the run killed by {signal_name}"
+    finally:  # nothing left behind, whatever failed
+        if run.poll() is None:
+            run.kill()
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
+    stopped = "Stopped by SIGTERM."
+    assert (stopped in (tmp_path / "stderr.txt").read_text()) == (signal_name == "SIGTERM")
+
+
+def test_without_pdeathsig_a_worker_watches_for_its_parent():
+    """Where the kernel cannot end a worker with its parent (not Linux), the worker's own thread does, within a
+    second or so."""
+    code = """if True:
+        import os, sys, time
+        from hf_encoders.training import end_with_parent
+
+        if os.fork() == 0:  # the worker
+            sys.platform = "darwin"  # no PR_SET_PDEATHSIG: the watchdog thread
+            end_with_parent(worker_id=0)
+            print(os.getpid(), flush=True)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # the test reads on without waiting for this process
+            time.sleep(60)
+            os._exit(0)
+        time.sleep(2)  # the parent dies without a word to its worker
+        os._exit(0)
+    """
+    command = [sys.executable, "-c", code]
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=120, cwd=ROOT)
+    worker = psutil.Process(int(done.stdout))
+    try:
+        deadline = time.monotonic() + 5
+        while alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(worker), "the worker outlived its parent"
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            worker.kill()

@@ -44,11 +44,12 @@ def run_job(output_dir: Path, *flags: str, env: dict | None = None) -> ScriptRun
         return run_main(tiny_training_job.main, "--output_dir", str(output_dir), "--log_every", "1", *flags)
 
 
-def launch_job(output_dir: Path, *flags: str, launcher: list[str], env: dict) -> None:
+def launch_job(output_dir: Path, *flags: str, launcher: list[str], env: dict) -> subprocess.CompletedProcess:
     """tests/tiny_training_job.py under a launcher, in processes of its own."""
     command = [*launcher, str(JOB), "--output_dir", str(output_dir), "--log_every", "1", *flags]
     done = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=ROOT, env={**os.environ, **env})
     assert done.returncode == 0, done.stderr[-4000:]
+    return done
 
 
 def losses(output_dir: Path) -> dict[int, float]:
@@ -77,6 +78,22 @@ def test_two_processes_follow_one_process_with_the_same_global_batch(tmp_path):
     assert one[6] < one[1]
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert config["num_processes"] == 2
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="starves gloo's threads with Linux's idle scheduling class")
+def test_two_processes_exit_cleanly_when_gloo_is_late_to_drop_their_last_collective(tmp_path):
+    """A run that succeeded used to abort at exit under load: a rank's interpreter was already finalizing when
+    gloo's worker thread dropped the last collective's tensors, which needs the GIL, and the process died with
+    "terminate called without an active exception" (SIGABRT). The job starves gloo's threads to make that certain,
+    after collectives of its own that follow `train()` (as the scripts' test evaluations do)."""
+    launcher = [
+        str(ACCELERATE),
+        *"launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no".split(),
+        *("--main_process_port", "29547"),
+    ]
+    env = {"ACCELERATE_USE_CPU": "1", "HF_ENCODERS_TEST_REDUCES_AFTER": "8"}
+    done = launch_job(tmp_path, "--per_device_batch_size", "4", "--max_steps", "2", launcher=launcher, env=env)
+    assert "terminate called" not in done.stderr
 
 
 def launch_machines(output_dir: Path, flags: list[str], port: int, extra: tuple[str, ...] = ()) -> str:
@@ -313,6 +330,15 @@ def test_inverse_sqrt_schedule_warms_up_then_decays_as_one_over_the_root_of_the_
     assert rates[:5] == pytest.approx([0.0, 2.5e-4, 5e-4, 7.5e-4, 1e-3])
     assert rates[16] == pytest.approx(5e-4) and rates[64] == pytest.approx(2.5e-4)  # 1e-3 * sqrt(4 / step)
     assert rates[99] > 0  # it never anneals to 0: the last checkpoints differ, averaging has something to average
+
+
+def test_non_finite_settings_are_refused_by_name():
+    for setting, value in [("learning_rate", "inf"), ("learning_rate", "nan"), ("max_grad_norm", "inf")]:
+        with pytest.raises(ValueError, match=f"^{setting}={value}: it must be a finite number"):
+            parse_config((TrainingConfig,), [f"--{setting}", value])
+    for setting in ("weight_decay", "num_epochs", "max_minutes", "adam_beta2", "label_smoothing", "decay_fraction"):
+        with pytest.raises(ValueError, match=f"^{setting}=inf: it must be a finite number"):
+            TrainingConfig(**{setting: float("inf")})
 
 
 def test_config_file_and_overrides(tmp_path):

@@ -7,7 +7,9 @@ Environment switches: HF_ENCODERS_TEST_MASKING=dynamic (MLMCollator; default: a 
 on how the batch is split), HF_ENCODERS_TEST_CRASH_AT_BATCH=k (the k-th batch fails: a killed run),
 HF_ENCODERS_TEST_FAIL_SAVE_AT_STEP=n (writing checkpoint n fails halfway), HF_ENCODERS_TEST_NAN_AT_STEP=n (the
 loss becomes NaN from that optimizer step on), HF_ENCODERS_TEST_STREAM=FILE (train on FILE's documents, streamed),
-HF_ENCODERS_TEST_EVALUATE=1 (evaluate on 32 held-out examples: `held_out/loss`, ...).
+HF_ENCODERS_TEST_EVALUATE=1 (evaluate on 32 held-out examples: `held_out/loss`, ...),
+HF_ENCODERS_TEST_REDUCES_AFTER=n (n all-reduces after `train()` returns, as the scripts' test evaluations do,
+with gloo's worker threads starved: `starve_gloo_threads`).
 """
 
 import contextlib
@@ -112,7 +114,24 @@ def main(argv: list[str] | None = None) -> TrainResult:
 
     evaluate = held_out_loss if os.environ.get("HF_ENCODERS_TEST_EVALUATE") else None
     with failing_save:
-        return train(model, training_data(tokenizer), collator, run, tokenizer=tokenizer, evaluate=evaluate)
+        result = train(model, training_data(tokenizer), collator, run, tokenizer=tokenizer, evaluate=evaluate)
+    if reduces := int(os.environ.get("HF_ENCODERS_TEST_REDUCES_AFTER", 0)):
+        starve_gloo_threads()
+        for _ in range(reduces):
+            torch.distributed.all_reduce(torch.ones(256))
+    return result
+
+
+def starve_gloo_threads() -> None:
+    """This process's threads on one CPU, gloo's worker threads in the idle class: they run only while the main
+    thread waits, as a loaded machine has them now and then, made certain. After the last collective the main thread
+    goes on to exit before gloo's thread drops that collective's tensors (Linux)."""
+    cpu = min(os.sched_getaffinity(0))
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):  # a thread that has ended since
+            os.sched_setaffinity(int(task.name), {cpu})
+            if (task / "comm").read_text().strip() == "pt_gloo_runloop":
+                os.sched_setscheduler(int(task.name), os.SCHED_IDLE, os.sched_param(0))
 
 
 def held_out_loss(model, accelerator) -> dict[str, float]:

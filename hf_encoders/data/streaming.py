@@ -13,7 +13,7 @@ reaches the end of its part it starts its next epoch, so a streamed run is measu
 Its position is a `state_dict()`: the stream's (`datasets`' own: file and row), the examples made but not yet served
 and the shuffle buffer's content and generator. The loop saves it with every checkpoint, so a resumed run serves
 exactly the examples an uninterrupted one would, without going through the epoch again. A file that turns out to be
-truncated or undecodable mid-stream stops the run with its name and row; the checkpoints written before stay whole.
+truncated or undecodable mid-stream stops the run with its name and the line it cannot read on from.
 """
 
 import csv
@@ -39,6 +39,7 @@ from .loading import _file_format, _hub_offline, _local_files, _split_name, alig
 logger = logging.getLogger(__name__)
 
 DOCUMENTS_PER_BATCH = 1000  # what `datasets.map(batched=True)` hands the map-style path's functions at a time
+LINE_FORMATS = ("text", "json", "csv")  # the builders of files read line by line (not parquet)
 
 
 def stream_text_dataset(spec: str | os.PathLike, split: str = "train", name: str | None = None) -> IterableDataset:
@@ -313,16 +314,36 @@ class StreamedExamples(torch.utils.data.IterableDataset):
         return batch
 
     def where(self, error: Exception) -> str:
-        """Which file and row the stream failed in, from its state."""
+        """Which file and line the stream failed in: the file its state names (the shard it was reading) or, when
+        that one reads whole, the first other file that does not."""
         state = self.documents.state_dict()
         while "examples_iterable" in state:
             state = state["examples_iterable"]
         shard, row = state.get("shard_idx", 0), state.get("shard_example_idx", 0)
-        name = self.files[shard] if shard < len(self.files) else f"shard {shard} of the stream"
-        return (
-            f"Cannot read {name} on after row {row} (line {row + 1} of a text file): it is truncated or corrupt "
-            f"({type(error).__name__}: {error}). The checkpoints written before are whole: fix the file and resume."
-        )
+        named = [self.files[shard]] if shard < len(self.files) else []
+        problem = f"it is truncated, corrupt or not UTF-8 ({type(error).__name__}: {error})"
+        for name in [*named, *(name for name in self.files if name not in named)]:
+            if line := unreadable_line(name):
+                return f"Cannot read {name} at line {line}: {problem}."
+        name = named[0] if named else f"shard {shard} of the stream"
+        return f"Cannot read {name} after row {row}: {problem}."
+
+
+def unreadable_line(path: str) -> int | None:
+    """The number of the first line of a local text file (gzipped or not) that cannot be read whole as UTF-8 (not
+    UTF-8, or cut off by a truncated or corrupt file), or None when every line reads (or the file is no text).
+    datasets reads text files in chunks of megabytes, so its own position says no more than the chunk."""
+    if not Path(path).is_file() or _file_format(Path(path), named=True) not in LINE_FORMATS:
+        return None
+    whole = 0
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as file:
+            for line in file:
+                line.decode("utf-8")
+                whole += 1
+    except (EOFError, OSError, UnicodeDecodeError, zlib.error):
+        return whole + 1
+    return None
 
 
 __all__ = [
