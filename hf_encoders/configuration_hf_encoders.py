@@ -57,8 +57,12 @@ class EncoderConfig(PreTrainedConfig):
             layers.
         max_position_embeddings: longest sequence the model accepts.
         local_attention: total width of the sliding window of local layers (each token sees `local_attention // 2`
-            tokens on either side). Set together with `global_attn_every_n_layers`; all layers are global when unset.
-        global_attn_every_n_layers: every n-th layer (from the first) is global, the others are local.
+            tokens on either side; `sliding_window` is that half). Unset: every layer is global.
+        global_attn_every_n_layers: with `local_attention`, every n-th layer (from the first) is global and the others
+            are local (ModernBERT's alternation); unset, every layer is local. Setting `config.sliding_window` (as
+            transformers' tests and ModernBERT's config do) sets `local_attention` to twice the value and keeps this
+            pattern, so on a config without local layers it makes every layer local; `sliding_window = None` makes
+            every layer global.
         first_layer_attention_norm: whether the first layer normalises its attention input as every other layer
             does. Off (ModernBERT's layout), it reads the already normalised embeddings directly. The encoder-decoder
             turns it on (see [`Seq2SeqConfig`]).
@@ -69,10 +73,12 @@ class EncoderConfig(PreTrainedConfig):
         initializer_cutoff_factor: truncation of the initialisation at this many standard deviations.
         classifier_pooling: `"cls"` (each sequence's first real token) or `"mean"` (mean over non-padding tokens) for
             `pooler_output` and the sequence-classification head.
-        sparse_prediction: when `labels` are given, compute the masked-LM head only where `labels != -100`, so
-            that `logits` has one row per labelled position (in that order); without labels (fill-mask) the head
-            covers every position, and so does a compiled forward. Off, `logits` is (batch, sequence, vocab) also
-            with labels.
+        sparse_prediction: in training mode (`model.train()`) with `labels`, compute the masked-LM head only where
+            `labels != -100`, so that `logits` has one row per labelled position (in that order): the speed of
+            pretraining. In eval mode (`model.eval()`, as `Trainer.evaluate` and pipelines run), without labels
+            (fill-mask) and in a compiled forward, `logits` is (batch, sequence, vocab), as transformers' masked-LM
+            models return it and its evaluation tools expect; the loss is the same either way. Off, `logits` is
+            (batch, sequence, vocab) always.
         unpadding: run the token-wise work (embeddings, projections, MLPs, norms) of a padded batch on its real
             tokens only, re-padding for attention kernels without a variable-length mode; outputs keep the batch's
             shape, with zeros at padding positions. Batches with little padding (`unpadding_pays` in
@@ -153,19 +159,19 @@ class EncoderConfig(PreTrainedConfig):
         _check_choice("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDING_TYPES)
         _check_choice("classifier_pooling", self.classifier_pooling, CLASSIFIER_POOLINGS)
         _check_probability(self, "embedding_dropout", "attention_dropout", "hidden_dropout", "classifier_dropout")
-        if (self.local_attention is None) != (self.global_attn_every_n_layers is None):
+        if self.global_attn_every_n_layers is not None and self.local_attention is None:
             raise ValueError(
-                "`local_attention` and `global_attn_every_n_layers` go together: set both for alternating "
-                f"local/global attention, or neither for global attention in every layer (got local_attention="
-                f"{self.local_attention}, global_attn_every_n_layers={self.global_attn_every_n_layers})."
+                f"`global_attn_every_n_layers`={self.global_attn_every_n_layers} says which layers stay global among "
+                "local ones, but `local_attention` (the local layers' window) is not set: set both for alternating "
+                "local/global attention, `local_attention` alone for local attention in every layer, or neither for "
+                "global attention in every layer."
             )
-        if self.local_attention is not None:
-            if self.local_attention < 2 or self.local_attention % 2:
-                raise ValueError(f"`local_attention` must be an even window width >= 2, got {self.local_attention}.")
-            if self.global_attn_every_n_layers <= 0:
-                raise ValueError(
-                    f"`global_attn_every_n_layers` must be a positive integer, got {self.global_attn_every_n_layers}."
-                )
+        if self.local_attention is not None and (self.local_attention < 2 or self.local_attention % 2):
+            raise ValueError(f"`local_attention` must be an even window width >= 2, got {self.local_attention}.")
+        if self.global_attn_every_n_layers is not None and self.global_attn_every_n_layers <= 0:
+            raise ValueError(
+                f"`global_attn_every_n_layers` must be a positive integer, got {self.global_attn_every_n_layers}."
+            )
         attn_implementation = kwargs.get("attn_implementation")
         if attn_implementation is not None and not attn_implementation.startswith("kernels-community/"):
             _check_choice("attn_implementation", attn_implementation, ATTENTION_IMPLEMENTATIONS)
@@ -177,31 +183,33 @@ class EncoderConfig(PreTrainedConfig):
 
     @property
     def layer_types(self) -> list[str]:
-        """`"full_attention"` or `"sliding_attention"` for each layer, from the local/global alternation."""
-        every = self.global_attn_every_n_layers
+        """`"full_attention"` or `"sliding_attention"` for each layer: all global without `local_attention`; with it,
+        every `global_attn_every_n_layers`-th layer (from the first) global and the others local, or all local."""
+        local, every = self.local_attention is not None, self.global_attn_every_n_layers
         return [
-            "full_attention" if every is None or i % every == 0 else "sliding_attention"
+            "sliding_attention" if local and (every is None or i % every) else "full_attention"
             for i in range(self.num_hidden_layers)
         ]
 
     @property
     def sliding_window(self) -> int | None:
         """Tokens seen on each side by local layers (what `transformers.masking_utils` reads): half of
-        `local_attention`, which setting it sets (as in transformers' `ModernBertConfig`); None makes every layer
-        global."""
+        `local_attention`; None without local layers."""
         return None if self.local_attention is None else self.local_attention // 2
 
     @sliding_window.setter
     def sliding_window(self, value: int | None) -> None:
-        if value is not None and (self.global_attn_every_n_layers is None or value <= 0):
-            raise ValueError(
-                f"`sliding_window`={value}: local attention needs a positive window and `global_attn_every_n_layers` "
-                f"(now {self.global_attn_every_n_layers}), which says which layers are local."
-            )
-        if value is None:  # no local layers: every layer global
+        """Set `local_attention` to `2 * value` (as transformers' `ModernBertConfig` does), keeping which layers are
+        global (`global_attn_every_n_layers`; without it, every layer is local); None makes every layer global."""
+        if value is None:
             self.local_attention = self.global_attn_every_n_layers = None
-        else:
-            self.local_attention = 2 * value
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(
+                f"`sliding_window` is the number of tokens local layers see on each side and must be a positive "
+                f"integer (or None for global attention in every layer), got {value!r}."
+            )
+        self.local_attention = 2 * value
 
 
 # The settings of the variational bottleneck, which `Seq2SeqConfig` carried (`latent_size=None`: off) before
@@ -242,8 +250,10 @@ class Seq2SeqConfig(EncoderConfig):
             other layer (on by default): the standard pre-norm layout, which CTranslate2 runs (`hf-encoders export
             --format ctranslate2`). A config.json without the field was saved before it existed, when both first
             layers read the normalised embeddings directly: it loads with the field off.
-        sparse_prediction: with `labels`, compute the LM head only on labelled target positions (`logits` then has one
-            row for each); off by default, so that `Seq2SeqTrainer`'s evaluation gets (batch, target, vocab) logits.
+        sparse_prediction: in training mode with `labels`, compute the LM head only on labelled target positions
+            (`logits` then has one row for each), as the encoder's masked-LM head does; in eval mode (`Seq2SeqTrainer`'s
+            evaluation) `logits` is (batch, target, vocab) either way, with the same loss. The training scripts turn
+            it on.
         unpadding: as for the encoder, for the sources and for targets decoded from scratch (training, scoring). With
             `labels` and no `decoder_attention_mask`, a target's positions after its last label are its padding (as
             `DataCollatorForSeq2Seq` pads them with -100); their logits are zeros where the targets were unpadded.

@@ -591,12 +591,17 @@ class EncoderAttention(nn.Module):
         self.head_dim = config.head_dim
         self.is_causal = is_causal
         self.attention_dropout = config.attention_dropout
-        # flash attention's window is inclusive on both sides: `sliding_window + 1` there equals `sliding_window` in
-        # the masks of `masking_utils` (|i - j| <= config.sliding_window)
-        local = not is_causal and config.layer_types[layer_idx] == "sliding_attention"
-        self.sliding_window = config.sliding_window + 1 if local else None
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attention_bias)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
+
+    @property
+    def sliding_window(self) -> int | None:
+        """The window passed to the kernel on a local layer, None on a global one. Flash attention's window is
+        inclusive on both sides: `sliding_window + 1` there equals `sliding_window` in the masks of `masking_utils`
+        (|i - j| <= config.sliding_window), which the other kernels get. Read from the config at each call, as the
+        masks are, so that `config.sliding_window` set on a built model changes every implementation alike."""
+        local = not self.is_causal and self.config.layer_types[self.layer_idx] == "sliding_attention"
+        return self.config.sliding_window + 1 if local else None
 
     def repads(self, packed: PackedBatch | None) -> bool:
         return packed is not None and not (self.packed_rows_for_flash and is_flash_attention_requested(self.config))
@@ -672,13 +677,18 @@ class EncoderLayer(GradientCheckpointingLayer):
 
     def __init__(self, config: EncoderConfig, layer_idx: int):
         super().__init__()
-        self.attention_type = config.layer_types[layer_idx]
         own_norm = layer_idx > 0 or config.first_layer_attention_norm
         self.attn_norm = make_norm(config) if own_norm else nn.Identity()
         self.attn = EncoderAttention(config, layer_idx)
         self.mlp_norm = make_norm(config)
         self.mlp = EncoderMLP(config)
         self.dropout = nn.Dropout(config.hidden_dropout)
+
+    @property
+    def attention_type(self) -> str:
+        """`"full_attention"` or `"sliding_attention"`: this layer's entry of `config.layer_types`, read at each
+        call (as the window and the masks are)."""
+        return self.attn.config.layer_types[self.attn.layer_idx]
 
     def forward(
         self,
@@ -821,9 +831,10 @@ class EncoderModel(EncoderPreTrainedModel):
         self.embeddings = EncoderEmbeddings(config)
         self.layers = nn.ModuleList(EncoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.final_norm = make_norm(config)
-        rope, local = config.position_embedding_type == "rope", "sliding_attention" in config.layer_types
+        rope = config.position_embedding_type == "rope"
         self.rotary_emb = EncoderRotaryEmbedding(config) if rope else None
-        own_base = rope and local and config.local_rope_theta is not None
+        # (also without local layers: `config.sliding_window` set later makes layers local; its tables are no weights)
+        own_base = rope and config.local_rope_theta is not None
         self.local_rotary_emb = EncoderRotaryEmbedding(config, config.local_rope_theta) if own_base else None
         self.gradient_checkpointing = False
         self.post_init()
@@ -842,7 +853,7 @@ class EncoderModel(EncoderPreTrainedModel):
         tables = dict.fromkeys(("full_attention", "sliding_attention"))
         if self.rotary_emb is not None:
             tables["full_attention"] = tables["sliding_attention"] = self.rotary_emb(hidden_states, position_ids)
-        if self.local_rotary_emb is not None:
+        if self.local_rotary_emb is not None and "sliding_attention" in self.config.layer_types:
             tables["sliding_attention"] = self.local_rotary_emb(hidden_states, position_ids)
         return tables
 
@@ -993,9 +1004,12 @@ class EncoderModel(EncoderPreTrainedModel):
 
 
 class EncoderForMaskedLM(EncoderPreTrainedModel):
-    """Masked-language-model head; its decoder matrix is tied to the input embeddings. With
-    `config.sparse_prediction`, the head runs only on positions whose label is not -100, and `logits` has one row per
-    such position."""
+    """Masked-language-model head; its decoder matrix is tied to the input embeddings.
+
+    With `config.sparse_prediction` (the default) and `labels`, a forward in training mode runs the head only on the
+    positions whose label is not -100, and `logits` has one row per such position, in order: pretraining's speed. In
+    eval mode (`Trainer.evaluate`, metrics, pipelines), without labels and when compiled, `logits` is
+    (batch, sequence, vocab), as transformers' masked-LM models return it. The loss is the same either way."""
 
     _tied_weights_keys = {"decoder.weight": "model.embeddings.tok_embeddings.weight"}
 
@@ -1023,7 +1037,9 @@ class EncoderForMaskedLM(EncoderPreTrainedModel):
         **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
         r"""
-        labels: (batch, seq) ids of the original tokens at masked positions, -100 elsewhere.
+        labels: (batch, seq) ids of the original tokens at masked positions, -100 elsewhere. In training mode with
+            `config.sparse_prediction`, `logits` then has one row per labelled position; otherwise, and always in
+            eval mode, it is (batch, seq, vocab).
         """
         check_labels = partial(check_id_bounds, vocab_size=self.config.vocab_size, name="labels")
         layout = self.model.read_batch(
@@ -1036,7 +1052,7 @@ class EncoderForMaskedLM(EncoderPreTrainedModel):
                 f"`labels` has shape {tuple(labels.shape)} but the input has shape "
                 f"{tuple(hidden_states.shape[:-1])}; they must match."
             )
-        if labels is not None and self.config.sparse_prediction and layout is not None:
+        if labels is not None and self.config.sparse_prediction and self.training and layout is not None:
             hidden_states, labels = labelled_rows(hidden_states, labels, layout.read["labelled"])
 
         logits = self.decoder(self.head(hidden_states))

@@ -862,7 +862,8 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
             accepted).
         labels: (batch, target_len) target ids, -100 on positions to ignore. Without `decoder_input_ids`, the decoder
             reads the labels shifted right behind `config.decoder_start_token_id` (teacher forcing). With
-            `config.sparse_prediction`, the LM head runs only on labelled positions and `logits` has one row for each.
+            `config.sparse_prediction`, in training mode, the LM head runs only on labelled positions and `logits` has
+            one row for each; in eval mode it is (batch, target_len, vocab).
         position_ids / decoder_position_ids: padding-free batches (see `Seq2SeqModel.forward`).
         """
         cache = resolve_cache(cache, past_key_values)
@@ -914,7 +915,7 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        if labels is not None and self.config.sparse_prediction and target is not None:
+        if labels is not None and self.config.sparse_prediction and self.training and target is not None:
             hidden_states, labels = labelled_rows(hidden_states, labels, target.read["labelled"])
         logits = self.lm_head(hidden_states)
         loss = None

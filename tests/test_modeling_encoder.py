@@ -51,8 +51,9 @@ def main_output(model, output):
         (dict(position_embedding_type="alibi"), "'rope', 'absolute'"),
         (dict(classifier_pooling="max"), "'cls', 'mean'"),
         (dict(attn_implementation="fast"), "`attn_implementation`='fast'"),
-        (dict(global_attn_every_n_layers=None), "`local_attention` and `global_attn_every_n_layers` go together"),
+        (dict(local_attention=None), "but `local_attention` (the local layers' window) is not set"),
         (dict(local_attention=5), "even window width"),
+        (dict(global_attn_every_n_layers=0), "`global_attn_every_n_layers` must be a positive integer"),
         (dict(hidden_dropout=1.5), "`hidden_dropout`"),
         (dict(num_hidden_layers=0), "`num_hidden_layers` must be a positive integer"),
     ],
@@ -78,19 +79,62 @@ def test_config_layer_types_alternate_and_round_trip(tmp_path):
     assert loaded.to_dict() == config.to_dict()
 
 
-def test_sliding_window_is_settable_and_stays_local_attention_halved(tmp_path):
-    """transformers' common tests (and users) set `config.sliding_window`, as on ModernBERT's config."""
-    config = tiny_config(local_attention=8, global_attn_every_n_layers=2)
-    config.sliding_window = 2
-    assert config.local_attention == 4 and config.sliding_window == 2
+def test_local_attention_alone_makes_every_layer_local(tmp_path):
+    config = tiny_config(local_attention=4, global_attn_every_n_layers=None)
+    assert config.layer_types == ["sliding_attention"] * 3 and config.sliding_window == 2
     config.save_pretrained(tmp_path)
-    assert EncoderConfig.from_pretrained(tmp_path).local_attention == 4
+    assert EncoderConfig.from_pretrained(tmp_path).layer_types == ["sliding_attention"] * 3
+
+
+@pytest.mark.parametrize(
+    "pattern, layer_types",
+    [
+        ("local/global", ["full_attention", "sliding_attention", "full_attention"]),
+        ("all global", ["sliding_attention"] * 3),  # none was local: every layer becomes local
+    ],
+)
+def test_sliding_window_is_settable_on_any_config(pattern, layer_types, tmp_path):
+    """transformers' common tests set `config.sliding_window = 2` on every config that has the attribute (ModernBERT's
+    convention: it sets `local_attention` to twice the value); the global layers stay global."""
+    every = 2 if pattern == "local/global" else None
+    config = tiny_config(local_attention=8 if every else None, global_attn_every_n_layers=every)
+    config.sliding_window = 2
+    assert config.local_attention == 4 and config.sliding_window == 2 and config.layer_types == layer_types
+    config.save_pretrained(tmp_path)
+    loaded = EncoderConfig.from_pretrained(tmp_path)
+    assert loaded.layer_types == layer_types and loaded.sliding_window == 2
     model = EncoderModel(config)
-    assert [layer.attn.sliding_window for layer in model.layers] == [None, 3, None]  # flash's inclusive window
+    flash_windows = [3 if kind == "sliding_attention" else None for kind in layer_types]  # inclusive on both sides
+    assert [layer.attn.sliding_window for layer in model.layers] == flash_windows
     config.sliding_window = None
     assert config.local_attention is None and set(config.layer_types) == {"full_attention"}
-    with pytest.raises(ValueError, match="`global_attn_every_n_layers`"):
-        config.sliding_window = 2  # no layer would be local
+    assert [layer.attn.sliding_window for layer in model.layers] == [None] * 3
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="`sliding_window` is the number of tokens"):
+            config.sliding_window = bad
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa", "flex_attention"])
+def test_sliding_window_set_on_a_global_config_means_the_same_in_every_implementation(implementation):
+    """`config.sliding_window = 1` on a config without local layers: every layer sees one token on either side, so
+    after 3 layers token 0 sees tokens 0-3 and not token 4. Set on the built model, with eager, sdpa or flex
+    attention on a batch unpadded inside the model, it equals eager attention on the padded batch of a model built
+    with that window (the local layers' own RoPE base included)."""
+    model = build(EncoderModel, local_attention=None, global_attn_every_n_layers=None, local_rope_theta=1000.0)
+    model.set_attn_implementation(implementation)
+    model.config.sliding_window = 1
+    local = dict(local_attention=2, global_attn_every_n_layers=None, local_rope_theta=1000.0, unpadding=False)
+    reference = EncoderModel(tiny_config(**local, attn_implementation="eager")).eval()
+    reference.load_state_dict(model.state_dict())
+    ids, mask = random_batch(model.config, lengths=(12, 12, 3, 2))  # padding enough to be unpadded inside the model
+    ids[1] = ids[0]
+    ids[1, 4] = 7 if ids[0, 4] != 7 else 8  # row 1: row 0 with token 4 changed
+    with torch.no_grad():
+        expected = reference(ids, mask).last_hidden_state * mask[..., None]
+        actual = model(ids, mask).last_hidden_state * mask[..., None]
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(actual[1, 0], actual[0, 0])  # token 4 is beyond token 0's receptive field
+    assert not torch.allclose(actual[1, 1:5], actual[0, 1:5])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -441,8 +485,9 @@ def test_bf16_autocast_on_cpu_stays_close_to_fp32():
 
 
 def test_sparse_prediction_loss_equals_dense_loss():
-    dense = build(EncoderForMaskedLM, sparse_prediction=False)
-    sparse = build(EncoderForMaskedLM, sparse_prediction=True)
+    """Training mode: the sparse head's rows are the dense logits of the labelled positions, with the same loss."""
+    dense = build(EncoderForMaskedLM, sparse_prediction=False).train()  # (no dropout in the tiny config)
+    sparse = build(EncoderForMaskedLM, sparse_prediction=True).train()
     ids, mask = random_batch(dense.config)
     labels = torch.full_like(ids, -100)
     labels[0, 2], labels[1, 0], labels[2, 1] = 11, 12, 13
@@ -455,17 +500,41 @@ def test_sparse_prediction_loss_equals_dense_loss():
     assert sparse(ids, mask).logits.shape == (*ids.shape, dense.config.vocab_size)
 
 
-@pytest.mark.parametrize("sparse_prediction", [True, False], ids=["sparse (the default)", "dense"])
-def test_masked_lm_loss_is_cross_entropy_over_labelled_positions(sparse_prediction):
-    model = build(EncoderForMaskedLM, sparse_prediction=sparse_prediction)
+def test_sparse_prediction_gives_full_logits_and_the_same_loss_in_eval_mode():
+    """Evaluation (`model.eval()`, as `Trainer.evaluate` runs it) gets (batch, sequence, vocab) logits with labels,
+    which transformers' metrics index with `labels != -100`; the loss is the training mode's."""
+    model = build(EncoderForMaskedLM, sparse_prediction=True)
+    ids, mask = random_batch(model.config)
+    labels = ids.masked_fill((mask == 0) | (ids % 3 == 0), -100)
+    with torch.no_grad():
+        evaluated = model.eval()(ids, mask, labels=labels)
+        trained = model.train()(ids, mask, labels=labels)
+        without_labels = model.eval()(ids, mask)
+    assert evaluated.logits.shape == (*ids.shape, model.config.vocab_size)
+    torch.testing.assert_close(evaluated.logits, without_labels.logits)
+    torch.testing.assert_close(evaluated.logits[labels != -100], trained.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(evaluated.loss, trained.loss, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "sparse_prediction, training",
+    [(True, True), (True, False), (False, True), (False, False)],
+    ids=["sparse (the default), training", "sparse, eval", "dense, training", "dense, eval"],
+)
+def test_masked_lm_loss_is_cross_entropy_over_labelled_positions(sparse_prediction, training):
+    model = build(EncoderForMaskedLM, sparse_prediction=sparse_prediction).train(training)
     ids, mask = random_batch(model.config)
     labels = ids.masked_fill(mask == 0, -100)
     labels[0, 3] = -100
     with torch.no_grad():
         out = model(ids, mask, labels=labels)
     keep = labels != -100
-    # sparse: one row of logits per labelled position, in order
-    logits = out.logits if sparse_prediction else out.logits[keep]
+    # sparse in training mode: one row of logits per labelled position, in order; else one per position
+    if sparse_prediction and training:
+        logits = out.logits
+    else:
+        assert out.logits.shape == (*ids.shape, model.config.vocab_size)
+        logits = out.logits[keep]
     assert logits.shape == (int(keep.sum()), model.config.vocab_size)
     torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(logits, labels[keep]))
     assert EncoderConfig().sparse_prediction

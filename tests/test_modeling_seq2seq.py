@@ -312,15 +312,22 @@ def test_loss_equals_hand_computed_cross_entropy():
 
 
 def test_sparse_prediction_loss_equals_dense_loss():
-    dense, sparse = build(), build(sparse_prediction=True)
+    """In training mode the sparse head gives a row per labelled position; in eval mode (as `Seq2SeqTrainer`
+    evaluates) every position's, as transformers' models do. The loss is the same."""
+    dense, sparse = build().train(), build(sparse_prediction=True).train()  # (no dropout in the tiny config)
     ids, mask = source_batch()
     labels = torch.randint(4, 40, (3, 6), generator=torch.Generator().manual_seed(2))
     labels[1, 4:] = labels[2, 2:] = -100
     with torch.no_grad():
         dense_out, sparse_out = dense(ids, mask, labels=labels), sparse(ids, mask, labels=labels)
+        evaluated = sparse.eval()(ids, mask, labels=labels)
     torch.testing.assert_close(sparse_out.loss, dense_out.loss)
     assert sparse_out.logits.shape == (int((labels != -100).sum()), 40)
     torch.testing.assert_close(sparse_out.logits, dense_out.logits[labels != -100])
+    assert evaluated.logits.shape == (3, 6, 40)
+    torch.testing.assert_close(evaluated.logits[labels != -100], sparse_out.logits)
+    torch.testing.assert_close(evaluated.loss, sparse_out.loss)
+    dense.eval()
     assert torch.equal(
         sparse.generate(ids, attention_mask=mask, max_new_tokens=5),
         dense.generate(ids, attention_mask=mask, max_new_tokens=5),

@@ -143,3 +143,82 @@ def test_trainer_with_the_mlm_collator_takes_the_same_steps_as_our_loop(tokenize
     assert len(trainer_losses) == len(our_losses) == 4
     assert our_losses == pytest.approx(trainer_losses, rel=1e-4)
     assert our_losses[-1] < our_losses[0]
+
+
+# examples/pytorch/language-modeling/run_mlm.py, as transformers ships it: its evaluation reduces the logits to token
+# predictions, then scores them where the labels are not -100, so it needs (batch, sequence, vocab) logits.
+def preprocess_logits_for_metrics(logits, labels):
+    if isinstance(logits, tuple):
+        # Depending on the model and config, logits may contain extra tensors,
+        # like past_key_values, but logits always come first
+        logits = logits[0]
+    return logits.argmax(dim=-1)
+
+
+def compute_metrics(eval_preds):
+    preds, labels = eval_preds
+    # preds have the same shape as the labels, after the argmax(-1) has been calculated
+    # by preprocess_logits_for_metrics
+    labels = labels.reshape(-1)
+    preds = preds.reshape(-1)
+    mask = labels != -100
+    labels = labels[mask]
+    preds = preds[mask]
+    return {"accuracy": float((preds == labels).mean())}  # run_mlm: evaluate.load("accuracy").compute(...)
+
+
+def test_trainer_evaluates_the_masked_lm_as_run_mlm_does(tokenizer, tmp_path):
+    """run_mlm.py's `Trainer.evaluate()` on `DataCollatorForLanguageModeling` batches: with the sparse head on (the
+    default), evaluation gets logits for every position and scores them; training still runs the head on the labelled
+    positions only. The metrics equal those of the model run in eval mode on the same batches."""
+    generator = random.Random(0)
+    sentences = [" ".join(generator.choices(WORDS, k=generator.randint(2, 12))) for _ in range(24)]
+    data = Dataset.from_dict({"text": sentences}).map(lambda row: tokenizer(row["text"]), remove_columns=["text"])
+    torch.manual_seed(0)
+    model = EncoderForMaskedLM(tiny_config(vocab_size=len(tokenizer)))
+    assert model.config.sparse_prediction
+    collator, batches = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.3, seed=0), []
+
+    def recorded(examples):
+        batch = collator(examples)
+        batches.append((model.training, {key: value.clone() for key, value in batch.items()}))
+        return batch
+
+    decoder_rows = []
+    model.decoder.register_forward_hook(lambda _, args, output: decoder_rows.append(tuple(args[0].shape[:-1])))
+    trainer_args = arguments(
+        tmp_path / "run",
+        max_steps=3,
+        per_device_eval_batch_size=8,
+        eval_strategy="no",
+        save_strategy="no",
+        load_best_model_at_end=False,
+        gradient_checkpointing=False,
+    )
+    trainer = Trainer(
+        model=model,
+        args=trainer_args,
+        train_dataset=data,
+        eval_dataset=data,
+        data_collator=recorded,
+        compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+    )
+    trainer.train()
+    metrics = trainer.evaluate()
+
+    trained = [batch for training, batch in batches if training]
+    evaluated = [batch for training, batch in batches if not training]
+    assert len(trained) == 3 and len(evaluated) == 3
+    assert decoder_rows[:3] == [(int((batch["labels"] != -100).sum()),) for batch in trained]  # the sparse head
+    assert decoder_rows[3:] == [tuple(batch["labels"].shape) for batch in evaluated]  # every position
+    model.eval()
+    correct, labelled, losses = 0, 0, []
+    with torch.no_grad():
+        for batch in evaluated:
+            out, keep = model(**batch), batch["labels"] != -100
+            correct += int((out.logits.argmax(-1)[keep] == batch["labels"][keep]).sum())
+            labelled += int(keep.sum())
+            losses += [out.loss.item()] * len(batch["labels"])
+    assert metrics["eval_accuracy"] == pytest.approx(correct / labelled)
+    assert metrics["eval_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)

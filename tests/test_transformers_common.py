@@ -1,7 +1,12 @@
 """transformers' own common model and config tests (`ModelTesterMixin`, `ConfigTester`, from the sdist of the
 installed release; see transformers_sdist.py) run against both families, the way transformers tests its own models.
 
-A common test that cannot apply to this architecture is skipped where it is overridden below, with the reason."""
+A common test that cannot apply to this architecture is skipped where it is overridden below, with the reason.
+
+Each family runs them on two tiny configs: a global and a local layer (every common test), and global attention in
+every layer, the default of `EncoderConfig` (the common tests whose path depends on which layers are local: attention
+kernels and outputs, masks and padding; several set `config.sliding_window`, which on such a config makes every layer
+local). The second config runs a subset so that the file's time grows by about a third rather than doubling."""
 
 import unittest
 from unittest import mock
@@ -52,16 +57,23 @@ class NamedLikeTransformersModels:
             patch.stop()
 
 
+# Which layers are local in the tiny configs (`EncoderConfig` fields)
+LOCAL_AND_GLOBAL = dict(local_attention=4, global_attn_every_n_layers=2)  # layer 0 global, layer 1 local
+ALL_GLOBAL = dict(local_attention=None, global_attn_every_n_layers=None)
+
+
 class EncoderModelTester:
-    """Tiny encoders with a global and a local layer, batches of 13 sequences of 7 tokens with random padding."""
+    """Tiny encoders of two layers (a global and a local one, or `layer_pattern`), batches of 13 sequences of 7 tokens
+    with random padding."""
 
     config_class = EncoderConfig
 
-    def __init__(self, parent, batch_size=13, seq_length=7, vocab_size=99):
+    def __init__(self, parent, batch_size=13, seq_length=7, vocab_size=99, layer_pattern=LOCAL_AND_GLOBAL):
         self.parent = parent
         self.batch_size, self.seq_length, self.vocab_size = batch_size, seq_length, vocab_size
         self.is_training = True
         self.hidden_size, self.num_hidden_layers, self.num_attention_heads = 32, 2, 4
+        self.layer_pattern = layer_pattern
 
     def config_fields(self) -> dict:
         return dict(
@@ -71,9 +83,8 @@ class EncoderModelTester:
             num_attention_heads=self.num_attention_heads,
             intermediate_size=37,
             max_position_embeddings=512,
-            local_attention=4,
-            global_attn_every_n_layers=2,
             num_labels=3,
+            **self.layer_pattern,
         )
 
     def get_config(self):
@@ -86,7 +97,7 @@ class EncoderModelTester:
 
 
 class Seq2SeqModelTester(EncoderModelTester):
-    """Tiny encoder-decoders (the encoder with a global and a local layer), sources and targets of 7 tokens."""
+    """Tiny encoder-decoders (the encoder's layers as `EncoderModelTester`'s), sources and targets of 7 tokens."""
 
     config_class = Seq2SeqConfig
 
@@ -110,8 +121,10 @@ class EncoderModelTest(NamedLikeTransformersModels, ModelTesterMixin, unittest.T
         EncoderForTokenClassification,
     )
 
+    layer_pattern = LOCAL_AND_GLOBAL
+
     def setUp(self):
-        self.model_tester = EncoderModelTester(self)
+        self.model_tester = EncoderModelTester(self, layer_pattern=self.layer_pattern)
         self.config_tester = ConfigTester(self, config_class=EncoderConfig, hidden_size=48)
 
     def test_config(self):
@@ -122,9 +135,51 @@ class Seq2SeqModelTest(NamedLikeTransformersModels, ModelTesterMixin, Generation
     all_model_classes = (Seq2SeqModel, Seq2SeqForConditionalGeneration)
     is_encoder_decoder = True
 
+    layer_pattern = LOCAL_AND_GLOBAL
+
     def setUp(self):
-        self.model_tester = Seq2SeqModelTester(self)
+        self.model_tester = Seq2SeqModelTester(self, layer_pattern=self.layer_pattern)
         self.config_tester = ConfigTester(self, config_class=Seq2SeqConfig, hidden_size=48)
 
     def test_config(self):
         self.config_tester.run_common_tests()
+
+
+def only(prefixes: tuple[str, ...]):
+    """Keep, of a test class's inherited tests, those whose names start with one of `prefixes` (unittest and pytest
+    collect only callables)."""
+
+    def keep(cls):
+        for name in dir(cls):
+            if name.startswith("test") and not name.startswith(prefixes):
+                setattr(cls, name, None)
+        return cls
+
+    return keep
+
+
+# The common tests whose path depends on which layers are local: the attention kernels (eager against sdpa, each
+# setting `config.sliding_window = 2`; flash and flex attention where there is a GPU), attention outputs, masks
+# and padding.
+ATTENTION_TESTS = (
+    "test_eager_matches_sdpa_inference",
+    "test_flash_attn",
+    "test_flex_attention",
+    "test_sdpa_can",
+    "test_can_set_attention_dynamically",
+    "test_attention_outputs",
+    "test_batching_equivalence",
+    "test_sliding_window_mask",
+)
+
+
+@only(ATTENTION_TESTS)
+class EncoderAllGlobalModelTest(EncoderModelTest):
+    layer_pattern = ALL_GLOBAL
+
+
+@only(("test_eager_matches_sdpa_inference", "test_flash_attn", "test_flex_attention", "test_attention_outputs"))
+class Seq2SeqAllGlobalModelTest(Seq2SeqModelTest):
+    """(The decoder is global whatever the config says: the encoder's tests are the family's.)"""
+
+    layer_pattern = ALL_GLOBAL
