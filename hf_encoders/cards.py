@@ -24,6 +24,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData, hf_hub_downloa
 from safetensors import safe_open
 
 from .data import is_local
+from .exports import EXPORT_FORMATS, EXPORT_INFO, stale_exports
 from .tasks import task_for_script
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,6 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 ENCODER_TEMPLATE = Path(__file__).resolve().parent / "tasks" / "encoder_card.md"  # the encoder tasks share it
 SERVING_TEMPLATE = ENCODER_TEMPLATE.with_name("serving_card.md")  # the exports' part of every card
 ADAPTER_TEMPLATE = ENCODER_TEMPLATE.with_name("adapter_card.md")  # "How to use" of a LoRA adapter's card
-EXPORT_FORMATS = ("ctranslate2", "onnx")  # `hf-encoders export` writes them beside the weights, `push` uploads them
 ADAPTER_CONFIG = "adapter_config.json"  # what PEFT saves beside an adapter's weights
 ENCODER_FAMILY = "encoder (a BERT/ModernBERT-style transformer)"
 SEQ2SEQ_FAMILY = "encoder-decoder (a BART-style transformer)"
@@ -58,6 +58,11 @@ class RunRecord:
     def data(self) -> dict:
         """The data settings the run was trained with."""
         return self.settings["data"]
+
+    def data_source(self, spec: str) -> dict:
+        """What the run recorded of its local data `spec` when it started: its absolute `path`, its files and the
+        copy of its SOURCE.md (`source_file`, in the run folder); empty for a Hub id or a run of an older version."""
+        return self.settings.get("data_sources", {}).get(spec, {})
 
     @property
     def training(self) -> dict:
@@ -194,17 +199,19 @@ class DataSource:
         return self.hub_id or self.name
 
 
-def describe_data(spec: str) -> DataSource:
+def describe_data(spec: str, run: RunRecord | None = None) -> DataSource:
     """What a card says about a data set: its title, where it came from and its license, from the SOURCE.md of a
-    local data folder, or a link for a Hub id."""
-    path = Path(spec)
-    if not is_local(spec):
+    local data folder, or a link for a Hub id. For a run's data (`run`), from the copy of SOURCE.md the run took when
+    it started and the absolute path it recorded, so that the card is the same from any folder."""
+    recorded = run.data_source(spec) if run is not None else {}
+    if not recorded and not is_local(spec):
         return DataSource(
             spec, spec, f"Hub dataset `{spec}`", url=f"https://huggingface.co/datasets/{spec}", hub_id=spec
         )
+    path = Path(recorded.get("path", spec))
+    source_file = run.directory / recorded["source_file"] if "source_file" in recorded else path / "SOURCE.md"
     info = {"title": path.name, "source": None, "license": None}
-    source_file = path / "SOURCE.md"
-    if not path.exists():
+    if not path.exists() and not source_file.is_file():
         logger.warning(
             "the data folder %s is not here (relative to %s): the card cannot describe it", spec, Path.cwd()
         )
@@ -383,11 +390,14 @@ def training_rows(run: RunRecord, unit: str = "sequences") -> list[tuple[str, st
 
 
 def model_exports(model_dir: Path) -> list[dict]:
-    """The serving exports beside a model (`ctranslate2/`, `onnx/`): their export.json, with the format's name."""
-    found = []
+    """The serving exports beside a model (`ctranslate2/`, `onnx/`): their export.json, with the format's name. A
+    stale export (made from other weights, see `hf_encoders.exports`) is left out, and named."""
+    found, stale = [], stale_exports(model_dir)
+    for folder, reason in stale.items():
+        logger.warning("the card leaves out %s: %s", folder, reason)
     for name in EXPORT_FORMATS:
-        info_file = model_dir / name / "export.json"
-        if info_file.is_file():
+        info_file = model_dir / name / EXPORT_INFO
+        if info_file.is_file() and info_file.parent not in stale:
             found.append({**json.loads(info_file.read_text()), "format": name})
     return found
 

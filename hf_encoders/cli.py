@@ -151,32 +151,70 @@ def check_model_location(model: str) -> None:
         )
 
 
+def check_translation_model(model: str, trust_remote_code: bool) -> None:
+    """Refuse a model that does not translate (an encoder) by what it is, and what serves it."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    if not getattr(config, "is_encoder_decoder", False):
+        architecture = (config.architectures or [type(config).__name__])[0]
+        raise CommandError(
+            f"{model} is an encoder ({architecture}, model_type {config.model_type!r}), not an encoder-decoder: it "
+            "does not translate. Serve it with transformers' pipelines (fill-mask, text-classification, "
+            "feature-extraction), sentence-transformers, or `hf-encoders export MODEL --format onnx`."
+        )
+
+
+def fit_overlong(tokenizer, sentences: list[str], limit: int | None, args: argparse.Namespace) -> tuple:
+    """`(sentences, max_source_length)` as `--overlong` treats the sentences longer than the model takes (`limit`
+    tokens): an error naming the first of them, or each of them skipped (an empty line) or truncated, counted on
+    stderr."""
+    from .translation import overlong_sources
+
+    if not limit or not (overlong := overlong_sources(tokenizer, sentences, limit)):
+        return sentences, None
+    where = f"of {args.file}" if args.file else "of the input"
+    lines = ", ".join(str(i + 1) for i in list(overlong)[:10]) + (", ..." if len(overlong) > 10 else "")
+    if args.overlong == "error":
+        first, length = next(iter(overlong.items()))
+        raise CommandError(
+            f"line {first + 1} {where} has {length} tokens; the model takes at most {limit} "
+            f"({len(overlong)} line(s) are too long: {lines}). Give --overlong truncate (cut them to {limit} tokens) "
+            "or --overlong skip (an empty line for each)."
+        )
+    if args.overlong == "truncate":
+        print(f"{len(overlong)} line(s) {where} truncated to {limit} tokens: {lines}", file=sys.stderr)
+        return sentences, limit
+    print(
+        f"{len(overlong)} line(s) {where} skipped (an empty line each), over {limit} tokens: {lines}", file=sys.stderr
+    )
+    return ["" if i in overlong else sentence for i, sentence in enumerate(sentences)], None
+
+
 def translate_command(args: argparse.Namespace) -> None:
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from .export_ctranslate2 import is_ctranslate2_export, translate_ctranslate2
+    from .export_ctranslate2 import EXPORT_INFO, is_ctranslate2_export, translate_ctranslate2
     from .translation import translate
 
     check_model_location(args.model)
     sentences = read_sentences(args.sentences, args.file)
-    if is_ctranslate2_export(args.model):
-        options = dict(batch_size=args.batch_size, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
-        print("\n".join(translate_ctranslate2(args.model, sentences, args.tgt_lang, **options)))
-        return
-    model = AutoModelForSeq2SeqLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    options = dict(batch_size=args.batch_size, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    for line in translate(
-        model,
-        tokenizer,
-        sentences,
-        args.tgt_lang,
-        batch_size=args.batch_size,
-        num_beams=args.num_beams,
-        max_new_tokens=args.max_new_tokens,
-        show_progress=len(sentences) > args.batch_size,
-    ):
+    if is_ctranslate2_export(args.model):
+        limit = json.loads((Path(args.model) / EXPORT_INFO).read_text())["max_position_embeddings"]
+        sentences, options["max_source_length"] = fit_overlong(tokenizer, sentences, limit, args)
+        lines = translate_ctranslate2(args.model, sentences, args.tgt_lang, **options)
+    else:
+        check_translation_model(args.model, args.trust_remote_code)
+        model = AutoModelForSeq2SeqLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+        model.to("cuda" if torch.cuda.is_available() else "cpu")
+        limit = getattr(model.config, "max_position_embeddings", None)
+        sentences, options["max_source_length"] = fit_overlong(tokenizer, sentences, limit, args)
+        show_progress = len(sentences) > args.batch_size
+        lines = translate(model, tokenizer, sentences, args.tgt_lang, show_progress=show_progress, **options)
+    for line in lines:
         print(line)
 
 
@@ -192,19 +230,19 @@ def export_output(model: str, format: str, output: str | None) -> Path:
 
 def export_command(args: argparse.Namespace) -> None:
     check_model_location(args.model)
-    output = export_output(args.model, args.format, args.output)
+    if args.format == "ctranslate2" and args.quantize:
+        raise CommandError("--quantize is for --format onnx; CTranslate2 takes --quantization int8 (or others).")
+    if args.format == "onnx" and args.quantization:
+        raise CommandError("--quantization is for --format ctranslate2; ONNX takes --quantize (int8 dynamic).")
+    output = fresh_output(export_output(args.model, args.format, args.output), args.force)  # replaced with --force
     if args.format == "ctranslate2":
         from .export_ctranslate2 import convert_to_ctranslate2
 
-        if args.quantize:
-            raise CommandError("--quantize is for --format onnx; CTranslate2 takes --quantization int8 (or others).")
         convert_to_ctranslate2(args.model, output, args.quantization, args.force)
         print(f"wrote the CTranslate2 model ({args.quantization or 'float32'}) to {output}")
         return
     from .export_onnx import export_onnx
 
-    if args.quantization:
-        raise CommandError("--quantization is for --format ctranslate2; ONNX takes --quantize (int8 dynamic).")
     info = export_onnx(args.model, output, quantize=args.quantize, trust_remote_code=args.trust_remote_code)
     print(f"wrote the ONNX model ({info['task']}) to {output}: {', '.join(info['files'])}")
 
@@ -218,7 +256,7 @@ CONVERT_HEADS = {
 }
 
 
-def fresh_output(folder: str, force: bool) -> Path:
+def fresh_output(folder: str | Path, force: bool) -> Path:
     """The folder a command writes a model to: new or empty, unless `--force`."""
     output = Path(folder)
     if output.exists() and any(output.iterdir()) and not force:
@@ -228,12 +266,14 @@ def fresh_output(folder: str, force: bool) -> Path:
 
 def convert_command(args: argparse.Namespace) -> None:
     check_model_location(args.source)
-    output = fresh_output(args.output, args.force)
     from transformers import AutoConfig, AutoTokenizer
 
     import hf_encoders
 
-    from .conversion_modernbert import HEADS
+    from .conversion_modernbert import HEADS, check_is_modernbert
+
+    check_is_modernbert(args.source)
+    output = fresh_output(args.output, args.force)
 
     if args.head:
         head = CONVERT_HEADS[args.head]
@@ -286,6 +326,11 @@ def push_command(args: argparse.Namespace) -> None:
         print(f"{path:<{width}}  {size:>12,} bytes")
     if args.dry_run:
         print(f"dry run: {len(result.files)} files would be committed to {args.repo_id}; nothing was uploaded")
+    elif not result.committed:
+        where = f"{args.repo_id}@{args.revision or 'main'}"
+        print(
+            f"nothing committed: {where} already holds these {len(result.files)} files as they are ({result.commit_url})"
+        )
     else:
         print(f"committed {len(result.files)} files: {result.pull_request_url or result.commit_url}")
 
@@ -556,9 +601,17 @@ def add_translate_command(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("sentences", nargs="*", help="Sentences to translate (default: --file, else stdin).")
     sub.add_argument("--tgt-lang", required=True, help="Target language; its tag <2xx> starts generation.")
     sub.add_argument("--file", help="A file of sentences, one per line.")
-    sub.add_argument("--num-beams", type=int, default=4)
+    sub.add_argument("--num-beams", type=int, help="Beam size (default: the model's generation config).")
     sub.add_argument("--batch-size", type=int, default=32)
-    sub.add_argument("--max-new-tokens", type=int, default=128)
+    sub.add_argument(
+        "--max-new-tokens", type=int, help="Longest translation in tokens (default: the model's, else 128)."
+    )
+    sub.add_argument(
+        "--overlong",
+        choices=("error", "truncate", "skip"),
+        default="error",
+        help="A line longer than the model takes: stop naming it (default), cut it, or give an empty line for it.",
+    )
     sub.add_argument("--trust-remote-code", action="store_true", help="Run the model folder's own code.")
     sub.set_defaults(handler=translate_command)
 
@@ -581,7 +634,7 @@ def add_export_command(commands: argparse._SubParsersAction) -> None:
         help="ctranslate2: the weights' type (default float32).",
     )
     sub.add_argument("--quantize", action="store_true", help="onnx: also write model_quantized.onnx (int8).")
-    sub.add_argument("--force", action="store_true", help="ctranslate2: replace an existing export folder.")
+    sub.add_argument("--force", action="store_true", help="Replace an existing export in the export folder.")
     sub.add_argument("--trust-remote-code", action="store_true", help="onnx: run the model folder's own code.")
     sub.set_defaults(handler=export_command)
 

@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, ModernBertConfig, PreTrainedModel
+from transformers import AutoTokenizer, ModernBertConfig, PreTrainedConfig, PreTrainedModel
 from transformers.models.modernbert import modeling_modernbert
 
 from .configuration_hf_encoders import EncoderConfig
@@ -152,11 +152,29 @@ def encoder_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     return renamed
 
 
+def check_is_modernbert(source: "str | os.PathLike", **kwargs) -> None:
+    """Refuse, naming what it is, a checkpoint whose config.json is not ModernBERT's: read as a `ModernBertConfig`,
+    another model's settings fail on whichever field first differs, with a message that names neither model."""
+    config, _ = PreTrainedConfig.get_config_dict(source, **kwargs)
+    model_type = config.get("model_type")
+    if model_type == ModernBertConfig.model_type:
+        return
+    what = f"a {model_type!r} model" if model_type else "a model whose config.json names no model_type"
+    if config.get("architectures"):
+        what += f" ({', '.join(config['architectures'])})"
+    if model_type == EncoderConfig.model_type:
+        what += ", already of this family: load it with from_pretrained, there is nothing to convert"
+    raise ValueError(
+        f"{source} is not a ModernBERT checkpoint (model_type {ModernBertConfig.model_type!r}): it holds {what}."
+    )
+
+
 def load_modernbert(source: "str | os.PathLike | PreTrainedModel", **kwargs) -> tuple[PreTrainedModel, int | None]:
     """A ModernBERT model (given, or loaded from a folder or Hub id with `kwargs` for `from_pretrained`) and its
     tokenizer's mask token id (None where there is no tokenizer)."""
     if isinstance(source, PreTrainedModel):
         return source, None
+    check_is_modernbert(source, **kwargs)
     config = ModernBertConfig.from_pretrained(source, **kwargs)
     architecture = (config.architectures or ["ModernBertForMaskedLM"])[0]
     if architecture not in HEADS:

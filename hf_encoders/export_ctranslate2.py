@@ -22,18 +22,27 @@ What CTranslate2 cannot express is refused by name (`check_convertible`), never 
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import ctranslate2
 import torch
 import transformers
 from ctranslate2.converters import Converter
 from ctranslate2.specs import common_spec, transformer_spec
-from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
 from .configuration_hf_encoders import Seq2SeqConfig
+from .exports import EXPORT_INFO, weights_sha256, what_serves
 from .modeling_seq2seq import Seq2SeqForConditionalGeneration
 from .tokenization import language_tag
-from .translation import tagged_languages, target_language_start
+from .translation import (
+    OverlongSourceError,
+    decoding,
+    overlong_sources,
+    tagged_languages,
+    target_language_start,
+    warn_direction,
+)
 
 QUANTIZATIONS = ("float32", "int8", "int8_float32", "int16")
 ACTIVATIONS = {
@@ -41,16 +50,14 @@ ACTIVATIONS = {
     "geglu": (common_spec.Activation.GELU, True),
     "swiglu": (common_spec.Activation.SWISH, True),
 }
-EXPORT_INFO = "export.json"
 
 
 def check_convertible(config: Seq2SeqConfig) -> None:
     """Refuse, by name, every setting that CTranslate2's Transformer cannot run exactly."""
     if config.model_type != "hf_seq2seq":
         raise ValueError(
-            f"model_type {config.model_type!r}: only `Seq2SeqForConditionalGeneration` checkpoints (model_type "
-            "'hf_seq2seq') convert to CTranslate2; the variational bottleneck of a sentence VAE (`latent_size`) "
-            "has no CTranslate2 counterpart."
+            "Only encoder-decoders (`Seq2SeqForConditionalGeneration`, model_type 'hf_seq2seq') convert to "
+            f"CTranslate2. {what_serves(config)}"
         )
     if config.local_attention is not None:
         raise ValueError(
@@ -194,9 +201,14 @@ def convert_to_ctranslate2(
         "format": "ctranslate2",
         "task": "translation",
         "source": str(model_name_or_path),
+        "weights_sha256": weights_sha256(model_name_or_path),
         "quantization": quantization or "float32",
         "target_prefix": {language: [language_tag(language)] for language in tagged_languages(tokenizer)},
         "max_position_embeddings": config.max_position_embeddings,
+        "translation_directions": getattr(config, "translation_directions", None),
+        "generation": {  # the model's own decoding, which `translate_ctranslate2` takes when not told otherwise
+            key: getattr(model.generation_config, key) for key in ("num_beams", "length_penalty", "max_new_tokens")
+        },
         "versions": {"ctranslate2": ctranslate2.__version__, "transformers": transformers.__version__},
         "usage": "ctranslate2.Translator(folder).translate_batch(source_tokens, target_prefix=[[tag]] * n)",
     }
@@ -214,14 +226,9 @@ def target_prefix(tokenizer: PreTrainedTokenizerBase, target_language: str) -> l
     return tokenizer.convert_ids_to_tokens([forced["forced_bos_token_id"]]) if forced else None
 
 
-def check_lengths(source_tokens: list[list[str]], max_new_tokens: int, info: dict) -> None:
-    """Refuse sources and target budgets beyond the model's `max_position_embeddings`, which ours refuses too."""
-    limit = info["max_position_embeddings"]
-    if longest := max(source_tokens, key=len, default=None):
-        if len(longest) > limit:
-            index = source_tokens.index(longest)
-            raise ValueError(f"Source {index} has {len(longest)} tokens; the model takes at most {limit}.")
-    if max_new_tokens + 1 > limit:  # the decoder also reads its start token
+def check_budget(max_new_tokens: int, info: dict) -> None:
+    """Refuse a target budget beyond the model's `max_position_embeddings`, which ours refuses too."""
+    if max_new_tokens + 1 > (limit := info["max_position_embeddings"]):  # the decoder also reads its start token
         raise ValueError(f"max_new_tokens={max_new_tokens}: the decoder takes at most {limit - 1} new tokens.")
 
 
@@ -230,33 +237,47 @@ def translate_ctranslate2(
     sources: list[str],
     target_language: str,
     batch_size: int = 32,
-    num_beams: int = 4,
-    max_new_tokens: int = 128,
-    length_penalty: float = 1.0,
+    num_beams: int | None = None,
+    max_new_tokens: int | None = None,
+    length_penalty: float | None = None,
     threads: int = 0,
     translator: "ctranslate2.Translator | None" = None,
+    max_source_length: int | None = None,
 ) -> list[str]:
     """Translate `sources` with the CTranslate2 export in `folder`, as `translation.translate` does with `generate`
-    (same tokens in, same target tag, same beams and lengths). Its beam search ends when `num_beams` hypotheses are
+    (same tokens in, same target tag, same beams and lengths, taken from the exported model's generation config when
+    not given; an empty source translates to an empty string). Its beam search ends when `num_beams` hypotheses are
     finished, as `generate(..., early_stopping=True)` does: with that setting the tokens are ours. `translator`
-    reuses a loaded one; a source longer than the model's positions is refused, as ours refuses it."""
+    reuses a loaded one. A source longer than the model's positions is an `OverlongSourceError`, as ours refuses it,
+    unless `max_source_length` cuts the sources to that many tokens."""
+    info = json.loads((Path(folder) / EXPORT_INFO).read_text())
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    warn_direction(SimpleNamespace(translation_directions=info.get("translation_directions")), target_language)
+    limit = info["max_position_embeddings"]
+    if max_source_length is None and (overlong := overlong_sources(tokenizer, sources, limit)):
+        raise OverlongSourceError(overlong, limit)
+    options = decoding(GenerationConfig(**info.get("generation", {})), num_beams, length_penalty, max_new_tokens)
+    check_budget(options["max_new_tokens"], info)
+    given = [i for i, source in enumerate(sources) if source.strip()]
+    truncation = {"truncation": True, "max_length": max_source_length} if max_source_length else {}
+    encoded = tokenizer([sources[i] for i in given], **truncation)["input_ids"] if given else []
     translator = translator or ctranslate2.Translator(str(folder), device="cpu", intra_threads=threads)
-    source_tokens = [tokenizer.convert_ids_to_tokens(ids) for ids in tokenizer(sources)["input_ids"]]
-    check_lengths(source_tokens, max_new_tokens, json.loads((Path(folder) / EXPORT_INFO).read_text()))
     prefix = target_prefix(tokenizer, target_language)
     results = translator.translate_batch(
-        source_tokens,
-        target_prefix=[prefix] * len(sources) if prefix else None,
-        beam_size=num_beams,
-        length_penalty=length_penalty,
-        max_decoding_length=max_new_tokens,
-        max_input_length=0,  # (CTranslate2 would cut longer sources silently; check_lengths refused them)
+        [tokenizer.convert_ids_to_tokens(ids) for ids in encoded],
+        target_prefix=[prefix] * len(given) if prefix else None,
+        beam_size=options["num_beams"],
+        length_penalty=options["length_penalty"],
+        max_decoding_length=options["max_new_tokens"],
+        max_input_length=0,  # (CTranslate2 would cut longer sources silently; they were refused or cut above)
         max_batch_size=batch_size,
         batch_type="examples",
     )
     outputs = [tokenizer.convert_tokens_to_ids(result.hypotheses[0]) for result in results]
-    return [text.strip() for text in tokenizer.batch_decode(outputs, skip_special_tokens=True)]
+    hypotheses = [""] * len(sources)
+    for i, text in zip(given, tokenizer.batch_decode(outputs, skip_special_tokens=True), strict=True):
+        hypotheses[i] = text.strip()
+    return hypotheses
 
 
 __all__ = ["convert_to_ctranslate2", "translate_ctranslate2", "check_convertible", "is_ctranslate2_export"]

@@ -60,7 +60,8 @@ from transformers import (
 )
 from transformers.configuration_utils import PreTrainedConfig
 
-EXPORT_INFO = "export.json"
+from .exports import EXPORT_INFO, weights_sha256, what_serves
+
 MODEL_FILE = "model.onnx"
 QUANTIZED_FILE = "model_quantized.onnx"
 INPUTS = ("input_ids", "attention_mask")
@@ -104,10 +105,7 @@ def check_exportable(config: PreTrainedConfig) -> Head:
     """The `Head` of `config.architectures[0]`; a ValueError naming any other architecture."""
     architecture = (config.architectures or [None])[0]
     if getattr(config, "is_encoder_decoder", False) or "Seq2Seq" in str(architecture):
-        raise ValueError(
-            f"{architecture or config.model_type} is an encoder-decoder (seq2seq) model: `--format onnx` exports "
-            "encoders only. Export it for serving with `hf-encoders export MODEL --format ctranslate2`."
-        )
+        raise ValueError(f"`--format onnx` exports encoders only. {what_serves(config)}")
     return head_of(architecture)
 
 
@@ -308,6 +306,7 @@ def export_onnx(
     model.config.save_pretrained(output_dir)
     info.update(
         source=str(model_name_or_path),
+        weights_sha256=weights_sha256(model_name_or_path),
         pooling=config.classifier_pooling if head.task in ("feature-extraction", "text-classification") else None,
         tokenizer=tokenizer_info(tokenizer, max_length),
         versions={package.__name__: package.__version__ for package in (torch, transformers, onnx, onnxruntime)},

@@ -23,8 +23,9 @@ from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from .cards import ADAPTER_CONFIG, EXPORT_FORMATS, build_model_card, read_run, with_base_model
+from .cards import ADAPTER_CONFIG, build_model_card, read_run, with_base_model
 from .data import is_local
+from .exports import EXPORT_FORMATS, check_fresh
 from .plots import plot_training_curves
 
 # Network errors of the HTTP client huggingface_hub talks through: httpx2 from huggingface_hub 2 on, httpx before.
@@ -121,6 +122,7 @@ def upload_plan(
                 "push that model first and give its Hub id as base_model (hf-encoders push ... --base-model ORG/NAME)."
             )
         files[ADAPTER_CONFIG] = (json.dumps(run.adapter, indent=2, sort_keys=True) + "\n").encode()
+    check_fresh(run.model_dir)  # an export made from other weights than these is refused by name
     for export in EXPORT_FORMATS:  # `hf-encoders export` folders beside the weights go up whole, as subfolders
         for path in sorted((run.model_dir / export).rglob("*")):
             if path.is_file():
@@ -155,6 +157,7 @@ class PushResult:
     files: dict[str, int]  # path in the repository -> size in bytes
     commit_url: str | None = None  # None for a dry run
     pull_request_url: str | None = None
+    committed: bool = False  # False for a dry run, and where the repository held every file as it is already
 
 
 def push_to_hub(
@@ -178,7 +181,8 @@ def push_to_hub(
 
     The commit is atomic: it lands whole or not at all. A transient failure (network error, 429 or 5xx answer) is
     retried up to `retries` times, waiting `retry_wait` seconds and twice as long each time; each attempt names the
-    commit it builds on, so a retry can never land a second copy on top of one that did land. `endpoint` is the Hub
+    commit it builds on, so a retry can never land a second copy on top of one that did land. A push of what the
+    repository holds already makes no commit (`PushResult.committed` is False). `endpoint` is the Hub
     to talk to (default: `HF_ENDPOINT`, else https://huggingface.co). `base_model`: the Hub id of an adapter's base
     model, when it was trained on a local copy.
     """
@@ -213,6 +217,7 @@ def push_to_hub(
             logger.warning("push to %s failed (%s); retrying in %.0f s", repo_id, error, retry_wait * 2**attempt)
             time.sleep(retry_wait * 2**attempt)
     result.commit_url, result.pull_request_url = info.commit_url, info.pr_url
+    result.committed = info.oid != parent  # the client skips a commit that would change nothing, and says so
     return result
 
 

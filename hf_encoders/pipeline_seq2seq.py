@@ -12,12 +12,16 @@ without running the folder's code). Like the modeling files, this one imports on
 
 import torch
 from transformers import Pipeline
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 
 class Text2TextGenerationPipeline(Pipeline):
     """`pipe("some text")` -> `[{"generated_text": ...}]` (one entry per returned sequence). Generation parameters
     (`num_beams`, `max_new_tokens`, `length_penalty`, `no_repeat_ngram_size`, ...) go to `model.generate`, given when
-    the pipeline is made or per call; `max_source_length` truncates the input (with a warning from the tokenizer)."""
+    the pipeline is made or per call; `max_source_length` truncates the input (with a warning from the tokenizer).
+    An empty (or blank) text gives an empty one."""
 
     _pipeline_calls_generate = True
     _load_tokenizer = True
@@ -33,14 +37,22 @@ class Text2TextGenerationPipeline(Pipeline):
     def preprocess(self, text: str, max_source_length: int | None = None) -> dict[str, torch.Tensor]:
         if not isinstance(text, str):
             raise ValueError(f"{type(self).__name__} takes a string or a list of strings, got {type(text).__name__}.")
-        return self.tokenizer(
+        inputs = self.tokenizer(
             text, return_tensors="pt", truncation=max_source_length is not None, max_length=max_source_length
         )
+        inputs["blank"] = torch.tensor([not text.strip()])  # nothing to say: an empty output, not an invented one
+        return inputs
 
     def _forward(self, model_inputs: dict[str, torch.Tensor], **generate_kwargs) -> dict[str, torch.Tensor]:
-        output_ids = self.model.generate(**model_inputs, **self.generate_kwargs(generate_kwargs))
-        batch_size = model_inputs["input_ids"].shape[0]
-        return {"output_ids": output_ids.reshape(batch_size, -1, output_ids.shape[-1])}
+        blank = model_inputs.pop("blank")
+        batch_size, pad = model_inputs["input_ids"].shape[0], self.tokenizer.pad_token_id
+        if blank.all():
+            output_ids = torch.full((batch_size, 1), pad)
+        else:
+            output_ids = self.model.generate(**model_inputs, **self.generate_kwargs(generate_kwargs))
+        output_ids = output_ids.reshape(batch_size, -1, output_ids.shape[-1])
+        output_ids[blank] = pad
+        return {"output_ids": output_ids}
 
     def generate_kwargs(self, generate_kwargs: dict) -> dict:
         """The call's generation parameters over the pipeline's and the model's, as transformers' own generating
@@ -58,7 +70,8 @@ class Text2TextGenerationPipeline(Pipeline):
 class TranslationPipeline(Text2TextGenerationPipeline):
     """`pipe("A dog runs.", tgt_lang="de")` -> `[{"translation_text": ...}]`. With `tgt_lang`, the decoder is made to
     begin with the target-language tag `<2{tgt_lang}>` (`forced_bos_token_id`), as multilingual models trained with
-    such tags expect."""
+    such tags expect; a language the model was not trained to write (its config's `translation_directions`) is
+    warned about."""
 
     output_key = "translation_text"
 
@@ -70,4 +83,10 @@ class TranslationPipeline(Text2TextGenerationPipeline):
             if tag_id is None or tag_id == self.tokenizer.unk_token_id:
                 raise ValueError(f"tgt_lang={tgt_lang!r}: the tokenizer has no language tag {tag!r}.")
             generate_kwargs["forced_bos_token_id"] = tag_id
+            trained = getattr(self.model.config, "translation_directions", None) or []
+            if trained and tgt_lang not in {direction.split("-", 1)[-1] for direction in trained}:
+                logger.warning(
+                    f"This model was trained to translate {', '.join(trained)}, not into {tgt_lang!r}: its output will "
+                    "likely be in the language it was trained to write."
+                )
         return preprocess_params, generate_kwargs, postprocess_params

@@ -4,8 +4,16 @@
     tokenizer = run.tokenizer(data.tokenizer, lambda: train_tokenizer(...))
     train(model, dataset, collator, run, tokenizer, evaluate)
 
-- A folder holds one run. Without `resume`, a folder that already holds a run is refused; `overwrite_output_dir`
-  deletes that run's files first (and only those: anything else in the folder is left alone, and named).
+- A folder holds one run, and one run at a time: the run's main process holds `run.lock` (its pid, host, start and
+  command, under an exclusive `flock`) until it ends, and a second run into the folder, resumed or not, is refused
+  with who holds it. A lock whose holder is gone (a killed run) is stale: the next run names it and takes it over.
+- Without `resume`, a folder that already holds a run is refused; `overwrite_output_dir` deletes that run's files
+  first (and only those: anything else in the folder is left alone, and named).
+- config.json records where the run was started (`working_directory`) and its local data by absolute path, with
+  each file's size and modification time (`data_sources`); the data folder's SOURCE.md (provenance, licence) is
+  copied into `sources/` when the run starts, so that its card is the same from any folder. A resume whose data
+  files changed size, appeared or disappeared is refused by name; one whose files were only modified is warned
+  about.
 - `resume` continues the run in the folder with the settings it was started with: a setting that changes the run
   (model, data, tokenizer, batch size, seed, evaluation, ...) is refused by name; the budget (`max_steps`,
   `num_epochs`, `max_minutes`), the bookkeeping (`eval_every`, `save_every`, `keep_checkpoints`, `log_every`), the
@@ -23,12 +31,19 @@
 """
 
 import errno
+import fcntl
+import glob
 import hashlib
 import json
 import logging
 import os
 import pickle
+import shlex
 import shutil
+import socket
+import sys
+import time
+import weakref
 from collections.abc import Callable, Collection
 from dataclasses import MISSING, asdict, fields, is_dataclass
 from pathlib import Path
@@ -39,11 +54,15 @@ from accelerate.utils import broadcast_object_list, parse_flag_from_env, set_see
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from .data.loading import _local_files
+from .exports import remove_stale_exports
+
 logger = logging.getLogger(__name__)
 
 # what a run writes into its folder (the demo adds its summary and Hub cache); `overwrite_output_dir` deletes these
 RUN_FILES = ("config.json", "metrics.jsonl", "results.json", "curves.png", "README.md", "demo_summary.json")
-RUN_FOLDERS = ("tokenizer", "final", "best", "logs", "hub_cache")
+RUN_FOLDERS = ("tokenizer", "final", "best", "logs", "hub_cache", "sources")
+LOCK_FILE = "run.lock"  # held by the run's main process while it runs: pid, host, start, command
 # training settings a resumed run may change: its budget and its bookkeeping
 RESUMABLE_SETTINGS = frozenset(
     {"output_dir", "resume", "overwrite_output_dir"}
@@ -60,6 +79,87 @@ DATA_STATE = "data_state_{}.pkl"  # a process's position in a streamed training 
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written, or no intact one is left to resume from."""
+
+
+class RunFolderInUseError(RuntimeError):
+    """Another run (another process, here or on another host) holds the run folder."""
+
+
+def describe_holder(text: str) -> str:
+    """Who holds a lock, from its file's content (as `FolderLock` writes it)."""
+    try:
+        holder = json.loads(text)
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["started"]))
+        return f"pid {holder['pid']} on host {holder['host']}, started {started}: {holder['command']}"
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return "a process that has not written who it is yet"
+
+
+class FolderLock:
+    """This process's hold on a run folder: `run.lock`, opened and locked with an exclusive `flock` (which the
+    kernel releases when the process dies, however it dies), holding the holder's pid, host, start and command.
+    Released (the file removed) when the run ends (`RunFolder.close`, as each task's `main` does), else when the last
+    run of this process that uses it is gone, or at exit, whichever comes first. One process
+    holds a folder once: a second run of the same process in the folder (a resume after a run, in a notebook or a
+    test) shares the lock."""
+
+    held: "weakref.WeakValueDictionary[Path, FolderLock]" = weakref.WeakValueDictionary()
+
+    def __init__(self, path: Path, handle: int):
+        self.path = path
+        self.release_now = weakref.finalize(self, FolderLock.release, path, handle)  # at most once
+
+    @classmethod
+    def acquire(cls, folder: Path) -> "FolderLock":
+        """Hold `folder` (made if needed): a RunFolderInUseError names the run that holds it; a stale lock (its
+        holder is gone) is named and taken over."""
+        folder = folder.resolve()
+        if (lock := cls.held.get(folder)) is not None:
+            return lock
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / LOCK_FILE
+        while True:
+            handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = describe_holder(os.pread(handle, 4096, 0).decode(errors="replace"))
+                os.close(handle)
+                raise RunFolderInUseError(
+                    f"output_dir {folder} is in use by another run ({holder}). Wait for it to end (or stop it), "
+                    "or choose another --output_dir."
+                ) from None
+            except OSError as error:  # a file system without locks (some network file systems)
+                logger.warning(
+                    "Cannot lock %s (%s): a second run started into %s would not be refused.", path, error, folder
+                )
+                break
+            try:
+                if os.stat(path).st_ino == os.fstat(handle).st_ino:
+                    break  # else the holder removed the file between our open and our lock: lock the new one
+            except FileNotFoundError:
+                pass
+            os.close(handle)
+        if previous := os.pread(handle, 4096, 0).decode(errors="replace").strip():
+            logger.warning(
+                "%s: taking over the stale lock of a run that is gone (%s)", path, describe_holder(previous)
+            )
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        holder["command"] = shlex.join(sys.argv)
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, (json.dumps(holder) + "\n").encode(), 0)
+        lock = cls.held[folder] = cls(path, handle)
+        return lock
+
+    @staticmethod
+    def release(path: Path, handle: int) -> None:
+        """Remove the lock file, then unlock it (a run that opened it meanwhile sees it removed and locks anew)."""
+        try:
+            if os.stat(path).st_ino == os.fstat(handle).st_ino:
+                path.unlink()
+        except OSError:
+            pass  # the folder is gone (a test's temporary folder), or the file with it
+        os.close(handle)
 
 
 def checkpoints(output_dir: Path) -> list[Path]:
@@ -172,6 +272,8 @@ class RunFolder:
         self.defaults = {name: field_defaults(value) for name, value in settings.items() if is_dataclass(value)}
         self.defaults["training"] = field_defaults(config)
         self.resuming = bool(config.resume) and (self.path / "config.json").is_file()
+        self.corpora = corpus_paths(settings)
+        self.lock: FolderLock | None = None  # the main process's, once `hold` has taken it
         self.precision = resolve_mixed_precision(
             config.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu"
         )
@@ -184,8 +286,35 @@ class RunFolder:
         """The training config as config.json records it (with the precision the run really trains in)."""
         return {**asdict(self.config), "mixed_precision": self.precision}
 
+    def hold(self) -> None:
+        """The main process makes the folder and locks it for this run (`FolderLock`); every process raises if
+        another run holds it, or if it cannot be written."""
+        state, problem = PartialState(), [None]
+        if state.is_main_process:
+            try:
+                self.lock = FolderLock.acquire(self.path)
+            except RunFolderInUseError as error:
+                problem = [error]
+            except OSError as error:
+                reason = error.strerror or str(error)
+                problem = [
+                    PermissionError(f"Cannot write to output_dir {self.path}: {reason}. Choose another --output_dir.")
+                ]
+        if state.num_processes > 1:
+            broadcast_object_list(problem)
+        if problem[0] is not None:
+            raise problem[0]
+
+    def close(self) -> None:
+        """The run is over: let go of the folder (`run.lock` is removed), so that another process may run in it while
+        this one goes on (a notebook, a test, a script that trains twice)."""
+        if self.lock is not None:
+            FolderLock.held.pop(self.lock.path.parent, None)
+            self.lock.release_now()
+            self.lock = None
+
     def check(self) -> None:
-        """Refuse a folder that holds another run, or a resume that changes the run's settings."""
+        """Refuse a folder that holds another run, or a resume that changes the run's settings or its data."""
         if self.config.resume:
             if self.resuming:
                 self.check_resumed_settings()
@@ -222,25 +351,72 @@ class RunFolder:
                 f"--resume continues the run in {self.path} with its own settings, but these differ from its "
                 f"config.json: {'; '.join(changed)}. Drop them, or start a new run in another --output_dir."
             )
+        self.check_resumed_data(saved.get("data_sources", {}))
+
+    def check_resumed_data(self, saved: dict) -> None:
+        """Refuse a resume whose local data is not what the run started on (files of another size, new or gone, or
+        the data elsewhere); warn about files modified since, at the same size."""
+        changed, touched = [], []
+        for spec, now in self.data_sources().items():
+            if (before := saved.get(spec)) is None:
+                continue  # a run from before data sources were recorded
+            if before["path"] != now["path"]:
+                changed.append(f"{spec} is {now['path']} from here, the run read {before['path']}")
+                continue
+            for name in sorted(before["files"].keys() | now["files"].keys()):
+                old, new = before["files"].get(name), now["files"].get(name)
+                if old is None or new is None:
+                    changed.append(f"{name} {'appeared' if old is None else 'is gone'}")
+                elif old["size"] != new["size"]:
+                    changed.append(f"{name} is {new['size']:,} bytes, it was {old['size']:,}")
+                elif old["mtime_ns"] != new["mtime_ns"]:
+                    touched.append(name)
+        if changed:
+            raise ValueError(
+                f"--resume continues the run in {self.path} on the data it started with, but the data changed: "
+                f"{'; '.join(changed)}. Restore it (or resume from the folder the run was started in), or start a "
+                "new run in another --output_dir."
+            )
+        if touched:
+            logger.warning(
+                "resume: %s modified since the run started (same size): if the content changed, the resumed run "
+                "trains on other data than the checkpoints did.",
+                ", ".join(touched),
+            )
+
+    def data_sources(self) -> dict:
+        """What config.json records of the run's local data (`corpus_paths`): its absolute path, each file's size
+        and modification time, and where the copy of its SOURCE.md is (`sources/<folder name>.md`)."""
+        sources = {}
+        for spec, path in self.corpora.items():
+            files = {}
+            for file in _local_files(path):
+                stat = file.stat()
+                files[str(file.resolve())] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+            sources[spec] = {"path": str(path), "files": files}
+            if (path / "SOURCE.md").is_file():
+                taken = {source.get("source_file") for source in sources.values()}
+                name = f"sources/{path.name}.md"
+                sources[spec]["source_file"] = name if name not in taken else f"sources/{path.name}-{len(taken)}.md"
+        return sources
+
+    def copy_data_descriptions(self) -> None:
+        """The SOURCE.md of each local data folder, copied into `sources/` when the run starts (a resume keeps the
+        copies the run started with)."""
+        for source in self.data_sources().values():
+            if "source_file" in source and not (copy := self.path / source["source_file"]).is_file():
+                copy.parent.mkdir(exist_ok=True)
+                shutil.copyfile(Path(source["path"]) / "SOURCE.md", copy)
 
     def prepare(self) -> None:
-        """The main process makes the folder (deleting the old run with overwrite_output_dir) and checks that it
-        can write there."""
+        """The main process deletes the old run with overwrite_output_dir, and copies the data's descriptions."""
         if self.config.overwrite_output_dir and not self.config.resume and (entries := run_entries(self.path)):
             for entry in entries:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
             logger.warning("overwrite_output_dir: deleted the run that was in %s", self.path)
-            if others := sorted(p.name for p in self.path.iterdir()):
+            if others := sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE):
                 logger.warning("%s also holds files that are not a run's, left alone: %s", self.path, others)
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / f".write-test-{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as error:
-            raise PermissionError(
-                f"Cannot write to output_dir {self.path}: {error.strerror}. Choose another --output_dir."
-            ) from error
+        self.copy_data_descriptions()
 
     def tokenizer(self, source: str | None, train: Callable[[], PreTrainedTokenizerBase]) -> PreTrainedTokenizerBase:
         """The run's tokenizer: on resume (and in every process but the main one) the one saved in the run's
@@ -260,7 +436,9 @@ class RunFolder:
             return tokenizer
 
     def write_settings(self, settings: dict) -> None:
-        (self.path / "config.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
+        """config.json: `settings`, where the run was started and its local data (`data_sources`)."""
+        record = {**settings, "working_directory": str(Path.cwd()), "data_sources": self.data_sources()}
+        (self.path / "config.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
 
     def newest_intact_checkpoint(self) -> Path | None:
         """The newest checkpoint whose files match its manifest; the newer ones that do not are named and
@@ -339,13 +517,16 @@ class RunFolder:
     def export(
         self, accelerator: Accelerator, model: torch.nn.Module, name: str, tokenizer: PreTrainedTokenizerBase | None
     ) -> None:
-        """`save_pretrained` of the model (unwrapped) and of the tokenizer into the run's `name/` (final, best)."""
+        """`save_pretrained` of the model (unwrapped) and of the tokenizer into the run's `name/` (final, best); the
+        serving exports there that these weights make stale are removed (`hf_encoders.exports`)."""
         accelerator.wait_for_everyone()
         folder = self.path / name
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.save_pretrained(folder, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
         if tokenizer is not None and accelerator.is_main_process:
             tokenizer.save_pretrained(folder)
+        if accelerator.is_main_process:
+            remove_stale_exports(folder)
 
     def last_logged(self, key: str) -> float:
         """The last value of `key` in metrics.jsonl (NaN when it was never logged)."""
@@ -374,6 +555,22 @@ class RunFolder:
                 "resume: dropped %d rows after step %d from %s", len(lines) - len(kept), step, self.metrics_file
             )
         self.metrics_file.write_text("".join(line + "\n" for line in kept))
+
+
+def corpus_paths(settings: dict) -> dict[str, Path]:
+    """The local data a run's settings name: of every section, the settings its class lists in `corpus_settings`,
+    each a `path`, `name=path` or `name=path:split` entry or a list of them. The path as given -> its absolute path;
+    Hub ids are left out."""
+    found = {}
+    for section in settings.values():
+        named = [getattr(section, name) for name in getattr(section, "corpus_settings", ())]
+        for entry in (entry for value in named for entry in ([value] if isinstance(value, str) else value or [])):
+            after = entry.partition("=")[2]
+            for spec in (entry, after, after.rpartition(":")[0]):
+                if spec and (Path(spec).expanduser().exists() or (glob.has_magic(spec) and glob.glob(spec))):
+                    found[spec] = Path(spec).expanduser().resolve()
+                    break
+    return found
 
 
 def field_defaults(instance) -> dict:
@@ -415,6 +612,7 @@ def start_run(config, settings: dict | None = None, metric_names: Collection[str
     # PartialState() ignores (every process would then train alone, as if it were the only one)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     run = RunFolder(config, dict(settings or {}))
+    run.hold()
     run.check()
     if state.is_main_process:
         run.prepare()
@@ -429,5 +627,6 @@ __all__ = [
     "checkpoints",
     "average_checkpoints",
     "CheckpointError",
+    "RunFolderInUseError",
     "resolve_mixed_precision",
 ]

@@ -6,6 +6,7 @@ Scores are sacreBLEU (cased and lowercased) and chrF through the offline `evalua
 """
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from . import metrics
 from .tokenization import language_tag, target_language_token
 
 LANGUAGE_TAG = re.compile(r"<2([^<>\s]+)>")
+logger = logging.getLogger(__name__)
 
 
 def tagged_languages(tokenizer: PreTrainedTokenizerBase) -> list[str]:
@@ -38,6 +40,60 @@ def target_language_start(tokenizer: PreTrainedTokenizerBase, target_language: s
     return {}
 
 
+DEFAULT_MAX_NEW_TOKENS = 128  # when neither the call nor the model's generation config says
+
+
+class OverlongSourceError(ValueError):
+    """Sources with more tokens than the model takes: `overlong` maps each one's index to its length."""
+
+    def __init__(self, overlong: dict[int, int], limit: int):
+        self.overlong, self.limit = overlong, limit
+        named = ", ".join(f"source {i + 1} has {length}" for i, length in list(overlong.items())[:5])
+        more = f" (and {len(overlong) - 5} more)" if len(overlong) > 5 else ""
+        super().__init__(
+            f"{len(overlong)} of the sources have more tokens than the model takes ({limit}, its "
+            f"max_position_embeddings): {named}{more}. Give max_source_length={limit} to cut them to that, or leave "
+            "them out."
+        )
+
+
+def overlong_sources(tokenizer: PreTrainedTokenizerBase, sources: list[str], limit: int) -> dict[int, int]:
+    """The sources with more than `limit` tokens (their end-of-sentence token included): index -> length."""
+    lengths = [len(ids) for ids in tokenizer(sources)["input_ids"]] if sources else []
+    return {i: length for i, length in enumerate(lengths) if length > limit}
+
+
+def trained_directions(config) -> list[tuple[str, str]]:
+    """The (source, target) languages a model was trained to translate, as its training recorded them in its config
+    (`translation_directions`, "de-en"); none for a model that does not record them."""
+    return [tuple(direction.split("-", 1)) for direction in getattr(config, "translation_directions", None) or []]
+
+
+def warn_direction(config, target_language: str) -> None:
+    """Warn when `target_language` is not one the model was trained to translate into (a De->En model asked for
+    German still writes English)."""
+    directions = trained_directions(config)
+    if directions and target_language not in {target for _, target in directions}:
+        trained = ", ".join(f"{source}->{target}" for source, target in directions)
+        logger.warning(
+            "This model was trained to translate %s, not into %r: its output will likely be in the language it was "
+            "trained to write.",
+            trained,
+            target_language,
+        )
+
+
+def decoding(generation_config, num_beams: int | None, length_penalty: float | None, max_new_tokens: int | None):
+    """The beams, length penalty and new-token budget of a translation: those given, else the model's generation
+    config (what pipelines use: the decoding a run of this package chose on validation, and its max_new_tokens),
+    else 1 beam, 1.0 and `DEFAULT_MAX_NEW_TOKENS`."""
+    return {
+        "num_beams": num_beams or getattr(generation_config, "num_beams", None) or 1,
+        "length_penalty": length_penalty if length_penalty is not None else generation_config.length_penalty,
+        "max_new_tokens": max_new_tokens or generation_config.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+    }
+
+
 @torch.no_grad()
 def translate(
     model: PreTrainedModel,
@@ -45,32 +101,37 @@ def translate(
     sources: list[str],
     target_language: str,
     batch_size: int = 32,
-    num_beams: int = 4,
-    max_new_tokens: int = 128,
-    length_penalty: float = 1.0,
+    num_beams: int | None = None,
+    max_new_tokens: int | None = None,
+    length_penalty: float | None = None,
     show_progress: bool = True,
+    max_source_length: int | None = None,
     **generate_kwargs,
 ) -> list[str]:
     """Translate `sources` with `model.generate`, in batches of similar lengths (less padding); the order of the
-    output follows `sources`. When the tokenizer has language tags, generation starts with the target language's
-    (`<2de>`), and a language without one is a ValueError; a tokenizer without tags (Marian's) needs none.
-    `generate_kwargs` go to `generate` as they are (e.g. `early_stopping=True`)."""
+    output follows `sources`, and an empty (or blank) source translates to an empty string, without generating.
+
+    When the tokenizer has language tags, generation starts with the target language's (`<2de>`), and a language
+    without one is a ValueError; a tokenizer without tags (Marian's) needs none. A target the model was not trained
+    to write (its config's `translation_directions`) is warned about. `num_beams`, `length_penalty` and
+    `max_new_tokens` not given are the model's generation config's, as in pipelines (`decoding`). A source longer than
+    the model's `max_position_embeddings` is an `OverlongSourceError` naming it, unless `max_source_length` cuts the
+    sources to that many tokens. `generate_kwargs` go to `generate` as they are (e.g. `early_stopping=True`)."""
     forced = target_language_start(tokenizer, target_language)
+    warn_direction(model.config, target_language)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and max_source_length is None and (overlong := overlong_sources(tokenizer, sources, limit)):
+        raise OverlongSourceError(overlong, limit)
+    options = decoding(model.generation_config, num_beams, length_penalty, max_new_tokens)
+    truncation = {"truncation": True, "max_length": max_source_length} if max_source_length else {}
     was_training = model.training
     model.eval()
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    order = sorted((i for i in range(len(sources)) if sources[i].strip()), key=lambda i: len(sources[i]))
     hypotheses = [""] * len(sources)
     for start in tqdm(range(0, len(order), batch_size), desc="translating", disable=not show_progress, leave=False):
         chunk = order[start : start + batch_size]
-        inputs = tokenizer([sources[i] for i in chunk], return_tensors="pt", padding=True).to(model.device)
-        output = model.generate(
-            **inputs,
-            num_beams=num_beams,
-            max_new_tokens=max_new_tokens,
-            length_penalty=length_penalty,
-            **forced,
-            **generate_kwargs,
-        )
+        inputs = tokenizer([sources[i] for i in chunk], return_tensors="pt", padding=True, **truncation)
+        output = model.generate(**inputs.to(model.device), **options, **forced, **generate_kwargs)
         for i, text in zip(chunk, tokenizer.batch_decode(output, skip_special_tokens=True), strict=True):
             hypotheses[i] = text.strip()
     model.train(was_training)
@@ -107,4 +168,13 @@ def write_translations(
     return hypotheses_file, scores_file
 
 
-__all__ = ["translate", "tagged_languages", "target_language_start", "score_translations", "write_translations"]
+__all__ = [
+    "translate",
+    "OverlongSourceError",
+    "overlong_sources",
+    "trained_directions",
+    "tagged_languages",
+    "target_language_start",
+    "score_translations",
+    "write_translations",
+]

@@ -107,6 +107,7 @@ def test_translate_tells_a_missing_local_folder_from_a_hub_id(tmp_path, monkeypa
         asked.append(name)
         raise OSError("offline")
 
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", from_pretrained)  # the first to ask the Hub
     monkeypatch.setattr(AutoModelForSeq2SeqLM, "from_pretrained", from_pretrained)
     assert main(["translate", "some-org/some-model", "Hallo", "--tgt-lang", "de"]) == 1
     assert asked == ["some-org/some-model"] and "offline" in capsys.readouterr().err

@@ -5,9 +5,11 @@ import json
 
 import pytest
 import torch
-from conftest import REFUSE_HF_ENCODERS, random_batch, run_without_the_package
+from conftest import REFUSE_HF_ENCODERS, random_batch, run_without_the_package, tiny_config
 from transformers import (
     AutoModelForMaskedLM,
+    BertConfig,
+    BertForMaskedLM,
     ModernBertConfig,
     ModernBertForMaskedLM,
     ModernBertForQuestionAnswering,
@@ -101,8 +103,10 @@ def test_converted_model_gives_modernberts_outputs(theirs_class, ours_class, set
             theirs.zero_grad(), ours.zero_grad()
             their_output, our_output = theirs(**inputs), ours(**inputs)
             their_main, our_main = main_output(their_output), main_output(our_output)
-            if labels is not None and theirs_class is ModernBertForMaskedLM:  # ours: a row per labelled position
+            if labels is not None and theirs_class is ModernBertForMaskedLM:  # compared on the labelled positions
+                # theirs: a row per labelled position with sparse_prediction; ours: in training mode only
                 their_main = their_main if theirs.config.sparse_prediction else their_main[labels != -100]
+                our_main = our_main if training else our_main[labels != -100]
             elif their_main.ndim == 3:
                 their_main, our_main = their_main[batch_mask.bool()], our_main[batch_mask.bool()]
             torch.testing.assert_close(our_main, their_main, atol=ATOL, rtol=1e-5)
@@ -154,6 +158,22 @@ def test_settings_this_family_cannot_compute_are_refused_by_name(overrides, mess
 def test_a_head_that_does_not_convert_is_refused():
     with pytest.raises(ValueError, match="ModernBertForQuestionAnswering does not convert"):
         EncoderModel.from_modernbert(ModernBertForQuestionAnswering(modernbert_config()))
+
+
+def test_convert_on_a_folder_that_is_not_modernbert_says_what_it_holds(tmp_path, capsys):
+    """A BERT folder (it used to fail on "classifier_dropout") and one of this family: named, nothing written."""
+    bert = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
+    BertForMaskedLM(bert).save_pretrained(tmp_path / "bert")
+    EncoderModel(tiny_config()).save_pretrained(tmp_path / "ours")
+    assert cli(["convert", str(tmp_path / "bert"), str(tmp_path / "converted")]) == 1
+    error = capsys.readouterr().err
+    assert (
+        f"{tmp_path / 'bert'} is not a ModernBERT checkpoint (model_type 'modernbert'): it holds a 'bert' model (BertForMaskedLM)"
+        in error
+    ), error
+    assert not (tmp_path / "converted").exists()
+    with pytest.raises(ValueError, match="holds a 'hf_encoder' model \\(EncoderModel\\), already of this family"):
+        EncoderModel.from_modernbert(tmp_path / "ours")
 
 
 CONVERTED_SCRIPT = (

@@ -121,6 +121,9 @@ def test_pushed_runs_load_without_the_package_and_give_the_same_logits(mlm_run, 
     done = cli("push", str(mlm_run), "org/encoder")
     assert done.result == 0, done.stderr
     assert "committed 16 files" in done.stdout
+    again = cli("push", str(mlm_run), "org/encoder")  # the same files: the Hub client skips the empty commit
+    assert again.result == 0 and "nothing committed: org/encoder@main already holds these 16 files" in again.stdout
+    assert "committed 16" not in again.stdout and len(hub.repositories["org/encoder"].history()) == 1
     encoder = set(hub.repositories["org/encoder"].resolve("main").files)
     assert {
         "modules.json",

@@ -98,3 +98,22 @@ def test_bert_pretrains_through_the_same_script_for_side_by_side_runs(mlm_run, m
 def test_unknown_architecture_is_refused():
     with pytest.raises(ValueError, match="architecture='roberta': choose one of hf_encoder, bert"):
         pretrain_mlm.ModelArguments(architecture="roberta")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--hidden_size", "65", "--num_attention_heads", "2"], "--hidden_size 65 must be a multiple of"),
+        (["--architecture", "bert", "--hidden_size", "65", "--num_attention_heads", "2"], "--hidden_size 65 must"),
+        (["--local_attention", "5"], "`local_attention` must be an even window width"),
+    ],
+)
+def test_model_settings_are_refused_before_anything_is_read_or_written(flags, message, mlm_corpus, tmp_path):
+    """Before the corpus and the tokenizer: no run folder (with a `tokenizer/`) is left that the corrected command
+    would then be refused for."""
+    with pytest.raises(ValueError, match=message):
+        pretrain_mlm.main(
+            ["--config", str(CONFIGS / "mlm_tiny.yaml"), "--train_data", str(mlm_corpus), "--train_split", "train"]
+            + ["--output_dir", str(tmp_path / "run"), *flags]
+        )
+    assert not (tmp_path / "run").exists()

@@ -4,7 +4,10 @@ checkpoints, and bad settings refused before the first step."""
 import json
 import logging
 import os
+import shutil
+import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -221,3 +224,107 @@ def test_a_script_under_two_cpu_processes_trains_as_one_run_with_one_tokenizer(m
     assert json.loads((output / "config.json").read_text())["num_processes"] == 2
     assert done.stderr.count(f"tokenizer: the run's own, {output / 'tokenizer'}") == 1  # the second process's
     assert (output / "final" / "tokenizer.json").read_text() == (output / "tokenizer" / "tokenizer.json").read_text()
+
+
+HOLD = """
+import sys, time
+from hf_encoders.run_folder import start_run
+from hf_encoders.training import TrainingConfig
+run = start_run(TrainingConfig(output_dir=sys.argv[1]), {"script": "tiny_training_job"})  # held while it lives
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_folder_in_use_by_a_run_is_refused_and_a_stale_lock_is_named_and_taken_over(tmp_path, caplog):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        busy = rf"output_dir {tmp_path} is in use by another run \(pid {holder.pid} on host {socket.gethostname()}, "
+        for flags in ([], ["--resume"], ["--overwrite_output_dir"]):
+            with pytest.raises(run_folder.RunFolderInUseError, match=busy + r"started .*\)\. Wait for it to end"):
+                run_job(tmp_path, *CONSTANT, "--max_steps", "2", *flags)
+        assert not (tmp_path / "config.json").exists()  # nothing of the refused runs was written
+    finally:
+        holder.kill()  # as kill -9: its lock file stays, naming a process that is gone
+        holder.wait()
+    assert str(holder.pid) in (tmp_path / "run.lock").read_text()
+    with caplog.at_level(logging.WARNING):
+        assert run_job(tmp_path, *CONSTANT, "--max_steps", "2").result.steps == 2
+    assert f"taking over the stale lock of a run that is gone (pid {holder.pid} on host" in caplog.text
+    assert not (tmp_path / "run.lock").exists()  # released when the run ended
+    assert run_job(tmp_path, *CONSTANT, "--max_steps", "4", "--resume").result.steps == 4  # and free again
+
+
+def test_two_runs_started_at_once_into_one_folder_leave_one_run(tmp_path):
+    """With other settings each (the second's results would otherwise replace the first's): one runs, the other is
+    refused before writing anything, and the folder holds that one run alone."""
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "tiny_training_job.py"), "--output_dir", str(tmp_path)]
+            + [*CONSTANT, "--log_every", "1", "--max_steps", str(steps)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for steps in (6, 8)
+    ]
+    outcomes = [(job.wait(timeout=240), job.stderr.read()) for job in jobs]
+    refused = [stderr for code, stderr in outcomes if code != 0]
+    assert len(refused) == 1 and f"output_dir {tmp_path} is in use by another run" in refused[0], outcomes
+    steps = next(steps for (code, _), steps in zip(outcomes, (6, 8), strict=True) if code == 0)
+    assert sorted(losses(tmp_path)) == list(range(1, steps + 1))
+    assert json.loads((tmp_path / "config.json").read_text())["training"]["max_steps"] == steps
+
+
+@dataclass
+class CorpusSettings:
+    corpus_settings = ("data",)  # (a ClassVar, as the tasks' DataArguments declare it)
+    data: str = "corpus"
+
+
+def test_the_run_records_its_data_so_the_card_is_the_same_from_anywhere_and_a_changed_corpus_stops_a_resume(
+    tmp_path, monkeypatch, caplog
+):
+    """Data given relative to where the run started (`--data corpus`): its absolute path, files and SOURCE.md are
+    recorded then, so a card made from another folder (the data folder gone, even) still names the data and its
+    licence; a resume whose corpus changed size is refused, one whose file was only touched is warned about."""
+    from hf_encoders.cards import RunRecord, describe_data
+
+    corpus = tmp_path / "start" / "corpus"
+    corpus.mkdir(parents=True)
+    (corpus / "train.txt").write_text("ein Hund\nzwei Hunde\n")
+    (corpus / "SOURCE.md").write_text(
+        "# Tiny corpus — raw\n\n**Source:** written by the test. Twice.\n\n**License:** CC0\n"
+    )
+    monkeypatch.chdir(tmp_path / "start")
+    settings = {"script": "x", "data": CorpusSettings()}
+    run = start_run(TrainingConfig(output_dir=str(tmp_path / "run")), settings)
+    run.write_settings({"script": "x", "data": {"data": "corpus"}})
+    run.close()  # (its lock goes with it)
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded["working_directory"] == str(tmp_path / "start")
+    assert recorded["data_sources"]["corpus"]["path"] == str(corpus)
+
+    monkeypatch.chdir(tmp_path)
+    shutil.move(corpus, tmp_path / "elsewhere")
+    record = RunRecord(tmp_path / "run", recorded, {}, tmp_path / "run", {})
+    with caplog.at_level(logging.WARNING):
+        described = describe_data("corpus", record)
+    assert (described.title, described.license, described.source) == ("Tiny corpus", "CC0", "written by the test.")
+    assert "is not here" not in caplog.text
+    shutil.move(tmp_path / "elsewhere", corpus)
+
+    monkeypatch.chdir(tmp_path / "start")
+    resumed = run_folder.RunFolder(TrainingConfig(output_dir=str(tmp_path / "run"), resume=True), settings)
+    os.utime(corpus / "train.txt", ns=(1, 1))  # touched, same size: warned about
+    with caplog.at_level(logging.WARNING):
+        resumed.check_resumed_data(recorded["data_sources"])
+    assert f"resume: {corpus / 'train.txt'} modified since the run started (same size)" in caplog.text
+    (corpus / "train.txt").write_text("ein Hund\nzwei Hunde\ndrei Hunde\n")
+    with pytest.raises(ValueError, match=r"the data changed: .*train\.txt is 31 bytes, it was 20"):
+        resumed.check_resumed_data(recorded["data_sources"])
+    (corpus / "more.txt").write_text("vier Hunde\n")
+    with pytest.raises(ValueError, match=r"more\.txt appeared"):
+        resumed.check_resumed_data(recorded["data_sources"])

@@ -187,3 +187,20 @@ def test_bad_input_is_refused_with_a_clear_message(flags, files, message, tmp_pa
     with pytest.raises(ValueError) as error:
         train_translation.main([*TINY, "--data", str(data), "--output_dir", str(tmp_path / "run"), *flags])
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--hidden_size", "65", "--num_attention_heads", "2"], "--hidden_size 65 must be a multiple of"),
+        (["--architecture", "marian", "--hidden_size", "65", "--num_attention_heads", "2"], "--hidden_size 65 must"),
+        (["--hidden_dropout", "1.5"], "`hidden_dropout`"),
+        (["--latent_size", "8", "--latent_memory_tokens", "0"], "`latent_memory_tokens` must be a positive integer"),
+    ],
+)
+def test_model_settings_are_refused_before_anything_is_read_or_written(flags, message, tmp_path):
+    """A model these settings cannot build is refused before the data and the tokenizer: no run folder is left that
+    the corrected command would then be refused for."""
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        train_translation.main([*TINY, "--output_dir", str(tmp_path / "run"), *flags])
+    assert not (tmp_path / "run").exists()

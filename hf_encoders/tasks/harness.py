@@ -67,6 +67,17 @@ def parse_arguments(dataclass_types: tuple[type, ...], argv: list[str] | None = 
     return parsed
 
 
+def check_heads(hidden_size: int, num_attention_heads: int) -> None:
+    """Refuse a width the attention heads do not divide, where the settings are read: every architecture of the
+    tasks splits `hidden_size` into `num_attention_heads` equal heads, and the baselines' (BERT, Marian) would say so
+    only when the model is built, after the data and the tokenizer."""
+    if num_attention_heads <= 0 or hidden_size % num_attention_heads:
+        raise ValueError(
+            f"--hidden_size {hidden_size} must be a multiple of --num_attention_heads {num_attention_heads}: each "
+            "head gets an equal share of the width."
+        )
+
+
 def first_n(dataset: "Dataset | IterableDataset", n: int | None) -> "Dataset | IterableDataset":
     """The first `n` rows of `dataset` (all of them if it has fewer); `None`: the dataset itself."""
     if n is None:

@@ -11,7 +11,7 @@ def card_section(run: RunRecord) -> CardSection:
     data, results, labels = run.data, run.results, run.results["labels"]
     chosen_on = results.get("validation_split", data["validation_split"])  # or examples held out of train
     kind, token = results["task"], results["task"] == "token"
-    dataset = describe_data(data["data"])
+    dataset = describe_data(data["data"], run)
     task = dict(
         task_type="token-classification" if token else "text-classification",
         task_name=f"{kind.replace('_', '-')} classification" if kind != "regression" else "regression",

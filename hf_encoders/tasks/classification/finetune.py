@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from accelerate import PartialState
@@ -63,6 +64,7 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
+    corpus_settings: ClassVar[tuple[str, ...]] = ("data",)  # the data, recorded with the run
     data: str = field(default="../shared/data/sst2", metadata={"help": "Local path or Hub id."})
     text_column: str = field(default="sentence", metadata={"help": "Text (token task: the list of words)."})
     text_pair_column: str | None = field(default=None, metadata={"help": "Second text of a pair, if any."})
@@ -370,6 +372,7 @@ def main(argv: list[str] | None = None) -> dict:
     if state.is_main_process:
         write_results(run.path, summary)
         logger.info("done: %s", json.dumps({key: summary[key] for key in ("train", "test") if key in summary}))
+    run.close()
     return summary
 
 

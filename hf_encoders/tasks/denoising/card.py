@@ -27,7 +27,7 @@ def result_rows(run: RunRecord, sources: list[tuple[str, str, str]]) -> list[Res
     noise = {key: run.settings["noise"][key] for key in ("mask_ratio", "poisson_lambda", "permute_sentence_ratio")}
     rows = []
     for index, (language, spec, name) in enumerate(sources):
-        dataset = describe_data(spec)
+        dataset = describe_data(spec, run)
         where = dict(
             task_type="text2text-generation",
             task_name="Sentence autoencoding" if variational else "Denoising autoencoding",
@@ -55,7 +55,7 @@ def result_rows(run: RunRecord, sources: list[tuple[str, str, str]]) -> list[Res
 def card_section(run: RunRecord) -> CardSection:
     model, noise, data = run.settings["model"], run.settings["noise"], run.data
     sources = text_sources(run)
-    trained_on = describe_data(sources[0][1])
+    trained_on = describe_data(sources[0][1], run)
     corruption = [
         part
         for part, on in (
@@ -103,7 +103,9 @@ def card_section(run: RunRecord) -> CardSection:
         )
         example = f"A man {run.mask_token} on the beach."
     others = {
-        other.title: other for _, spec, _ in sources[1:] if (other := describe_data(spec)).title != trained_on.title
+        other.title: other
+        for _, spec, _ in sources[1:]
+        if (other := describe_data(spec, run)).title != trained_on.title
     }
     return CardSection(
         results=result_rows(run, sources),

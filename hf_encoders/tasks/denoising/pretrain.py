@@ -23,6 +23,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import torch
 from accelerate import PartialState
@@ -52,6 +53,7 @@ logger = logging.getLogger("pretrain_denoising")
 
 @dataclass
 class DataArguments:
+    corpus_settings: ClassVar[tuple[str, ...]] = ("texts",)  # the data, recorded with the run
     texts: list[str] = field(
         default_factory=lambda: ["en=../shared/data/multi30k", "de=../shared/data/multi30k"],
         metadata={"help": "Monolingual sources as language=path-or-hub-id[:split] (default split: train)."},
@@ -304,6 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
         train_segments, validation = prepare_segments(documents, tokenizer, data_args, eval_args, training.seed)
 
     model = build_model(model_args, tokenizer)
+    model.generation_config.max_new_tokens = eval_args.max_new_tokens  # its saved folders generate as it evaluates
     collator = DenoisingCollator(tokenizer, **noise_settings(noise_args), padding_free=True, seed=training.seed)
     language, _, first_validation = next(iter(documents.values()))  # the latent figures: the first source's
     sentences = [text.strip() for text in first_validation["text"][: eval_args.reconstruction_examples]]
@@ -325,6 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
     if state.is_main_process:
         write_results(run.path, summary)
         logger.info("done: %s", json.dumps(summary, ensure_ascii=False))
+    run.close()
     return summary
 
 

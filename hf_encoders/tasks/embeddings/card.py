@@ -10,7 +10,7 @@ TEMPLATE = Path(__file__).with_name("card.md")
 
 def card_section(run: RunRecord) -> CardSection:
     data, results = run.data, run.results
-    dataset = describe_data(data["data"])
+    dataset = describe_data(data["data"], run)
     task = dict(task_type="sentence-similarity", task_name="retrieval", dataset_type=dataset.dataset_type)
     task |= dict(dataset_name=dataset.title, dataset_config=None)
     tested = {key.partition("/")[2]: value for key, value in results.get("test", {}).items()}

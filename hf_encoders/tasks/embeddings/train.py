@@ -15,6 +15,7 @@ scored on the test pairs through sentence-transformers, beside the starting chec
 import json
 import logging
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import torch
 from accelerate import PartialState
@@ -42,6 +43,7 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
+    corpus_settings: ClassVar[tuple[str, ...]] = ("data",)  # the data, recorded with the run
     data: str = field(default="../shared/data/multi30k", metadata={"help": "Aligned files, local files or Hub id."})
     anchor: str = field(default="en", metadata={"help": "The anchors' language or column."})
     positive: str = field(default="de", metadata={"help": "The positives' language or column."})
@@ -169,6 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     if state.is_main_process:
         write_results(run.path, summary)
         logger.info("done: %s", json.dumps({key: summary[key] for key in ("start", "test") if key in summary}))
+    run.close()
     return summary
 
 

@@ -9,11 +9,11 @@ METRICS = {"perplexity": "perplexity (masked tokens)", "accuracy": "masked-token
 
 def card_section(run: RunRecord) -> CardSection:
     data, metrics = run.data, run.chosen_metrics()
-    trained_on = describe_data(data["train_data"])
+    trained_on = describe_data(data["train_data"], run)
     rows, held_out = [], []
     for entry in data.get("eval_data", []):
         name, spec, split = parse_named_source(entry)
-        dataset = describe_data(spec)
+        dataset = describe_data(spec, run)
         held_out.append(dataset)
         rows += [
             ResultRow(

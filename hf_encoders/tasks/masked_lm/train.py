@@ -18,6 +18,7 @@ masks and schedule (padded batches, one document per row), for side-by-side comp
 import json
 import logging
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 from accelerate import PartialState
 from transformers import AutoModelForMaskedLM, PreTrainedModel
@@ -28,7 +29,7 @@ from ...data import parse_named_source
 from ...data.streaming import StreamedExamples, mlm_blocks, stream_text_dataset
 from ...run_folder import start_run
 from ...training import LOSS_METRICS, TrainingConfig, train
-from ..harness import first_n, parameter_count, parse_arguments, run_tokenizer, write_results
+from ..harness import check_heads, first_n, parameter_count, parse_arguments, run_tokenizer, write_results
 from .evaluation import evaluate_masked_lm
 
 logger = logging.getLogger("pretrain_mlm")
@@ -62,10 +63,19 @@ class ModelArguments:
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture={self.architecture!r}: choose one of {', '.join(ARCHITECTURES)}.")
+        if not self.init_from:  # the model's settings, checked before anything is read or written
+            check_heads(self.hidden_size, self.num_attention_heads)
+            if self.architecture == "hf_encoder":
+                EncoderConfig(**self.model_settings())
+
+    def model_settings(self) -> dict:
+        """The settings of a new model (all but `architecture` and `init_from`)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("architecture", "init_from")}
 
 
 @dataclass
 class DataArguments:
+    corpus_settings: ClassVar[tuple[str, ...]] = ("train_data", "eval_data")  # the data, recorded with the run
     train_data: str = field(default="../shared/data/imdb", metadata={"help": "Local path or Hub id."})
     train_split: str = "unsup"
     text_column: str = "text"
@@ -121,7 +131,7 @@ def training_blocks(documents, tokenizer, data: DataArguments, seed: int):
 def build_model(args: ModelArguments, tokenizer) -> PreTrainedModel:
     if args.init_from:
         return AutoModelForMaskedLM.from_pretrained(args.init_from, attn_implementation=args.attn_implementation)
-    settings = {k: v for k, v in asdict(args).items() if k not in ("architecture", "init_from")}
+    settings = args.model_settings()
     if args.architecture == "bert":  # global attention everywhere: no local/global layer pattern
         return bert_for_masked_lm(
             tokenizer, **{k: v for k, v in settings.items() if k != "global_attn_every_n_layers"}
@@ -195,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     if state.is_main_process:
         write_results(run.path, summary)
         logger.info("done: %s", json.dumps(summary))
+    run.close()
     return summary
 
 

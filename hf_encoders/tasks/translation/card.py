@@ -19,9 +19,10 @@ def language_name(code: str) -> str:
 def first_test_source(run: RunRecord) -> str:
     """A real source sentence for the usage examples: the first test sentence, when the data is a local folder."""
     data = run.data
-    if not Path(data["data"]).is_dir():
+    folder = Path(run.data_source(data["data"]).get("path", data["data"]))  # where the run read it, when recorded
+    if not folder.is_dir():
         return "..."
-    path = aligned_files(data["data"]).get(run.results["test"]["split"], {}).get(data["src"])
+    path = aligned_files(folder).get(run.results["test"]["split"], {}).get(data["src"])
     if path is None:
         return "..."
     with gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8") as handle:
@@ -33,7 +34,7 @@ def card_section(run: RunRecord) -> CardSection:
     decoding = {"num_beams": test["num_beams"], "length_penalty": test.get("length_penalty", 1.0)}
     tuned = len(test.get("decoding_on_validation") or []) > 1
     src, tgt = data["src"], data["tgt"]
-    dataset = describe_data(data["data"])
+    dataset = describe_data(data["data"], run)
     task = dict(
         task_type="translation",
         task_name=f"Translation {language_name(src)} to {language_name(tgt)}",

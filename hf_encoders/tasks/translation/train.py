@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import torch
 from accelerate import PartialState
@@ -46,7 +47,15 @@ from ...run_folder import start_run
 from ...tokenization import seq2seq_token_ids
 from ...training import LOSS_METRICS, TrainingConfig, evaluate_loss, train
 from ...translation import TRANSLATION_SCORES
-from ..harness import chosen_model, first_n, parameter_count, parse_arguments, run_tokenizer, write_results
+from ..harness import (
+    check_heads,
+    chosen_model,
+    first_n,
+    parameter_count,
+    parse_arguments,
+    run_tokenizer,
+    write_results,
+)
 
 logger = logging.getLogger("train_translation")
 ARCHITECTURES = ("hf_seq2seq", "marian")
@@ -82,10 +91,27 @@ class ModelArguments:  # also the denoising task's (tasks/denoising/pretrain.py)
             raise ValueError(
                 "The variational bottleneck (latent_size) is an hf_seq2seq feature; MarianMTModel has none."
             )
+        if not self.init_from:  # the model's settings, checked before anything is read or written
+            check_heads(self.hidden_size, self.num_attention_heads)
+            if self.architecture == "hf_seq2seq":
+                our_config(self)
+
+
+VAE_SETTINGS = ("latent_size", "latent_memory_tokens", "kl_free_bits")
+
+
+def our_config(args: ModelArguments, **token_ids) -> Seq2SeqConfig:
+    """The config of a new model of ours from the settings: a sentence VAE's with `latent_size`."""
+    settings = {k: v for k, v in asdict(args).items() if k not in ("architecture", "init_from", *VAE_SETTINGS)}
+    if args.latent_size:  # the variational bottleneck
+        vae = {name: getattr(args, name) for name in VAE_SETTINGS}
+        return Seq2SeqVAEConfig(**settings, **vae, **token_ids, sparse_prediction=True)
+    return Seq2SeqConfig(**settings, **token_ids, sparse_prediction=True)
 
 
 @dataclass
 class DataArguments:
+    corpus_settings: ClassVar[tuple[str, ...]] = ("data",)  # the data, recorded with the run
     data: str = field(default="../shared/data/multi30k", metadata={"help": "Parallel data: path or Hub id."})
     src: str = "de"
     tgt: str = "en"
@@ -135,15 +161,13 @@ class EvaluationArguments:
 def build_model(args: ModelArguments, tokenizer) -> torch.nn.Module:
     if args.init_from:
         return AutoModelForSeq2SeqLM.from_pretrained(args.init_from, attn_implementation=args.attn_implementation)
-    settings = {k: v for k, v in asdict(args).items() if k not in ("architecture", "init_from")}
-    vae = {name: settings.pop(name) for name in ("latent_size", "latent_memory_tokens", "kl_free_bits")}
     if args.architecture == "marian":  # no bottleneck (refused in ModelArguments)
+        settings = {k: v for k, v in asdict(args).items() if k not in ("architecture", "init_from", *VAE_SETTINGS)}
         return marian_mt(tokenizer, **settings)
-    special = seq2seq_token_ids(tokenizer)
-    if vae["latent_size"]:  # the variational bottleneck: a sentence VAE
-        config = Seq2SeqVAEConfig(**settings, **vae, **special, sparse_prediction=True)
+    config = our_config(args, **seq2seq_token_ids(tokenizer))
+    if isinstance(config, Seq2SeqVAEConfig):  # a sentence VAE
         return Seq2SeqVAEForConditionalGeneration(config)
-    return Seq2SeqForConditionalGeneration(Seq2SeqConfig(**settings, **special, sparse_prediction=True))
+    return Seq2SeqForConditionalGeneration(config)
 
 
 def translate_everywhere(model, state: PartialState, tokenizer, sources: list[str], tgt: str, **options) -> list[str]:
@@ -310,6 +334,9 @@ def main(argv: list[str] | None = None) -> dict:
         pairs, tokenizer, tokenized = load_data(run, model_args, data_args, eval_args, training.seed)
 
     model = build_model(model_args, tokenizer)
+    # what its saved folders tell pipelines, `generate` and `translate`: the length validation decodes to, its direction
+    model.generation_config.max_new_tokens = eval_args.max_new_tokens
+    model.config.translation_directions = [f"{data_args.src}-{data_args.tgt}"]
     padding_free = isinstance(model, Seq2SeqForConditionalGeneration)  # Marian reads padded batches only
     collator = Seq2SeqCollator(tokenizer, padding_free=padding_free)
     evaluate = validation_evaluator(pairs, tokenized, collator, tokenizer, data_args, eval_args)
@@ -330,6 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if state.is_main_process:
         write_test_outputs(run, chosen, data_args, hypotheses, summary)
+    run.close()
     return summary
 
 
