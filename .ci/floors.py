@@ -1,6 +1,6 @@
 """Print pip constraints that pin every dependency in pyproject.toml (and its extras but `dev`) at its declared floor (`name>=X` -> `name==X`),
-for the floor environment of the version matrix (.ci/matrix). torch is left out: it is installed first, at
-TORCH_SPEC (the CPU build here)."""
+for the floor environment of the version matrix (.ci/matrix). torch's line too (`torch==2.13`): .ci/matrix installs
+it first, from it (here the CPU wheel in /opt/wheels, which pip prefers to PyPI's CUDA build of the same release)."""
 
 import re
 import tomllib
@@ -14,5 +14,4 @@ for requirement in project["dependencies"] + extras:
     match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([^,;]+)(,<[^,;]+)?", requirement)
     if match is None:
         raise SystemExit(f"pyproject.toml: {requirement!r} declares no floor (`name>=version`) to test.")
-    if match.group(1) != "torch":
-        print(f"{match.group(1)}=={match.group(2)}")
+    print(f"{match.group(1)}=={match.group(2)}")

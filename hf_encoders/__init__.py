@@ -30,7 +30,7 @@ from .modeling_encoder import (
 from .modeling_seq2seq import Seq2SeqForConditionalGeneration, Seq2SeqModel, Seq2SeqPreTrainedModel
 from .modeling_seq2seq_vae import Seq2SeqVAEForConditionalGeneration, Seq2SeqVAEModel
 
-__version__ = "0.4.3"
+__version__ = "0.5.0"
 
 _AUTO_CLASSES = {
     EncoderConfig: {
