@@ -99,9 +99,8 @@ class FolderLock:
     """This process's hold on a run folder: `run.lock`, opened and locked with an exclusive `flock` (which the
     kernel releases when the process dies, however it dies), holding the holder's pid, host, start and command.
     Released (the file removed) when the run ends (`RunFolder.close`, as each task's `main` does), else when the last
-    run of this process that uses it is gone, or at exit, whichever comes first. One process
-    holds a folder once: a second run of the same process in the folder (a resume after a run, in a notebook or a
-    test) shares the lock."""
+    run of this process that uses it is gone, or at exit, whichever comes first. One process holds a folder once: a
+    second run of the same process in the folder (a resume after a run, in a notebook or a test) shares the lock."""
 
     held: "weakref.WeakValueDictionary[Path, FolderLock]" = weakref.WeakValueDictionary()
 
