@@ -613,6 +613,7 @@ def start_run(config, settings: dict | None = None, metric_names: Collection[str
     run = RunFolder(config, dict(settings or {}))
     run.hold()
     run.check()
+    state.wait_for_everyone()  # every process checked the folder before the main one writes into it (`sources/`)
     if state.is_main_process:
         run.prepare()
     state.wait_for_everyone()
