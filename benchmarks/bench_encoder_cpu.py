@@ -17,6 +17,10 @@ Unpadding (`--tables unpadding`): ours with unpadding forced and without, on bat
 
     python benchmarks/bench_encoder_cpu.py --output benchmarks/results/encoder_mlm_cpu.json
     python benchmarks/bench_encoder_cpu.py --tables unpadding --output benchmarks/results/encoder_unpadding_cpu.json
+    python benchmarks/bench_encoder_cpu.py --tables compile --output benchmarks/results/encoder_compile_cpu.json
+
+Compiled (`--tables compile`): ours and ModernBERT (sparse head in training), eager and in `torch.compile`
+(inductor), in training and masked-LM inference on the same padded batches; compiling is timed apart.
 """
 
 import argparse
@@ -50,6 +54,7 @@ from hf_encoders import (  # noqa: E402
 
 PAD, CLS, SEP, MASK = 0, 1, 2, 3
 OURS = "hf_encoders EncoderForMaskedLM"
+MODERNBERT = "transformers ModernBertForMaskedLM"
 
 
 def build_parser(description: str = __doc__.split("\n\n")[0]) -> argparse.ArgumentParser:
@@ -327,7 +332,58 @@ def run_unpadding_sweep(args: argparse.Namespace) -> dict:
     return {"rows": rows, "rule": {name: getattr(modeling_encoder, name) for name in rule}}
 
 
-TABLES = {"training": run_training, "inference": run_inference, "unpadding": run_unpadding_sweep}
+def compile_models(args: argparse.Namespace, sparse: bool) -> dict[str, tuple[torch.nn.Module, str]]:
+    """Ours and ModernBERT (with its sparse head in training), each eager and wrapped in `torch.compile` (inductor,
+    dynamic shapes as dynamo decides them), the compiled copy holding the eager one's weights."""
+    ours = EncoderConfig(**dimensions(args), **SPECIAL, mask_token_id=MASK)
+    modernbert = ModernBertConfig(**dimensions(args), **SPECIAL, sparse_prediction=sparse)
+    models = {}
+    for name, build in (
+        (OURS, lambda: EncoderForMaskedLM(ours)),
+        (MODERNBERT, lambda: ModernBertForMaskedLM(modernbert)),
+    ):
+        torch.manual_seed(args.seed)
+        eager, compiled = build(), build()
+        compiled.load_state_dict(eager.state_dict())
+        models[name] = (eager, "padded")
+        models[f"{name}, torch.compile"] = (torch.compile(compiled), "padded")
+    return models
+
+
+def run_compiled(args: argparse.Namespace) -> dict:
+    """Training steps and masked-LM inference on the same padded batches, each model eager and compiled. Compiling
+    (the first batches, of other lengths: a static graph, then a dynamic one) is timed apart from the steps."""
+    torch._inductor.config.compile_threads = 1  # no worker pool beside the timed runs
+    lengths = (args.min_length, args.max_length)
+    batches = make_batches(args, args.steps + args.warmup, args.batch_size, lengths, args.mask_rate)
+    unlabelled = [
+        {**batch, "padded": {k: v for k, v in batch["padded"].items() if k != "labels"}} for batch in batches
+    ]
+    results = {}
+    for mode, step in (("training", training_step), ("inference", inference_step)):
+        mode_batches = batches if mode == "training" else unlabelled
+        warmup, timed = mode_batches[: args.warmup], mode_batches[args.warmup :]
+        models = compile_models(args, sparse=mode == "training")
+        compile_seconds = {}
+        for name, (model, _) in models.items():
+            model.train(mode == "training")
+            model.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            start = time.perf_counter()
+            for batch in warmup:
+                step(model, batch["padded"])
+            compile_seconds[name] = time.perf_counter() - start
+        throughput = take_turns(models, timed, step, argparse.Namespace(**{**vars(args), "warmup": 0}))
+        results[mode] = summarize(f"{mode}, eager and compiled, same padded batches", models, throughput, timed)
+        results[mode]["warmup_seconds"] = compile_seconds
+    return results
+
+
+TABLES = {
+    "training": run_training,
+    "inference": run_inference,
+    "unpadding": run_unpadding_sweep,
+    "compile": run_compiled,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

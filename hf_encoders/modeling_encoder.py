@@ -281,12 +281,26 @@ class PackedBatch:
 @dataclass
 class BatchLayout:
     """What a batch's probe found: the layout its layers run in, and what was read on the host for the checks and
-    the heads (`labelled`: how many labels are not -100)."""
+    the heads."""
 
     packed: PackedBatch | None = None  # sequences back to back in one row, given so or unpadded from a padded batch
     unpadded: bool = False  # `packed` holds a padded batch's real tokens: outputs go back to the batch's shape
     padding: bool | None = None  # whether the grid the attention kernels see holds padding (None: a 4D mask)
     read: dict[str, int] | None = None  # everything read on the host (`labels_low`, `labelled`, ...)
+    labelled: torch.Tensor | None = None  # where the labels are not -100 (flat indices), for a sparse head
+
+    def mark_dynamic(self) -> None:
+        """Under `torch.compile`, the sizes that vary from batch to batch (token count, longest sequence, number of
+        sequences and of labels) are dynamic dimensions of the graph after the read from its first compilation, so
+        that a batch of other lengths reuses it."""
+        packed = self.packed
+        sized = [(self.labelled, 0)]
+        if packed is not None:
+            sized += [(packed.index, 0), (packed.position_ids, 1), (packed.cu_seq_lens, 0)]
+            sized += [(packed.padding_mask, 0), (packed.padding_mask, 1)]
+        for tensor, dim in sized:
+            if tensor is not None:
+                torch._dynamo.maybe_mark_dynamic(tensor, dim)
 
 
 def _cu_seq_lens_reads(cu_seq_lens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -326,6 +340,7 @@ class BatchProbe:
     reads: dict[str, torch.Tensor]
     check_labels: Callable[[dict[str, int]], None] | None = None  # the head's check of the labels' bounds
     starts: torch.Tensor | None = None  # where the sequences of a row of `position_ids` start
+    counted_labels: torch.Tensor | None = None  # the labels whose labelled positions a sparse head selects
 
     @property
     def packed_rows(self) -> bool:
@@ -343,6 +358,9 @@ class BatchProbe:
         if self.vocab_size is not None:
             check_id_bounds(read, self.vocab_size, self.name)
         layout = self.find_layout(read)
+        if self.counted_labels is not None:
+            labelled = self.counted_labels.flatten() != -100
+            layout.labelled = torch.nonzero_static(labelled, size=read["labelled"]).flatten()
         if self.max_position_embeddings is not None:
             packed_rows = layout.packed is not None and not layout.unpadded
             longest = layout.packed.max_length if packed_rows else self.input_shape[1]
@@ -389,14 +407,20 @@ def probe_batch(
     unpad: bool = False,
     name: str = "input_ids",
     check_labels: Callable[[dict[str, int]], None] | None = None,
+    count_labels: bool = False,
 ) -> BatchProbe | None:
-    """What to read of a batch for its checks and layout; None under `torch.compile`, which reads nothing, except
-    for padding-free rows, whose layout needs the reads (dynamo breaks the graph there).
+    """What to read of a batch for its checks and layout.
 
     `input_ids` get their bounds checked against `vocab_size`, the sequences their length against
     `max_position_embeddings` (`name` says what the input is called in errors); integer `labels` get their bounds
-    (`labels_low`, `labels_high`, -100 left out), checked first by the head's `check_labels`, and their count
-    (`labelled`, for sparse prediction)."""
+    (`labels_low`, `labels_high`, -100 left out), checked first by the head's `check_labels`; with `count_labels`,
+    for a sparse head, their count (`labelled`) and, in the layout, their positions.
+
+    Under `torch.compile` the read is `read_layouts`, which dynamo runs eagerly between two graphs, so that the
+    layers still run unpadded and the sparse head on the labelled rows. Where the read would change nothing (no
+    padded batch to unpad, no padding-free rows, no labels to count) there is no probe, so no graph break: a
+    decoding step with a cache, or a model with `unpadding=False` and `sparse_prediction=False`, compiles whole
+    (`fullgraph=True`); its inputs then go unchecked."""
     probe = BatchProbe(
         input_shape,
         attention_mask,
@@ -409,7 +433,8 @@ def probe_batch(
         reads={},
         check_labels=check_labels if labels is not None else None,
     )
-    if is_torchdynamo_compiling() and not probe.packed_rows:
+    unpads = unpad and attention_mask is not None and attention_mask.ndim == 2
+    if is_torchdynamo_compiling() and not (probe.packed_rows or unpads or (labels is not None and count_labels)):
         return None
     if cu_seq_lens_q is not None and cu_seq_lens_q.numel() < 2:
         raise ValueError(
@@ -423,7 +448,10 @@ def probe_batch(
         )
     reads = id_bounds(input_ids, name) if input_ids is not None else {}
     if labels is not None and not labels.is_floating_point():
-        reads |= id_bounds(labels, "labels", ignore_index=-100) | {"labelled": (labels != -100).sum()}
+        reads |= id_bounds(labels, "labels", ignore_index=-100)
+        if count_labels:
+            probe.counted_labels = labels
+            reads["labelled"] = (labels != -100).sum()
     if probe.packed_rows and cu_seq_lens_q is not None:
         reads |= _cu_seq_lens_reads(cu_seq_lens_q)
     elif probe.packed_rows:
@@ -436,23 +464,36 @@ def probe_batch(
     return probe
 
 
-def labelled_rows(hidden_states: torch.Tensor, labels: torch.Tensor, labelled: int) -> tuple[torch.Tensor, ...]:
-    """The hidden states and labels of the positions whose label is not -100, in order (a sparse head's input):
-    `labelled` of them, counted with the batch's host read, so that selecting them reads nothing more."""
-    predicted = torch.nonzero_static(labels.flatten() != -100, size=labelled).flatten()
+def labelled_rows(hidden_states: torch.Tensor, labels: torch.Tensor, layout: BatchLayout) -> tuple[torch.Tensor, ...]:
+    """The hidden states and labels of the positions whose label is not -100, in order (a sparse head's input), at
+    the positions the batch's layout found (`BatchLayout.labelled`), so that selecting them reads nothing more."""
+    predicted = layout.labelled
     return hidden_states.flatten(0, -2).index_select(0, predicted), labels.flatten().index_select(0, predicted)
 
 
 def read_layouts(probes: dict[str, BatchProbe | None]) -> dict[str, BatchLayout | None]:
     """The layouts of several batches, everything their probes need read in one device-to-host copy (a probe of
-    None, under `torch.compile`, gives None)."""
+    None gives None; where all are None, as under `torch.compile` when nothing needs reading, nothing is read)."""
+    if all(probe is None for probe in probes.values()):
+        return dict.fromkeys(probes)
+    return read_and_lay_out(probes)
+
+
+@torch.compiler.disable(reason="reads the batch's layout on the host (hf_encoders: the one graph break)")
+def read_and_lay_out(probes: dict[str, BatchProbe | None]) -> dict[str, BatchLayout | None]:
+    """`read_layouts`' host read. Under `torch.compile` this runs eagerly, between the graph before it and the one
+    after: the layout's tensors and counts enter the second graph as inputs, the token count a dynamic dimension."""
     read = read_on_host(
         {f"{name}.{key}": value for name, probe in probes.items() if probe for key, value in probe.reads.items()}
     )
-    return {
+    layouts = {
         name: probe.layout({key: read[f"{name}.{key}"] for key in probe.reads}) if probe is not None else None
         for name, probe in probes.items()
     }
+    for layout in layouts.values():
+        if layout is not None:
+            layout.mark_dynamic()
+    return layouts
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -866,10 +907,11 @@ class EncoderModel(EncoderPreTrainedModel):
         kwargs: dict[str, Any],
         labels: torch.Tensor | None = None,
         check_labels: Callable[[dict[str, int]], None] | None = None,
+        count_labels: bool = False,
     ) -> BatchProbe | None:
-        """Check the inputs' shapes and say what to read of them (`probe_batch`, with the heads' `labels` and their
-        check). A padded batch is unpadded with `config.unpadding`, unless hidden states or attentions are recorded
-        (they keep the batch's shape)."""
+        """Check the inputs' shapes and say what to read of them (`probe_batch`, with the heads' `labels`, their
+        check, and whether a sparse head needs them counted). A padded batch is unpadded with `config.unpadding`,
+        unless hidden states or attentions are recorded (they keep the batch's shape)."""
         input_shape, name = input_shape_of(input_ids, inputs_embeds)
         check_attention_mask(attention_mask, input_shape, name)
         return probe_batch(
@@ -884,6 +926,7 @@ class EncoderModel(EncoderPreTrainedModel):
             unpad=self.config.unpadding and not records_outputs(self.config, kwargs),
             name=name,
             check_labels=check_labels,
+            count_labels=count_labels,
         )
 
     def read_batch(
@@ -895,9 +938,13 @@ class EncoderModel(EncoderPreTrainedModel):
         kwargs: dict[str, Any],
         labels: torch.Tensor | None = None,
         check_labels: Callable[[dict[str, int]], None] | None = None,
+        count_labels: bool = False,
     ) -> BatchLayout | None:
-        """The checked layout of the inputs, read on the host once (None under `torch.compile`)."""
-        probe = self.probe(input_ids, attention_mask, position_ids, inputs_embeds, kwargs, labels, check_labels)
+        """The checked layout of the inputs, read on the host once (None where nothing needs reading under
+        `torch.compile`: `probe_batch`)."""
+        probe = self.probe(
+            input_ids, attention_mask, position_ids, inputs_embeds, kwargs, labels, check_labels, count_labels
+        )
         return read_layouts({"batch": probe})["batch"]
 
     @capture_outputs
@@ -1007,8 +1054,8 @@ class EncoderForMaskedLM(EncoderPreTrainedModel):
     """Masked-language-model head; its decoder matrix is tied to the input embeddings.
 
     With `config.sparse_prediction` (the default) and `labels`, a forward in training mode runs the head only on the
-    positions whose label is not -100, and `logits` has one row per such position, in order: pretraining's speed. In
-    eval mode (`Trainer.evaluate`, metrics, pipelines), without labels and when compiled, `logits` is
+    positions whose label is not -100, and `logits` has one row per such position, in order: pretraining's speed
+    (compiled too). In eval mode (`Trainer.evaluate`, metrics, pipelines) and without labels, `logits` is
     (batch, sequence, vocab), as transformers' masked-LM models return it. The loss is the same either way."""
 
     _tied_weights_keys = {"decoder.weight": "model.embeddings.tok_embeddings.weight"}
@@ -1042,8 +1089,9 @@ class EncoderForMaskedLM(EncoderPreTrainedModel):
             eval mode, it is (batch, seq, vocab).
         """
         check_labels = partial(check_id_bounds, vocab_size=self.config.vocab_size, name="labels")
+        sparse = labels is not None and self.config.sparse_prediction and self.training
         layout = self.model.read_batch(
-            input_ids, attention_mask, position_ids, inputs_embeds, kwargs, labels, check_labels
+            input_ids, attention_mask, position_ids, inputs_embeds, kwargs, labels, check_labels, sparse
         )
         outputs = self.model(input_ids, attention_mask, position_ids, inputs_embeds, batch_layout=layout, **kwargs)
         hidden_states = outputs.last_hidden_state
@@ -1052,8 +1100,8 @@ class EncoderForMaskedLM(EncoderPreTrainedModel):
                 f"`labels` has shape {tuple(labels.shape)} but the input has shape "
                 f"{tuple(hidden_states.shape[:-1])}; they must match."
             )
-        if labels is not None and self.config.sparse_prediction and self.training and layout is not None:
-            hidden_states, labels = labelled_rows(hidden_states, labels, layout.read["labelled"])
+        if sparse and layout is not None:
+            hidden_states, labels = labelled_rows(hidden_states, labels, layout)
 
         logits = self.decoder(self.head(hidden_states))
         loss = None

@@ -389,6 +389,7 @@ class Seq2SeqDecoder(Seq2SeqPreTrainedModel):
             unpad=self.config.unpadding and cache is None and not records_outputs(self.config, kwargs),
             name=name,
             check_labels=partial(check_id_bounds, vocab_size=self.config.vocab_size, name="labels"),
+            count_labels=labels is not None and self.config.sparse_prediction and self.training,
         )
 
     @capture_outputs
@@ -916,7 +917,7 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
         )
         hidden_states = outputs.last_hidden_state
         if labels is not None and self.config.sparse_prediction and self.training and target is not None:
-            hidden_states, labels = labelled_rows(hidden_states, labels, target.read["labelled"])
+            hidden_states, labels = labelled_rows(hidden_states, labels, target)
         logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:

@@ -58,7 +58,9 @@ from accelerate import Accelerator
 from accelerate.utils import (
     DataLoaderConfiguration,
     DistributedType,
+    DynamoBackend,
     ProjectConfiguration,
+    TorchDynamoPlugin,
     send_to_device,
     set_seed,
 )
@@ -137,6 +139,14 @@ class TrainingConfig:
         default=0.0, metadata={"help": "Label-smoothed cross-entropy on the model's logits (0: the model's own loss)."}
     )
     group_by_length: bool = field(default=False, metadata={"help": "Batch examples of similar length together."})
+    torch_compile: bool = field(
+        default=False,
+        metadata={
+            "help": "Wrap the model in torch.compile (through accelerate; as `accelerate launch --dynamo_backend`). "
+            "Padded batches keep their unpadding and the sparse head: the batch is read between two graphs."
+        },
+    )
+    torch_compile_backend: str = field(default="inductor", metadata={"help": "The backend of --torch_compile."})
     dataloader_workers: int = field(
         default=0, metadata={"help": "Worker processes that read and tokenize a streamed training set (0: none)."}
     )
@@ -171,6 +181,11 @@ class TrainingConfig:
             raise ValueError("resume continues the run in output_dir, overwrite_output_dir deletes it: choose one.")
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"mixed_precision={self.mixed_precision!r}: choose one of {', '.join(PRECISIONS)}.")
+        backends = [backend.value.lower() for backend in DynamoBackend if backend != DynamoBackend.NO]
+        if self.torch_compile_backend.lower() not in backends:
+            raise ValueError(
+                f"torch_compile_backend={self.torch_compile_backend!r}: choose one of {', '.join(backends)}."
+            )
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"lr_schedule={self.lr_schedule!r}: choose one of {', '.join(SCHEDULES)}.")
         if self.max_steps <= 0 and self.num_epochs <= 0:
@@ -335,9 +350,11 @@ def end_process_group() -> None:
 def build_accelerator(run: RunFolder) -> Accelerator:
     atexit.unregister(end_process_group)  # registered once, however many runs this process trains
     atexit.register(end_process_group)
+    config = run.config
     accelerator = Accelerator(
         mixed_precision=run.precision,
-        gradient_accumulation_steps=run.config.gradient_accumulation_steps,
+        dynamo_plugin=TorchDynamoPlugin(backend=config.torch_compile_backend) if config.torch_compile else None,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(run.path), logging_dir=str(run.path / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),

@@ -224,35 +224,3 @@ def test_gpu_benchmark_dry_run_records_flops_and_mfu_fields(tmp_path):
         [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py")], capture_output=True, text=True, timeout=300
     )
     assert refused.returncode != 0 and "--dry-run" in refused.stderr
-
-
-def test_the_encoder_compiles_without_graph_breaks():
-    """Padded batches compile whole; padding-free ones compile each layer whole (their bookkeeping stays eager)."""
-    torch.manual_seed(0)
-    config = EncoderConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=48,
-        local_attention=4,
-        global_attn_every_n_layers=2,
-    )
-    model = EncoderForMaskedLM(config).eval()
-    ids = torch.randint(5, 64, (2, 10))
-    mask = torch.ones_like(ids)
-    mask[1, 7:] = 0
-    compiled = torch.compile(model, backend="eager", fullgraph=True)
-    real = mask.bool()  # (eagerly the padded batch is unpadded, compiled it is not: its real tokens agree)
-    torch.testing.assert_close(
-        compiled(input_ids=ids, attention_mask=mask).logits[real],
-        model(input_ids=ids, attention_mask=mask).logits[real],
-    )
-    packed = {
-        "input_ids": torch.randint(5, 64, (1, 10)),
-        "position_ids": torch.tensor([[0, 1, 2, 3, 4, 5, 0, 1, 2, 3]]),
-    }
-    expected = model(**packed).logits
-    for layer in model.model.layers:
-        layer.compile(backend="eager", fullgraph=True)
-    torch.testing.assert_close(model(**packed).logits, expected)

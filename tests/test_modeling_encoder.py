@@ -721,24 +721,6 @@ def test_unknown_keyword_arguments_are_refused_not_dropped():
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Compilation
-
-
-def test_sdpa_forward_compiles_without_graph_breaks():
-    """Compiled, a padded batch is not unpadded (that needs its token count on the host); its real tokens get the
-    same logits, and the sparse head's loss is the same (over full logits)."""
-    model = build(EncoderForMaskedLM, attn_implementation="sdpa")
-    ids, mask = random_batch(model.config)
-    labels = ids.masked_fill((mask == 0) | (ids % 2 == 0), -100)
-    compiled = torch.compile(model, backend="eager", fullgraph=True)  # fullgraph: any graph break raises
-    real = mask.bool()
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(ids, mask).logits[real], model(ids, mask).logits[real])
-        torch.testing.assert_close(compiled(ids).logits, model(ids).logits)
-        torch.testing.assert_close(compiled(ids, mask, labels=labels).loss, model(ids, mask, labels=labels).loss)
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # Initialisation and loading, as transformers' common model tests check them
 
 

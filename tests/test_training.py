@@ -281,6 +281,22 @@ def test_bf16_on_cpu_trains_and_the_export_loads(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_compiled_run_trains_as_the_eager_one(tmp_path):
+    """`--torch_compile` (dynamo's aot_eager backend here: inductor's code generation is the benchmarks' business)
+    gives the eager run's losses, and its export loads without the compiled wrapper's `_orig_mod.` prefixes."""
+    flags = ["--per_device_batch_size", "8", "--max_steps", "3"]
+    run_job(tmp_path / "eager", *flags)
+    run_job(tmp_path / "compiled", *flags, "--torch_compile", "--torch_compile_backend", "aot_eager")
+    eager, compiled = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert compiled == pytest.approx(eager, rel=1e-5)
+    config = json.loads((tmp_path / "compiled" / "config.json").read_text())
+    assert config["training"]["torch_compile"] is True
+    loaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "compiled" / "final")
+    reference = AutoModelForMaskedLM.from_pretrained(tmp_path / "eager" / "final")
+    for (name, p), q in zip(loaded.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_a_best_metric_without_an_evaluation_is_refused_before_the_first_step(tmp_path):
     with pytest.raises(ValueError, match=r"best_metric='imdb/loss' needs an evaluation, and this run has none"):
         run_job(tmp_path, "--max_steps", "2", "--best_metric", "imdb/loss")
@@ -339,6 +355,8 @@ def test_non_finite_settings_are_refused_by_name():
     for setting in ("weight_decay", "num_epochs", "max_minutes", "adam_beta2", "label_smoothing", "decay_fraction"):
         with pytest.raises(ValueError, match=f"^{setting}=inf: it must be a finite number"):
             TrainingConfig(**{setting: float("inf")})
+    with pytest.raises(ValueError, match="torch_compile_backend='inductr': choose one of eager, aot_eager, inductor"):
+        TrainingConfig(torch_compile=True, torch_compile_backend="inductr")
 
 
 def test_config_file_and_overrides(tmp_path):
