@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch._dynamo
 from conftest import pack, random_batch, tiny_config, token_rows
+from test_modeling_seq2seq import seq2seq_config
 
 from hf_encoders import (
     EncoderForMaskedLM,
     EncoderForSequenceClassification,
-    Seq2SeqConfig,
     Seq2SeqForConditionalGeneration,
 )
 
@@ -163,16 +163,7 @@ def test_compiled_encoder_decoder_training_step_equals_eager():
     """Padded sources and targets as `DataCollatorForSeq2Seq` gives them (labels padded with -100): unpadded and
     with the sparse LM head (`sparse_prediction=True`), compiled as eagerly."""
     torch.manual_seed(0)
-    config = Seq2SeqConfig(
-        vocab_size=40,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_decoder_layers=2,
-        num_attention_heads=4,
-        intermediate_size=48,
-        max_position_embeddings=48,
-        sparse_prediction=True,
-    )
+    config = seq2seq_config(num_decoder_layers=2, initializer_range=0.02, sparse_prediction=True)
     model = Seq2SeqForConditionalGeneration(config).train()
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(4, 40, (3, 12), generator=generator)
