@@ -416,7 +416,7 @@ def probe_batch(
     (`labels_low`, `labels_high`, -100 left out), checked first by the head's `check_labels`; with `count_labels`,
     for a sparse head, their count (`labelled`) and, in the layout, their positions.
 
-    Under `torch.compile` the read is `read_layouts`, which dynamo runs eagerly between two graphs, so that the
+    Under `torch.compile` the read (`read_and_lay_out`) runs eagerly between two graphs, so that the
     layers still run unpadded and the sparse head on the labelled rows. Where the read would change nothing (no
     padded batch to unpad, no padding-free rows, no labels to count) there is no probe, so no graph break: a
     decoding step with a cache, or a model with `unpadding=False` and `sparse_prediction=False`, compiles whole
