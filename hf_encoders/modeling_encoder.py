@@ -434,8 +434,9 @@ def probe_batch(
         check_labels=check_labels if labels is not None else None,
     )
     unpads = unpad and attention_mask is not None and attention_mask.ndim == 2
-    if is_torchdynamo_compiling() and not (probe.packed_rows or unpads or (labels is not None and count_labels)):
-        return None
+    read_pays = unpads or (labels is not None and count_labels)
+    if is_torchdynamo_compiling() and not (probe.packed_rows or (read_pays and not torch.compiler.is_exporting())):
+        return None  # (`torch.export`, as the ONNX export runs it, traces one graph: it allows no break)
     if cu_seq_lens_q is not None and cu_seq_lens_q.numel() < 2:
         raise ValueError(
             f"`cu_seq_lens_q` needs at least two offsets (0 and the number of tokens), got {cu_seq_lens_q}."
