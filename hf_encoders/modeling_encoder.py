@@ -761,6 +761,180 @@ class EncoderPredictionHead(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# The masked-LM loss without the (rows x vocabulary) logits
+#
+# `linear_cross_entropy(hidden_states, weight, bias, labels)` is `ForMaskedLMLoss(F.linear(hidden_states, weight,
+# bias), labels)` computed over chunks of rows: each chunk's logits live only while its loss and its gradients are
+# formed, so a step holds (chunk x vocabulary) floats where the full loss holds several (rows x vocabulary) tensors
+# (the logits, their log-softmax, its gradient). The gradients are formed in the forward (softmax minus one-hot, times
+# the weight and the hidden states, as Liger Kernel's fused linear cross-entropy does), so that no chunk's logits are
+# computed twice; the backward scales them by the incoming gradient. Nothing is formed that no one asked for: no
+# gradients without autograd, none for a frozen weight. Where it pays: benchmarks/RESULTS.md, "The loss at large
+# vocabularies".
+
+LOSS_CHUNK_ROWS = 1024
+
+
+def chunk_cross_entropy(
+    hidden_states: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    out: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One chunk's cross-entropy per row (fp32), `exp(logits - max) - sum * one_hot(target)` and `sum`: the
+    gradient of a row's cross-entropy with respect to its logits is the second divided by the third. The logits are
+    written into `out` (one buffer for every chunk: a CPU allocator hands large blocks back to the system and
+    takes page faults to get them again)."""
+    out = out[: hidden_states.shape[0]]
+    if bias is None:
+        logits = torch.mm(hidden_states, weight.t(), out=out)
+    else:
+        logits = torch.addmm(bias, hidden_states, weight.t(), out=out)
+    logits = logits.float()  # transformers' losses upcast the logits; no copy in fp32
+    target = target[:, None]
+    maximum = logits.amax(-1, keepdim=True)
+    target_logit = logits.gather(1, target)
+    exp = logits.sub_(maximum).exp_()
+    total = exp.sum(-1, keepdim=True)
+    row_loss = (maximum + total.log() - target_logit)[:, 0]
+    return row_loss, exp.scatter_add_(1, target, -total), total
+
+
+def add_product(into: torch.Tensor | None, left: torch.Tensor, right: torch.Tensor) -> None:
+    """`into += left @ right`, summed in `into`'s dtype (fp32 where `left` is bf16 or fp16)."""
+    if into is None:
+        return
+    if into.dtype != left.dtype:
+        into.add_(left @ right)
+    elif right.dim() == 2:
+        into.addmm_(left, right)
+    else:
+        into.addmv_(left, right)
+
+
+def chunked_linear_cross_entropy(
+    hidden_states: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    row_weights: torch.Tensor,
+    chunk_size: int,
+    needs_grad: tuple[bool, bool, bool],
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Each row's `cross_entropy(hidden_states @ weight.T + bias, target)` (fp32), and where `needs_grad` asks the
+    gradients of `sum(row_weights * cross_entropy)` with respect to the hidden states, the weight and the bias (those
+    of the weight and the bias summed in fp32). Computes in the inputs' dtype, `chunk_size` rows at a time."""
+    row_losses, grad_hidden = [], []
+    grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad[1] else None
+    grad_bias = torch.zeros_like(bias, dtype=torch.float32) if needs_grad[2] else None
+    logits = hidden_states.new_empty((min(chunk_size, hidden_states.shape[0]), weight.shape[0]))
+    for start in range(0, hidden_states.shape[0], chunk_size):
+        rows = hidden_states[start : start + chunk_size]
+        row_loss, exp, total = chunk_cross_entropy(rows, weight, bias, target[start : start + chunk_size], logits)
+        row_losses.append(row_loss)
+        if not any(needs_grad):
+            continue
+        scale = row_weights[start : start + chunk_size, None] / total  # d loss / d logits = exp * scale
+        exp = exp.to(rows.dtype)
+        if needs_grad[0]:
+            grad_hidden.append((exp @ weight).float().mul_(scale).to(rows.dtype))
+        add_product(grad_weight, exp.t(), (rows.float() * scale).to(rows.dtype))
+        add_product(grad_bias, exp.t(), scale[:, 0].to(rows.dtype))
+    row_loss = torch.cat(row_losses) if row_losses else hidden_states.new_zeros((0,), dtype=torch.float32)
+    if not needs_grad[0]:
+        return row_loss, None, grad_weight, grad_bias
+    return row_loss, torch.cat(grad_hidden) if grad_hidden else torch.zeros_like(hidden_states), grad_weight, grad_bias
+
+
+def fused_cross_entropy(
+    hidden_states: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    valid: torch.Tensor,
+    denominator: torch.Tensor,
+    chunk_size: int,
+    compute_dtype: torch.dtype,
+    needs_grad: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The loss of `linear_cross_entropy` and, where `needs_grad` asks, its gradients with respect to the hidden
+    states, the weight and the bias in their dtypes (else empty tensors): `compute_dtype`, autocast off."""
+    inputs = (hidden_states, weight, bias)
+    with torch.autocast(hidden_states.device.type, enabled=False):
+        cast = [None if tensor is None else tensor.to(compute_dtype) for tensor in inputs]
+        row_weights = torch.where(valid, 1 / denominator, 0.0)
+        row_loss, *grads = chunked_linear_cross_entropy(*cast, target, row_weights, chunk_size, tuple(needs_grad))
+        loss = torch.where(valid, row_loss, 0.0).sum() / denominator
+    grads = [grad if grad is None else grad.to(tensor.dtype) for grad, tensor in zip(grads, inputs, strict=True)]
+    return loss, *[hidden_states.new_empty((0,)) if grad is None else grad for grad in grads]
+
+
+def fused_cross_entropy_fake(*inputs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    hidden_states, needs_grad = inputs[0], inputs[-1]
+    inputs = zip(inputs[:3], needs_grad, strict=True)
+    grads = [torch.empty_like(tensor) if needs else hidden_states.new_empty((0,)) for tensor, needs in inputs]
+    return hidden_states.new_empty((), dtype=torch.float32), *grads
+
+
+def fused_cross_entropy_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+    ctx.needs_grad = inputs[-1]
+    ctx.save_for_backward(*output[1:])
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)  # else the backward gets zeros the size of the weight for those outputs
+
+
+def fused_cross_entropy_backward(ctx: Any, grad_loss: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:
+    saved = zip(ctx.saved_tensors, ctx.needs_grad, strict=True)
+    return *[grad * grad_loss if needs else None for grad, needs in saved], None, None, None, None, None, None
+
+
+def register_fused_cross_entropy() -> None:
+    """`torch.ops.hf_encoders.fused_cross_entropy`, once per process (this file may be imported under two names: the
+    package's and a checkpoint's copy). A custom op rather than an `autograd.Function`, so that `torch.compile` traces
+    it whole with the number of rows dynamic: a Python loop over chunks in a traced function would specialize the
+    graph on every row count, and the labelled rows of a batch vary."""
+    if hasattr(torch.ops.hf_encoders, "fused_cross_entropy"):
+        return
+    op = torch.library.custom_op("hf_encoders::fused_cross_entropy", fused_cross_entropy, mutates_args=())
+    op.register_fake(fused_cross_entropy_fake)
+    op.register_autograd(fused_cross_entropy_backward, setup_context=fused_cross_entropy_setup)
+
+
+register_fused_cross_entropy()
+
+
+def linear_cross_entropy(
+    hidden_states: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    ignore_index: int = -100,
+    chunk_size: int = LOSS_CHUNK_ROWS,
+) -> torch.Tensor:
+    """transformers' `ForMaskedLMLoss(F.linear(hidden_states, weight, bias), labels, vocab_size, num_items_in_batch)`
+    without the (rows x vocabulary) logits: the mean cross-entropy over the labels that are not `ignore_index` (nan
+    when there are none, with zero gradients), or their sum divided by `num_items_in_batch` (as `Trainer` passes it
+    under gradient accumulation). `hidden_states` is (..., hidden), `labels` its leading shape, `weight` (vocabulary,
+    hidden). The logits are computed in autocast's dtype where autocast is on, as `F.linear` would, and the loss summed
+    in fp32; labels are not checked against the vocabulary (the models' forwards check them)."""
+    hidden_states = hidden_states.reshape(-1, hidden_states.shape[-1])
+    labels = labels.reshape(-1).to(hidden_states.device)
+    valid = labels != ignore_index
+    denominator = valid.sum() if num_items_in_batch is None else num_items_in_batch
+    denominator = torch.as_tensor(denominator, device=hidden_states.device)
+    device_type = hidden_states.device.type
+    autocast = torch.is_autocast_enabled(device_type)
+    compute_dtype = torch.get_autocast_dtype(device_type) if autocast else hidden_states.dtype
+    needs_grad = [torch.is_grad_enabled() and t is not None and t.requires_grad for t in (hidden_states, weight, bias)]
+    target = torch.where(valid, labels, 0)
+    return torch.ops.hf_encoders.fused_cross_entropy(
+        hidden_states, weight, bias, target, valid, denominator, chunk_size, compute_dtype, needs_grad
+    )[0]
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Models
 
 
@@ -1055,9 +1229,11 @@ class EncoderForMaskedLM(EncoderPreTrainedModel):
     """Masked-language-model head; its decoder matrix is tied to the input embeddings.
 
     With `config.sparse_prediction` (the default) and `labels`, a forward in training mode runs the head only on the
-    positions whose label is not -100, and `logits` has one row per such position, in order: pretraining's speed
-    (compiled too). In eval mode (`Trainer.evaluate`, metrics, pipelines) and without labels, `logits` is
-    (batch, sequence, vocab), as transformers' masked-LM models return it. The loss is the same either way."""
+    positions whose label is not -100, in order: pretraining's speed (compiled too). There, by default, the loss is
+    `linear_cross_entropy` (chunks of rows, never the (rows x vocabulary) logits) and `logits` is None, as with Liger
+    Kernel's fused loss; `skip_logits=False` returns one row of logits per labelled position instead. In eval mode
+    (`Trainer.evaluate`, metrics, pipelines) and without labels, `logits` is (batch, sequence, vocab), as
+    transformers' masked-LM models return it. The loss is the same every way."""
 
     _tied_weights_keys = {"decoder.weight": "model.embeddings.tok_embeddings.weight"}
 
@@ -1082,12 +1258,15 @@ class EncoderForMaskedLM(EncoderPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        skip_logits: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
         r"""
         labels: (batch, seq) ids of the original tokens at masked positions, -100 elsewhere. In training mode with
-            `config.sparse_prediction`, `logits` then has one row per labelled position; otherwise, and always in
-            eval mode, it is (batch, seq, vocab).
+            `config.sparse_prediction`, `logits` then has one row per labelled position (or is None, see
+            `skip_logits`); otherwise, and always in eval mode, it is (batch, seq, vocab).
+        skip_logits: compute the loss without the logits (`linear_cross_entropy`) and return `logits=None`. Default:
+            in training mode with labels. Needs labels.
         """
         check_labels = partial(check_id_bounds, vocab_size=self.config.vocab_size, name="labels")
         sparse = labels is not None and self.config.sparse_prediction and self.training
@@ -1104,9 +1283,18 @@ class EncoderForMaskedLM(EncoderPreTrainedModel):
         if sparse and layout is not None:
             hidden_states, labels = labelled_rows(hidden_states, labels, layout)
 
-        logits = self.decoder(self.head(hidden_states))
-        loss = None
-        if labels is not None:
+        if skip_logits is None:
+            skip_logits = self.training and labels is not None
+        if skip_logits and labels is None:
+            raise ValueError("skip_logits=True computes the loss without the logits: it needs `labels`.")
+        loss = logits = None
+        if skip_logits:
+            weight, bias = self.decoder.weight, self.decoder.bias
+            num_items = kwargs.get("num_items_in_batch")
+            loss = linear_cross_entropy(self.head(hidden_states), weight, bias, labels, num_items_in_batch=num_items)
+        else:
+            logits = self.decoder(self.head(hidden_states))
+        if labels is not None and logits is not None:
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
         return MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions

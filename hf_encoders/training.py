@@ -35,6 +35,7 @@ import argparse
 import atexit
 import contextlib
 import ctypes
+import inspect
 import itertools
 import json
 import logging
@@ -264,6 +265,12 @@ def logits_for_labels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     if logits.shape[:-1] == labels.shape:
         logits = logits[labelled]
     return logits, labels[labelled]
+
+
+def logits_wanted(model: PreTrainedModel) -> dict[str, bool]:
+    """The keyword arguments that make `model` return logits in training with labels: `skip_logits=False` for a
+    model whose training loss skips them (`EncoderForMaskedLM`), none for the others."""
+    return {"skip_logits": False} if "skip_logits" in inspect.signature(model.forward).parameters else {}
 
 
 def smoothed_cross_entropy(
@@ -633,7 +640,7 @@ def optimizer_step(
     for batch in window:
         with accelerator.accumulate(model):
             if config.label_smoothing:
-                logits = model(**batch, **inputs).logits
+                logits = model(**batch, **inputs, **logits_wanted(accelerator.unwrap_model(model))).logits
                 loss = smoothed_cross_entropy(
                     logits, batch["labels"], config.label_smoothing, extra.get("num_items_in_batch")
                 )

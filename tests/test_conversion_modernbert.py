@@ -101,7 +101,9 @@ def test_converted_model_gives_modernberts_outputs(theirs_class, ours_class, set
             if labels is None:
                 del inputs["labels"]
             theirs.zero_grad(), ours.zero_grad()
-            their_output, our_output = theirs(**inputs), ours(**inputs)
+            # (ours skips the logits in training by default: `skip_logits=False` returns them as ModernBERT does)
+            wanted = {"skip_logits": False} if labels is not None and ours_class is EncoderForMaskedLM else {}
+            their_output, our_output = theirs(**inputs), ours(**inputs, **wanted)
             their_main, our_main = main_output(their_output), main_output(our_output)
             if labels is not None and theirs_class is ModernBertForMaskedLM:  # compared on the labelled positions
                 # theirs: a row per labelled position with sparse_prediction; ours: in training mode only

@@ -302,7 +302,7 @@ def test_unpadded_batch_equals_the_padded_batch_and_the_packed_one(implementatio
     def run(**inputs):
         model.zero_grad()
         with torch.set_grad_enabled(backward), token_rows(model.model.layers[0].mlp) as rows:
-            out = model(**inputs)
+            out = model(**inputs, skip_logits=False)
         if backward:
             out.loss.backward()
         grads = {name: p.grad.clone() for name, p in model.named_parameters() if backward}
@@ -492,7 +492,8 @@ def test_sparse_prediction_loss_equals_dense_loss():
     labels = torch.full_like(ids, -100)
     labels[0, 2], labels[1, 0], labels[2, 1] = 11, 12, 13
     with torch.no_grad():
-        dense_out, sparse_out = dense(ids, mask, labels=labels), sparse(ids, mask, labels=labels)
+        dense_out = dense(ids, mask, labels=labels, skip_logits=False)
+        sparse_out = sparse(ids, mask, labels=labels, skip_logits=False)
     torch.testing.assert_close(sparse_out.loss, dense_out.loss)
     assert sparse_out.logits.shape == (3, dense.config.vocab_size)
     torch.testing.assert_close(sparse_out.logits, dense_out.logits[labels != -100])
@@ -508,7 +509,7 @@ def test_sparse_prediction_gives_full_logits_and_the_same_loss_in_eval_mode():
     labels = ids.masked_fill((mask == 0) | (ids % 3 == 0), -100)
     with torch.no_grad():
         evaluated = model.eval()(ids, mask, labels=labels)
-        trained = model.train()(ids, mask, labels=labels)
+        trained = model.train()(ids, mask, labels=labels, skip_logits=False)
         without_labels = model.eval()(ids, mask)
     assert evaluated.logits.shape == (*ids.shape, model.config.vocab_size)
     torch.testing.assert_close(evaluated.logits, without_labels.logits)
@@ -527,7 +528,7 @@ def test_masked_lm_loss_is_cross_entropy_over_labelled_positions(sparse_predicti
     labels = ids.masked_fill(mask == 0, -100)
     labels[0, 3] = -100
     with torch.no_grad():
-        out = model(ids, mask, labels=labels)
+        out = model(ids, mask, labels=labels, skip_logits=False)
     keep = labels != -100
     # sparse in training mode: one row of logits per labelled position, in order; else one per position
     if sparse_prediction and training:
@@ -538,6 +539,32 @@ def test_masked_lm_loss_is_cross_entropy_over_labelled_positions(sparse_predicti
     assert logits.shape == (int(keep.sum()), model.config.vocab_size)
     torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(logits, labels[keep]))
     assert EncoderConfig().sparse_prediction
+
+
+@pytest.mark.parametrize("sparse_prediction", [True, False], ids=["sparse", "dense"])
+def test_training_computes_the_loss_without_the_logits(sparse_prediction):
+    """In training mode with labels the loss is `linear_cross_entropy`'s, chunk by chunk, and `logits` is None: the
+    same loss and gradients as over the decoder's logits (`skip_logits=False`), with `num_items_in_batch` too."""
+    model = build(EncoderForMaskedLM, sparse_prediction=sparse_prediction).train()
+    ids, mask = random_batch(model.config, lengths=(12, 5, 9, 1))
+    labels = ids.masked_fill((mask == 0) | (ids % 3 == 0), -100)
+    outputs, grads = {}, {}
+    for skip_logits, num_items in ((None, None), (False, None), (None, 7), (False, 7)):
+        model.zero_grad()
+        out = model(ids, mask, labels=labels, skip_logits=skip_logits, num_items_in_batch=num_items)
+        out.loss.backward()
+        outputs[skip_logits, num_items] = out
+        grads[skip_logits, num_items] = {name: p.grad.clone() for name, p in model.named_parameters()}
+    for num_items in (None, 7):
+        fused, full = outputs[None, num_items], outputs[False, num_items]
+        assert fused.logits is None and full.logits is not None
+        torch.testing.assert_close(fused.loss, full.loss)
+        for name, grad in grads[None, num_items].items():
+            torch.testing.assert_close(grad, grads[False, num_items][name], atol=1e-6, rtol=1e-5, msg=name)
+    assert not torch.allclose(outputs[None, None].loss, outputs[None, 7].loss)
+    assert model.eval()(ids, mask, labels=labels).logits.shape == (*ids.shape, model.config.vocab_size)
+    with pytest.raises(ValueError, match="skip_logits=True .* needs `labels`"):
+        model(ids, mask, skip_logits=True)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -184,8 +184,8 @@ def test_trainer_evaluates_the_masked_lm_as_run_mlm_does(tokenizer, tmp_path):
         batches.append((model.training, {key: value.clone() for key, value in batch.items()}))
         return batch
 
-    decoder_rows = []
-    model.decoder.register_forward_hook(lambda _, args, output: decoder_rows.append(tuple(args[0].shape[:-1])))
+    decoder_rows = []  # the rows the head transforms before the decoder (in training, the loss reads the decoder's weight)
+    model.head.register_forward_hook(lambda _, args, output: decoder_rows.append(tuple(args[0].shape[:-1])))
     trainer_args = arguments(
         tmp_path / "run",
         max_steps=3,
