@@ -1287,15 +1287,15 @@ class EncoderForMaskedLM(EncoderPreTrainedModel):
             skip_logits = self.training and labels is not None
         if skip_logits and labels is None:
             raise ValueError("skip_logits=True computes the loss without the logits: it needs `labels`.")
+        hidden_states = self.head(hidden_states)
         loss = logits = None
         if skip_logits:
-            weight, bias = self.decoder.weight, self.decoder.bias
-            num_items = kwargs.get("num_items_in_batch")
-            loss = linear_cross_entropy(self.head(hidden_states), weight, bias, labels, num_items_in_batch=num_items)
+            weight, bias, num_items = self.decoder.weight, self.decoder.bias, kwargs.get("num_items_in_batch")
+            loss = linear_cross_entropy(hidden_states, weight, bias, labels, num_items_in_batch=num_items)
         else:
-            logits = self.decoder(self.head(hidden_states))
-        if labels is not None and logits is not None:
-            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+            logits = self.decoder(hidden_states)
+            if labels is not None:
+                loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
         return MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
