@@ -640,7 +640,9 @@ def optimizer_step(
     for batch in window:
         with accelerator.accumulate(model):
             if config.label_smoothing:
-                logits = model(**batch, **inputs, **logits_wanted(accelerator.unwrap_model(model))).logits
+                logits = model(
+                    **batch, **inputs, **logits_wanted(accelerator.unwrap_model(model, keep_torch_compile=False))
+                ).logits
                 loss = smoothed_cross_entropy(
                     logits, batch["labels"], config.label_smoothing, extra.get("num_items_in_batch")
                 )

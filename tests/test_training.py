@@ -281,10 +281,12 @@ def test_bf16_on_cpu_trains_and_the_export_loads(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_compiled_run_trains_as_the_eager_one(tmp_path):
+@pytest.mark.parametrize("label_smoothing", ["0", "0.1"])
+def test_a_compiled_run_trains_as_the_eager_one(label_smoothing, tmp_path):
     """`--torch_compile` (dynamo's aot_eager backend here: inductor's code generation is the benchmarks' business)
-    gives the eager run's losses, and its export loads without the compiled wrapper's `_orig_mod.` prefixes."""
-    flags = ["--per_device_batch_size", "8", "--max_steps", "3"]
+    gives the eager run's losses, and its export loads without the compiled wrapper's `_orig_mod.` prefixes. With
+    label smoothing the loop asks the compiled model for its logits (`skip_logits=False` through the wrapper)."""
+    flags = ["--per_device_batch_size", "8", "--max_steps", "3", "--label_smoothing", label_smoothing]
     run_job(tmp_path / "eager", *flags)
     run_job(tmp_path / "compiled", *flags, "--torch_compile", "--torch_compile_backend", "aot_eager")
     eager, compiled = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
