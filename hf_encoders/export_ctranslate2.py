@@ -5,14 +5,15 @@ ctranslate2` and `hf-encoders translate EXPORT_DIR`).
 The converter is written on `ctranslate2.specs`, as CTranslate2's own converters for transformers models are: a
 `TransformerSpec` whose options say what our layers do (pre-norm, the norm after the embeddings, rotary or learned
 positions, the gated MLP and its activation, no embedding scaling), filled with our weights. The export folder also
-holds the tokenizer and `export.json`; `ctranslate2.Translator(folder)` runs it, with the target language's tag as
-`target_prefix`:
+holds the tokenizer and `export.json`; `CTranslate2Model(folder).translate(sentences, "en")` serves it (loaded once,
+one thread per translation, as many translations at once as there are CPUs), or `ctranslate2.Translator(folder)` with
+the target language's tag as `target_prefix`:
 
     import ctranslate2
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained("model/ctranslate2")
-    translator = ctranslate2.Translator("model/ctranslate2", device="cpu", intra_threads=2)
+    translator = ctranslate2.Translator("model/ctranslate2", device="cpu", intra_threads=1, inter_threads=2)
     source = tokenizer.convert_ids_to_tokens(tokenizer("Ein Hund rennt.")["input_ids"])
     result = translator.translate_batch([source], target_prefix=[["<2en>"]], beam_size=4)
     print(tokenizer.decode(tokenizer.convert_tokens_to_ids(result[0].hypotheses[0]), skip_special_tokens=True))
@@ -21,6 +22,7 @@ What CTranslate2 cannot express is refused by name (`check_convertible`), never 
 """
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,7 +40,6 @@ from .tokenization import language_tag
 from .translation import (
     OverlongSourceError,
     decoding,
-    overlong_sources,
     tagged_languages,
     target_language_start,
     warn_direction,
@@ -232,6 +233,104 @@ def check_budget(max_new_tokens: int, info: dict) -> None:
         raise ValueError(f"max_new_tokens={max_new_tokens}: the decoder takes at most {limit - 1} new tokens.")
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity), else the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class CTranslate2Model:
+    """A CTranslate2 export loaded once for serving: its `ctranslate2.Translator`, its tokenizer and its export.json.
+    `translate` then costs the translation alone, request after request (`translate_ctranslate2` loads all three on
+    every call, which a server answering one sentence per call must not pay).
+
+    Threads: each translation (a batch) runs on `intra_threads` threads (1 by default), and `threads // intra_threads`
+    of them run at once (CTranslate2's `inter_threads`: parallel requests, or the batches of one long call, which share
+    the weights); `threads` 0 is the CPUs this process may use. On 2 CPUs one thread per translation was 5.5x faster at
+    batch 1 (8x with 4 beams) than one translation on both (benchmarks/RESULTS.md#serving): a small model's per-step
+    work is too short to split. `compute_type` as `ctranslate2.Translator` takes it ("default": the export's
+    quantization)."""
+
+    def __init__(
+        self,
+        folder: str | Path,
+        threads: int = 0,
+        intra_threads: int = 1,
+        compute_type: str = "default",
+        translator: "ctranslate2.Translator | None" = None,
+    ):
+        self.folder = Path(folder)
+        self.info = json.loads((self.folder / EXPORT_INFO).read_text())
+        self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        inter_threads = max(1, (threads or available_cpus()) // intra_threads)
+        self.translator = translator or ctranslate2.Translator(
+            str(self.folder),
+            device="cpu",
+            compute_type=compute_type,
+            intra_threads=intra_threads,
+            inter_threads=inter_threads,
+        )
+        self.generation_config = GenerationConfig(**self.info.get("generation", {}))
+        self.prefixes: dict[str, list[str] | None] = {}
+
+    def translate(
+        self,
+        sources: list[str],
+        target_language: str,
+        batch_size: int = 32,
+        num_beams: int | None = None,
+        max_new_tokens: int | None = None,
+        length_penalty: float | None = None,
+        max_source_length: int | None = None,
+    ) -> list[str]:
+        """Translate `sources`, as `translation.translate` does with `generate` (same tokens in, same target tag, same
+        beams and lengths, taken from the exported model's generation config when not given; an empty source
+        translates to an empty string). A source longer than the model's positions is an `OverlongSourceError`
+        unless `max_source_length` cuts the sources to that many tokens."""
+        warn_direction(
+            SimpleNamespace(translation_directions=self.info.get("translation_directions")), target_language
+        )
+        given = [i for i, source in enumerate(sources) if source.strip()]
+        encoded = self.encode([sources[i] for i in given], given, max_source_length)
+        options = decoding(self.generation_config, num_beams, length_penalty, max_new_tokens)
+        check_budget(options["max_new_tokens"], self.info)
+        if target_language not in self.prefixes:
+            self.prefixes[target_language] = target_prefix(self.tokenizer, target_language)
+        prefix = self.prefixes[target_language]
+        results = self.translator.translate_batch(
+            [self.tokenizer.convert_ids_to_tokens(ids) for ids in encoded],
+            target_prefix=[prefix] * len(given) if prefix else None,
+            beam_size=options["num_beams"],
+            length_penalty=1.0 if options["length_penalty"] is None else options["length_penalty"],
+            max_decoding_length=options["max_new_tokens"],
+            max_input_length=0,  # (CTranslate2 would cut longer sources silently; they were refused or cut above)
+            max_batch_size=self.batch_size(len(given), batch_size),
+            batch_type="examples",
+        )
+        outputs = [self.tokenizer.convert_tokens_to_ids(result.hypotheses[0]) for result in results]
+        hypotheses = [""] * len(sources)
+        for i, text in zip(given, self.tokenizer.batch_decode(outputs, skip_special_tokens=True), strict=True):
+            hypotheses[i] = text.strip()
+        return hypotheses
+
+    def batch_size(self, count: int, batch_size: int) -> int:
+        """At most `batch_size` sources per batch, and few enough that one call's `count` sources keep every
+        translator that runs at once busy (8 sources on 2 translators: two batches of 4, side by side)."""
+        return max(1, min(batch_size, -(-count // self.translator.num_translators)))
+
+    def encode(self, texts: list[str], indices: list[int], max_source_length: int | None) -> list[list[int]]:
+        """The token ids of `texts` (at `indices` of the caller's sources), tokenized once: cut to
+        `max_source_length` when given, else an `OverlongSourceError` for those beyond the model's positions."""
+        if not texts:
+            return []
+        if max_source_length:
+            return self.tokenizer(texts, truncation=True, max_length=max_source_length)["input_ids"]
+        encoded = self.tokenizer(texts)["input_ids"]
+        limit = self.info["max_position_embeddings"]
+        if overlong := {indices[n]: len(ids) for n, ids in enumerate(encoded) if len(ids) > limit}:
+            raise OverlongSourceError(overlong, limit)
+        return encoded
+
+
 def translate_ctranslate2(
     folder: str | Path,
     sources: list[str],
@@ -248,36 +347,22 @@ def translate_ctranslate2(
     (same tokens in, same target tag, same beams and lengths, taken from the exported model's generation config when
     not given; an empty source translates to an empty string). Its beam search ends when `num_beams` hypotheses are
     finished, as `generate(..., early_stopping=True)` does: with that setting the tokens are ours. `translator`
-    reuses a loaded one. A source longer than the model's positions is an `OverlongSourceError`, as ours refuses it,
-    unless `max_source_length` cuts the sources to that many tokens."""
-    info = json.loads((Path(folder) / EXPORT_INFO).read_text())
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    warn_direction(SimpleNamespace(translation_directions=info.get("translation_directions")), target_language)
-    limit = info["max_position_embeddings"]
-    if max_source_length is None and (overlong := overlong_sources(tokenizer, sources, limit)):
-        raise OverlongSourceError(overlong, limit)
-    options = decoding(GenerationConfig(**info.get("generation", {})), num_beams, length_penalty, max_new_tokens)
-    check_budget(options["max_new_tokens"], info)
-    given = [i for i, source in enumerate(sources) if source.strip()]
-    truncation = {"truncation": True, "max_length": max_source_length} if max_source_length else {}
-    encoded = tokenizer([sources[i] for i in given], **truncation)["input_ids"] if given else []
-    translator = translator or ctranslate2.Translator(str(folder), device="cpu", intra_threads=threads)
-    prefix = target_prefix(tokenizer, target_language)
-    results = translator.translate_batch(
-        [tokenizer.convert_ids_to_tokens(ids) for ids in encoded],
-        target_prefix=[prefix] * len(given) if prefix else None,
-        beam_size=options["num_beams"],
-        length_penalty=options["length_penalty"],
-        max_decoding_length=options["max_new_tokens"],
-        max_input_length=0,  # (CTranslate2 would cut longer sources silently; they were refused or cut above)
-        max_batch_size=batch_size,
-        batch_type="examples",
+    reuses a loaded one; else `threads` CPUs serve it as `CTranslate2Model` does (0: all this process may use, one
+    thread per batch). A source longer than the model's positions is an `OverlongSourceError`, as ours refuses it,
+    unless `max_source_length` cuts the sources to that many tokens.
+
+    This loads the export (tokenizer, export.json and, without `translator`, the model) on every call: to translate
+    request after request, load it once as `CTranslate2Model(folder)` and call its `translate`."""
+    served = CTranslate2Model(folder, threads=threads, translator=translator)
+    return served.translate(
+        sources, target_language, batch_size, num_beams, max_new_tokens, length_penalty, max_source_length
     )
-    outputs = [tokenizer.convert_tokens_to_ids(result.hypotheses[0]) for result in results]
-    hypotheses = [""] * len(sources)
-    for i, text in zip(given, tokenizer.batch_decode(outputs, skip_special_tokens=True), strict=True):
-        hypotheses[i] = text.strip()
-    return hypotheses
 
 
-__all__ = ["convert_to_ctranslate2", "translate_ctranslate2", "check_convertible", "is_ctranslate2_export"]
+__all__ = [
+    "convert_to_ctranslate2",
+    "CTranslate2Model",
+    "translate_ctranslate2",
+    "check_convertible",
+    "is_ctranslate2_export",
+]

@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +195,9 @@ def check_attention_mask(
 UNPAD_MIN_PADDING = 0.05
 UNPAD_MIN_PADDING_INFERENCE = 0.1
 UNPAD_MIN_PADDING_TOKENS = 16
+# SDPA on each sequence of a padding-free batch alone (CPU, global layers) where its sequences hold this many tokens on
+# average: shorter ones cost more in kernel calls than the grid's padding does (benchmarks/RESULTS.md, "Attention")
+EACH_SEQUENCE_MIN_MEAN_TOKENS = 32
 
 
 def unpadding_pays(padding: int, positions: int, gradients: bool) -> bool:
@@ -210,7 +213,8 @@ class PackedBatch:
 
     Token-wise work (projections, MLP, norms) runs on the `total` real tokens only. Attention kernels without a
     variable-length mode (eager, sdpa, flex) see the sequences re-padded into a `padding_mask`-shaped grid with
-    `pad`, and their output comes back with `unpad`; flash attention reads `cu_seq_lens` directly. A padded batch
+    `pad`, and their output comes back with `unpad`; flash attention reads `cu_seq_lens` directly, and SDPA on the CPU
+    runs on each sequence alone where that pays (`EncoderAttention.attends_each_sequence`). A padded batch
     unpadded inside the model re-pads into its own (batch_size, sequence_length) grid and attention mask.
     """
 
@@ -260,6 +264,11 @@ class PackedBatch:
     @property
     def num_sequences(self) -> int:
         return self.padding_mask.shape[0]
+
+    @cached_property
+    def lengths(self) -> list[int]:
+        """Each sequence's token count, read on the host once per batch (only on the CPU, where no device waits)."""
+        return self.cu_seq_lens.diff().tolist()
 
     def mask_arguments(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Stand-ins for `inputs_embeds` (only its shape, dtype and device are read) and the 2D `attention_mask`
@@ -646,7 +655,24 @@ class EncoderAttention(nn.Module):
         return self.config.sliding_window + 1 if local else None
 
     def repads(self, packed: PackedBatch | None) -> bool:
-        return packed is not None and not (self.packed_rows_for_flash and is_flash_attention_requested(self.config))
+        if packed is None or (self.packed_rows_for_flash and is_flash_attention_requested(self.config)):
+            return False
+        return not self.attends_each_sequence(packed)
+
+    def attends_each_sequence(self, packed: PackedBatch) -> bool:
+        """Whether SDPA runs on each sequence of the padding-free batch alone, without a mask, instead of on the
+        re-padded grid: none of its work is then padding (on the CPU, 1.5x the grid's attention in training at
+        128-256 tokens, 2.4x on a pipeline's batches of 16-256; benchmarks/RESULTS.md). On the CPU, on global layers
+        of the bidirectional attention, in eager PyTorch (a compiled graph keeps the grid, whose sizes are dynamic),
+        where the sequences hold `EACH_SEQUENCE_MIN_MEAN_TOKENS` tokens on average."""
+        return (
+            self.config._attn_implementation == "sdpa"
+            and not self.is_causal
+            and self.sliding_window is None
+            and packed.cu_seq_lens.device.type == "cpu"
+            and not is_torchdynamo_compiling()
+            and packed.index.numel() >= EACH_SEQUENCE_MIN_MEAN_TOKENS * packed.num_sequences
+        )
 
     def project(
         self,
@@ -674,6 +700,10 @@ class EncoderAttention(nn.Module):
         packed: PackedBatch | None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if packed is not None and self.attends_each_sequence(packed):
+            pieces = zip(*(tensor.split(packed.lengths, dim=2) for tensor in (query, key, value)), strict=True)
+            outputs = [run_attention(self, *piece, None, **kwargs)[0] for piece in pieces]
+            return self.o_proj(torch.cat(outputs, dim=1).reshape(*input_shape, -1)), None
         attn_output, attn_weights = run_attention(
             self, query, key, value, attention_mask, sliding_window=self.sliding_window, **kwargs
         )

@@ -15,7 +15,12 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 from hf_encoders import Seq2SeqConfig, Seq2SeqForConditionalGeneration, Seq2SeqVAEConfig
 from hf_encoders.cards import build_model_card
 from hf_encoders.cli import main as cli
-from hf_encoders.export_ctranslate2 import check_convertible, convert_to_ctranslate2, translate_ctranslate2
+from hf_encoders.export_ctranslate2 import (
+    CTranslate2Model,
+    check_convertible,
+    convert_to_ctranslate2,
+    translate_ctranslate2,
+)
 from hf_encoders.hub import upload_plan
 from hf_encoders.translation import score_translations, target_language_start
 
@@ -121,6 +126,21 @@ def test_int8_keeps_the_test_models_bleu(translation_run, handful, tmp_path):
     assert len(changed) <= 1, changed
 
 
+def test_a_loaded_export_serves_request_after_request(translation_run, handful, tmp_path):
+    """`CTranslate2Model`: loaded once, as many translations at once as it is given threads (one thread each); one
+    request per sentence translates as one call with every sentence does, and as `translate_ctranslate2` does."""
+    export = convert_to_ctranslate2(translation_run[0] / "best", tmp_path / "ct2")
+    served = CTranslate2Model(export, threads=2)
+    assert served.translator.num_translators == 2 and served.translator.compute_type == "float32"
+    assert CTranslate2Model(export, threads=2, intra_threads=2).translator.num_translators == 1
+    assert [served.batch_size(count, 32) for count in (1, 5, 64, 100)] == [1, 3, 32, 32]  # 2 translators busy
+    sources = [*handful_and_unseen(handful, count=4)[1], ""]
+    together = served.translate(sources, "en", num_beams=4)
+    assert together[-1] == "" and all(together[:-1])
+    assert [served.translate([source], "en", num_beams=4)[0] for source in sources] == together
+    assert translate_ctranslate2(export, sources, "en", num_beams=4, translator=served.translator) == together
+
+
 @pytest.mark.parametrize(
     "config, named",
     [
@@ -160,3 +180,29 @@ def test_export_translate_card_and_push_from_the_command_line(translation_run, h
     assert "## Serving" in card and "ctranslate2.Translator(folder" in card and "- ctranslate2" in card
     assert "target_prefix=[['<2en>']]" in card
     assert cli(["export", str(run / "best"), "--format", "ctranslate2", "--quantize"]) == 2
+
+
+def test_the_serving_benchmark_times_an_engine_in_a_process_of_its_own(translation_run, handful, tmp_path):
+    """benchmarks/bench_serving_cpu.py's child: one engine, pinned to the CPUs it is given, every setting timed once,
+    translating as the library does in this process; and the speed-ups it reports, with their range over rounds."""
+    from benchmarks.bench_serving_cpu import run_process, speedups
+
+    export = convert_to_ctranslate2(translation_run[0] / "best", tmp_path / "ct2")
+    sources = handful_and_unseen(handful, count=4)[1]
+    (tmp_path / "sources.json").write_text(json.dumps(sources))
+    spec = {"name": "ours CTranslate2 float32", "engine": "ctranslate2", "folder": str(export), "threads": 1}
+    spec |= {"settings": [[2, 1, 4], [1, 4, 2]], "sources": str(tmp_path / "sources.json"), "tgt": "en"}
+    result, report = run_process(spec | {"max_new_tokens": 40}, tmp_path)
+    assert len(result["cpus"]) == 1 and result["load_s"] > 0
+    served = CTranslate2Model(export)
+    for timing, (batch_size, beams, count) in zip(result["timings"], spec["settings"], strict=True):
+        assert (timing["batch_size"], timing["num_beams"]) == (batch_size, beams) and timing["seconds"] > 0
+        assert timing["hypotheses"] == served.translate(sources[:count], "en", batch_size, beams, 40)
+    assert "- Selected compute type: float32" in report
+    figures = [
+        {"row": "a", "batch_size": 32, "num_beams": 1, "sentences_per_s": {"median": 30, "min": 20, "max": 40}},
+        {"row": "b", "batch_size": 32, "num_beams": 1, "sentences_per_s": {"median": 10, "min": 5, "max": 20}},
+    ]
+    assert speedups(figures, "a", "b") == [
+        {"of": "a", "over": "b", "batch_size": 32, "num_beams": 1, "median": 3.0, "min": 1.0, "max": 8.0}
+    ]

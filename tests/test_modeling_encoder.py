@@ -11,6 +11,7 @@ from hf_encoders import (
     EncoderForTokenClassification,
     EncoderModel,
 )
+from hf_encoders.modeling_encoder import EncoderAttention
 
 ALL_MODEL_CLASSES = [EncoderModel, EncoderForMaskedLM, EncoderForSequenceClassification, EncoderForTokenClassification]
 ARCHITECTURES = {
@@ -331,6 +332,52 @@ def test_unpadded_batch_equals_the_padded_batch_and_the_packed_one(implementatio
             model.config.unpadding = False
             torch.testing.assert_close(pooled, model.model(ids, mask, position_ids).pooler_output, **tolerance)
             torch.testing.assert_close(pooled, model.model(flat, position_ids=positions).pooler_output, **tolerance)
+
+
+@pytest.mark.parametrize("architecture", ["modernbert-like", "bert-like"])
+def test_sdpa_on_each_sequence_equals_the_grid(architecture, monkeypatch):
+    """On the CPU, the global layers of a padding-free batch whose sequences are long enough on average run SDPA on
+    each sequence alone (local layers keep the re-padded grid): logits, loss, gradients and pooled embeddings equal
+    those of the grid, from a padded batch and from padding-free rows. Short sequences keep the grid."""
+    overrides = dict(attn_implementation="sdpa", sparse_prediction=False, **ARCHITECTURES[architecture])
+    model = build(EncoderForMaskedLM, **overrides)
+    global_layers = {i for i, layer in enumerate(model.model.layers) if layer.attention_type == "full_attention"}
+    each_sequence, taken = EncoderAttention.attends_each_sequence, set()
+
+    def decide(grid: bool):
+        def attends_each_sequence(self, packed) -> bool:
+            if each_sequence(self, packed):
+                taken.add(self.layer_idx)
+                return not grid
+            return False
+
+        return attends_each_sequence
+
+    def run(grid: bool, **inputs):
+        model.zero_grad()
+        taken.clear()
+        monkeypatch.setattr(EncoderAttention, "attends_each_sequence", decide(grid))
+        out = model.train()(**inputs, skip_logits=False)
+        out.loss.backward()
+        pooled = model.eval().model(**{k: v for k, v in inputs.items() if k != "labels"}).pooler_output
+        return out, {name: p.grad.clone() for name, p in model.named_parameters()}, pooled
+
+    ids, mask = random_batch(model.config, lengths=(60, 33, 47, 40))
+    flat, positions, lengths = pack(ids, mask)
+    labels = ids.masked_fill((mask == 0) | (ids % 3 == 0), -100)
+    padded = dict(input_ids=ids, attention_mask=mask, labels=labels)
+    for inputs in (padded, dict(input_ids=flat, position_ids=positions, labels=unpad(labels, lengths))):
+        each, each_grads, each_pooled = run(grid=False, **inputs)
+        assert taken == global_layers
+        grid, grid_grads, grid_pooled = run(grid=True, **inputs)
+        torch.testing.assert_close(each.logits, grid.logits, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(each.loss, grid.loss, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(each_pooled, grid_pooled, atol=1e-5, rtol=1e-4)
+        for name, grad in each_grads.items():
+            torch.testing.assert_close(grad, grid_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+    ids, mask = random_batch(model.config, lengths=(12, 5, 9, 1))  # 27 tokens in 4 sequences: the grid
+    run(grid=False, input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
+    assert not taken
 
 
 @pytest.mark.parametrize(
