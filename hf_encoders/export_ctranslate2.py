@@ -40,6 +40,7 @@ from .tokenization import language_tag
 from .translation import (
     OverlongSourceError,
     decoding,
+    overlong_sources,
     tagged_languages,
     target_language_start,
     warn_direction,
@@ -290,7 +291,7 @@ class CTranslate2Model:
             SimpleNamespace(translation_directions=self.info.get("translation_directions")), target_language
         )
         given = [i for i, source in enumerate(sources) if source.strip()]
-        encoded = self.encode([sources[i] for i in given], given, max_source_length)
+        encoded = self.encode(sources, given, max_source_length)
         options = decoding(self.generation_config, num_beams, length_penalty, max_new_tokens)
         check_budget(options["max_new_tokens"], self.info)
         if target_language not in self.prefixes:
@@ -317,18 +318,14 @@ class CTranslate2Model:
         translator that runs at once busy (8 sources on 2 translators: two batches of 4, side by side)."""
         return max(1, min(batch_size, -(-count // self.translator.num_translators)))
 
-    def encode(self, texts: list[str], indices: list[int], max_source_length: int | None) -> list[list[int]]:
-        """The token ids of `texts` (at `indices` of the caller's sources), tokenized once: cut to
-        `max_source_length` when given, else an `OverlongSourceError` for those beyond the model's positions."""
-        if not texts:
-            return []
-        if max_source_length:
-            return self.tokenizer(texts, truncation=True, max_length=max_source_length)["input_ids"]
-        encoded = self.tokenizer(texts)["input_ids"]
+    def encode(self, sources: list[str], given: list[int], max_source_length: int | None) -> list[list[int]]:
+        """The token ids of the sources at `given` (the non-empty ones): cut to `max_source_length` when given, else
+        an `OverlongSourceError` for any source beyond the model's positions, as `translation.translate` does."""
         limit = self.info["max_position_embeddings"]
-        if overlong := {indices[n]: len(ids) for n, ids in enumerate(encoded) if len(ids) > limit}:
+        if max_source_length is None and (overlong := overlong_sources(self.tokenizer, sources, limit)):
             raise OverlongSourceError(overlong, limit)
-        return encoded
+        truncation = {"truncation": True, "max_length": max_source_length} if max_source_length else {}
+        return self.tokenizer([sources[i] for i in given], **truncation)["input_ids"] if given else []
 
 
 def translate_ctranslate2(
