@@ -249,7 +249,8 @@ class CTranslate2Model:
     the weights); `threads` 0 is the CPUs this process may use. On 2 CPUs one thread per translation was 5.5x faster at
     batch 1 (8x with 4 beams) than one translation on both (benchmarks/RESULTS.md#serving): a small model's per-step
     work is too short to split. `compute_type` as `ctranslate2.Translator` takes it ("default": the export's
-    quantization)."""
+    quantization). Serve it in a process of its own: after CTranslate2 ran with one thread per translation, torch's
+    compiled flex attention on the CPU aborted the process (torch 2.13, ctranslate2 4.8.5)."""
 
     def __init__(
         self,
