@@ -295,6 +295,8 @@ class CTranslate2Model:
         encoded = self.encode(sources, given, max_source_length)
         options = decoding(self.generation_config, num_beams, length_penalty, max_new_tokens)
         check_budget(options["max_new_tokens"], self.info)
+        if not given:  # (an empty batch_decode reads as one empty sequence on older transformers)
+            return [""] * len(sources)
         if target_language not in self.prefixes:
             self.prefixes[target_language] = target_prefix(self.tokenizer, target_language)
         prefix = self.prefixes[target_language]
