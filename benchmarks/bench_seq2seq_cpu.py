@@ -17,6 +17,10 @@ step compiled whole by torch.compile (inductor; transformers' beam search runs i
 caches); sources are then padded to `--max-length` so that one compilation serves every batch, and the compilation
 happens (and is timed, and its graphs counted) in the warm-up.
 
+Beside the throughput, each model's eager `generate` is timed once more per mode with hooks that split a step:
+the model's forward (its decoder layers, its LM head, the rest of it: embeddings, masks, positions) and what
+`generate` does around it (inputs, logits processors, the choice of tokens, stopping), in milliseconds per step.
+
     python benchmarks/bench_seq2seq_cpu.py --output benchmarks/results/seq2seq_cpu.json
 """
 
@@ -198,6 +202,52 @@ def generate_seconds(
     return seconds
 
 
+class StepTimer:
+    """Wall time spent inside modules while it is entered, summed per part: forward hooks on the model, its decoder
+    layers (time in the first layer's call to the last's return) and its output projection."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.parts = {"forward": [model], "decoder layers": list(model.get_decoder().layers)}
+        self.parts["LM head"] = [model.get_output_embeddings()]
+        self.seconds = dict.fromkeys(self.parts, 0.0)
+        self.started: dict[str, float] = {}
+
+    def __enter__(self) -> "StepTimer":
+        self.handles = []
+        for part, modules in self.parts.items():
+            self.handles.append(modules[0].register_forward_pre_hook(lambda *_, p=part: self.start(p)))
+            self.handles.append(modules[-1].register_forward_hook(lambda *_, p=part: self.stop(p)))
+        return self
+
+    def start(self, part: str) -> None:
+        self.started[part] = time.perf_counter()
+
+    def stop(self, part: str) -> None:
+        self.seconds[part] += time.perf_counter() - self.started.pop(part)
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def step_breakdown(model: torch.nn.Module, batch: dict, beams: int, new_tokens: int) -> dict[str, float]:
+    """Milliseconds per decoding step of one `generate` call (the encoder's one run included in "generate's own")."""
+    timer = StepTimer(model)
+    with timer:
+        seconds = generate_seconds(model, [batch], beams, new_tokens)
+    steps = 1000 / new_tokens
+    forward = timer.seconds["forward"]
+    layers, head = timer.seconds["decoder layers"], timer.seconds["LM head"]
+    return {
+        "step": seconds * steps,
+        "decoder layers": layers * steps,
+        "LM head": head * steps,
+        "rest of the forward": (forward - layers - head) * steps,
+        "generate's own": (seconds - forward) * steps,
+    }
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -234,6 +284,15 @@ def main() -> None:
             summary = "  ".join(f"{mode}: {figures[mode][name][-1]:7.1f}" for mode in modes)
             print(f"round {round_index + 1}/{args.rounds}  {name:<58} {summary}", flush=True)
 
+    breakdown = {}  # after the timed rounds (hooks cost a little); eagerly only (a compiled step is one graph)
+    for mode, beams in zip(modes[1:], args.beams, strict=True) if not args.compile else ():
+        breakdown[mode] = {
+            name: step_breakdown(model, generation[0], beams, args.new_tokens) for name, (model, _) in models.items()
+        }
+        print(f"\n{mode}: milliseconds per decoding step")
+        for name, parts in breakdown[mode].items():
+            print(f"{name:<58} " + "  ".join(f"{part} {value:6.2f}" for part, value in parts.items()))
+
     ours = next(iter(models))
     median = {
         mode: {name: statistics.median(v) for name, v in per_model.items()} for mode, per_model in figures.items()
@@ -253,6 +312,7 @@ def main() -> None:
                 "warm_up_generation_seconds": compile_seconds,  # with --compile: mostly compilation
                 "compiled_graphs": compiled_graphs,
                 "per_round": figures,
+                "milliseconds_per_step": breakdown,
                 "speedup_of_ours": {
                     mode: {name: median[mode][ours] / value for name, value in per_model.items()}
                     for mode, per_model in median.items()

@@ -93,6 +93,12 @@ def test_seq2seq_benchmark_runs_and_records_its_figures(tmp_path, compiled):
     assert all((graphs > 0) == bool(compiled) for graphs in result["compiled_graphs"].values())  # every model's
     ours = next(iter(result["parameters"]))
     assert ours.endswith("(gelu, 2+1 layers)") == (not compiled)
+    assert len(result["milliseconds_per_step"]) == (0 if compiled else 2)  # eagerly only: greedy and beam 4
+    for per_model in result["milliseconds_per_step"].values():  # the parts of a step add up to it
+        assert len(per_model) == count
+        for parts in per_model.values():
+            assert min(parts.values()) > 0
+            assert sum(parts.values()) - parts["step"] == pytest.approx(parts["step"])
 
 
 def test_attention_benchmark_candidates_give_todays_outputs(tmp_path):
