@@ -332,7 +332,7 @@ def architecture_rows(config: dict, parameters: int) -> list[tuple[str, str]]:
         "global_attn_every_n_layers": "global attention every",
         "vocab_size": "vocabulary",
         "tie_word_embeddings": "tied embeddings",
-        # MarianMTModel and BertForMaskedLM, trained by the same scripts
+        # MarianMTModel and BertForMaskedLM, trained by the same scripts (ModernBertForMaskedLM has our names)
         "d_model": "hidden size",
         "encoder_layers": "encoder layers",
         "decoder_layers": "decoder layers",
@@ -341,7 +341,12 @@ def architecture_rows(config: dict, parameters: int) -> list[tuple[str, str]]:
         "activation_function": "MLP activation",
         "hidden_act": "MLP activation",
     }
-    return rows + [(name, f"{config[key]}") for key, name in names.items() if config.get(key) is not None]
+    shown = {key: config[key] for key in names if config.get(key) is not None}
+    if config.get("model_type") == "modernbert":  # trained by the same scripts, for comparison
+        shown["hidden_activation"] = f"{shown['hidden_activation']} (gated: ModernBERT's MLP is a GLU)"
+        if "sliding_attention" not in config.get("layer_types", []):  # (it keeps a window when no layer uses it)
+            shown.pop("local_attention", None)
+    return rows + [(names[key], f"{value}") for key, value in shown.items()]
 
 
 def hardware(settings: dict) -> str:

@@ -7,10 +7,11 @@ import pytest
 import torch
 from accelerate import Accelerator
 from conftest import CONFIGS, run_script
-from transformers import AutoModelForMaskedLM, AutoTokenizer, BertForMaskedLM, pipeline
+from transformers import AutoModelForMaskedLM, AutoTokenizer, BertForMaskedLM, ModernBertForMaskedLM, pipeline
 
 from hf_encoders import load_text_dataset, pack_for_mlm
-from hf_encoders.cards import build_model_card
+from hf_encoders.baselines import modernbert_for_masked_lm
+from hf_encoders.cards import architecture_rows, build_model_card
 from hf_encoders.tasks.masked_lm import train as pretrain_mlm  # what training/pretrain_mlm.py runs
 from hf_encoders.tasks.masked_lm.evaluation import evaluate_masked_lm
 
@@ -95,8 +96,85 @@ def test_bert_pretrains_through_the_same_script_for_side_by_side_runs(mlm_run, m
     assert "`BertForMaskedLM`" in card.text and "| MLP activation | gelu |" in card.text
 
 
+def test_modernbert_pretrains_through_the_same_script_with_our_settings(mlm_run, mlm_corpus, tmp_path):
+    """`--architecture modernbert`: ModernBertForMaskedLM of our settings (width, depth, heads, GeGLU width, the
+    local/global layer pattern and its window, RoPE): as many parameters as ours of the same settings, its sparse head,
+    one padded row per document."""
+    output = tmp_path / "modernbert"
+    flags = ["--config", str(CONFIGS / "mlm_tiny.yaml"), "--tokenizer", str(mlm_run / "final")]
+    flags += [
+        "--train_data",
+        str(mlm_corpus),
+        "--train_split",
+        "train",
+        "--eval_data",
+        f"corpus={mlm_corpus}:validation",
+    ]
+    flags += ["--block_size", "64", "--max_steps", "3", "--eval_every", "3", "--num_proc", "1"]
+    flags += ["--best_metric", "corpus/loss", "--num_hidden_layers", "3", "--hidden_activation", "geglu"]
+    run_script(
+        "pretrain_mlm.py",
+        *flags,
+        "--architecture",
+        "modernbert",
+        "--local_attention",
+        "16",
+        "--global_attn_every_n_layers",
+        "2",
+        "--output_dir",
+        str(output),
+    )
+    results = json.loads((output / "results.json").read_text())
+    assert (
+        results["steps"] == 3
+        and json.loads((output / "config.json").read_text())["model"]["architecture"] == "modernbert"
+    )
+    model = AutoModelForMaskedLM.from_pretrained(output / "final")
+    assert isinstance(model, ModernBertForMaskedLM) and model.config.sparse_prediction
+    assert model.config.layer_types == ["full_attention", "sliding_attention", "full_attention"]
+    assert model.config.local_attention == 16 and model.config.hidden_activation == "gelu"  # (ModernBERT's GeGLU)
+    tokenizer = AutoTokenizer.from_pretrained(output / "final")
+    ours = pretrain_mlm.build_model(
+        pretrain_mlm.ModelArguments(
+            hidden_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=128,
+            hidden_activation="geglu",
+            max_position_embeddings=128,
+            local_attention=16,
+            global_attn_every_n_layers=2,
+        ),
+        tokenizer,
+    )
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in ours.parameters())
+    assert [layer.attention_type for layer in ours.model.layers] == model.config.layer_types
+    documents = load_text_dataset(str(mlm_corpus))["validation"]
+    blocks = pack_for_mlm(documents.select(range(min(len(documents), 200))), tokenizer, 64, num_proc=1)
+    padded = evaluate_masked_lm(model, blocks, tokenizer, Accelerator(cpu=True), 8, 0.3, padding_free=False)
+    assert abs(results["metrics"]["corpus/loss"] - padded["loss"]) < 1e-4
+    card = build_model_card(output)
+    assert "custom_code" not in card.data.tags and "`ModernBertForMaskedLM`" in card.text
+    assert "| MLP activation | gelu (gated: ModernBERT's MLP is a GLU) |" in card.text
+    assert "| local attention window | 16 |" in card.text
+
+
+def test_modernbert_takes_every_layer_pattern_and_a_plain_mlp_at_its_flops(mlm_run, caplog):
+    """Without a window every layer is global (and the card names no window), a window without
+    `global_attn_every_n_layers` makes every layer local, as ours; a plain MLP becomes the GeGLU of its FLOPs."""
+    tokenizer = AutoTokenizer.from_pretrained(mlm_run / "final")
+    dims = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=2, intermediate_size=96)
+    everywhere = modernbert_for_masked_lm(tokenizer, **dims)
+    assert everywhere.config.layer_types == ["full_attention"] * 3
+    assert "local attention window" not in dict(architecture_rows(everywhere.config.to_dict(), 0))
+    local = modernbert_for_masked_lm(tokenizer, **dims, local_attention=8)
+    assert local.config.layer_types == ["sliding_attention"] * 3 and local.config.local_attention == 8
+    plain = modernbert_for_masked_lm(tokenizer, **dims, hidden_activation="gelu")
+    assert plain.config.intermediate_size == 64 and "becomes the GeGLU of the same FLOPs, width 64" in caplog.text
+
+
 def test_unknown_architecture_is_refused():
-    with pytest.raises(ValueError, match="architecture='roberta': choose one of hf_encoder, bert"):
+    with pytest.raises(ValueError, match="architecture='roberta': choose one of hf_encoder, bert, modernbert"):
         pretrain_mlm.ModelArguments(architecture="roberta")
 
 

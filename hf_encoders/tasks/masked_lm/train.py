@@ -9,7 +9,8 @@ loss, perplexity and masked-token accuracy on each `eval_data` set (`name=path-o
 and best models with their tokenizer, and writes `results.json` beside them.
 
 `--architecture bert` trains transformers' `BertForMaskedLM` of the same width, depth and heads on the same blocks,
-masks and schedule (padded batches, one document per row), for side-by-side comparisons:
+masks and schedule (padded batches, one document per row), for side-by-side comparisons; `--architecture modernbert`
+trains `ModernBertForMaskedLM` of the same settings (its sparse head; padded batches too):
 
     python training/pretrain_mlm.py --config mlm_small --architecture bert \
         --tokenizer runs/mlm_small/best --output_dir runs/bert_small
@@ -24,7 +25,7 @@ from accelerate import PartialState
 from transformers import AutoModelForMaskedLM, PreTrainedModel
 
 from ... import EncoderConfig, EncoderForMaskedLM, MLMCollator, load_text_dataset, pack_for_mlm
-from ...baselines import bert_for_masked_lm
+from ...baselines import bert_for_masked_lm, modernbert_for_masked_lm
 from ...data import parse_named_source
 from ...data.streaming import StreamedExamples, mlm_blocks, stream_text_dataset
 from ...run_folder import start_run
@@ -33,7 +34,7 @@ from ..harness import check_heads, first_n, parameter_count, parse_arguments, ru
 from .evaluation import evaluate_masked_lm
 
 logger = logging.getLogger("pretrain_mlm")
-ARCHITECTURES = ("hf_encoder", "bert")
+ARCHITECTURES = ("hf_encoder", "bert", "modernbert")
 
 
 @dataclass
@@ -41,8 +42,8 @@ class ModelArguments:
     architecture: str = field(
         default="hf_encoder",
         metadata={
-            "help": "hf_encoder (ours) or bert (transformers' BertForMaskedLM; a GLU width becomes the plain "
-            "MLP of the same FLOPs)."
+            "help": "hf_encoder (ours), bert (transformers' BertForMaskedLM; a GLU width becomes the plain MLP of "
+            "the same FLOPs) or modernbert (ModernBertForMaskedLM of the same settings, with its sparse head)."
         },
     )
     hidden_size: int = 256
@@ -136,6 +137,8 @@ def build_model(args: ModelArguments, tokenizer) -> PreTrainedModel:
         return bert_for_masked_lm(
             tokenizer, **{k: v for k, v in settings.items() if k != "global_attn_every_n_layers"}
         )
+    if args.architecture == "modernbert":
+        return modernbert_for_masked_lm(tokenizer, **settings)
     config = EncoderConfig(
         **settings,
         vocab_size=len(tokenizer),
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_sets = load_eval_sets(data_args, tokenizer)
 
     model = build_model(model_args, tokenizer)
-    padding_free = model.config.model_type == EncoderConfig.model_type  # ours reads packed documents, BERT rows
+    padding_free = model.config.model_type == EncoderConfig.model_type  # ours reads packed documents, the others rows
     collator = MLMCollator(
         tokenizer,
         data_args.mlm_probability,
