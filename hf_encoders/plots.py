@@ -30,7 +30,7 @@ def plot_training_curves(metrics_file: str | Path, output: str | Path, title: st
     series: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for row in rows:
         for key, value in row.items():
-            if key == "step" or not isinstance(value, (int, float)) or key == "train/lr":
+            if key in ("step", "train/lr", "train/seconds") or not isinstance(value, (int, float)):
                 continue
             source, _, kind = key.rpartition("/")
             series.setdefault(kind, {}).setdefault(source or key, []).append((row["step"], value))

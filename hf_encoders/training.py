@@ -684,14 +684,17 @@ class TrainLoss:
         self.steps += 1
         self.bar.update(1)
 
-    def log(self, step: int, learning_rate: float, inputs: dict[str, float]) -> None:
-        """Log the mean loss since the last log (tensorboard, metrics.jsonl, the bar), with the step's inputs."""
+    def log(self, step: int, learning_rate: float, inputs: dict[str, float], seconds: float) -> None:
+        """Log the mean loss since the last log (tensorboard, metrics.jsonl, the bar), with the step's inputs and
+        the run's wall-clock seconds so far (`train/seconds`: every segment of a resumed run, evaluations included;
+        what time-to-quality curves are drawn against)."""
         self.last = (self.total / self.steps).item()
         if not math.isfinite(self.last):
             raise NonFiniteLossError(
                 f"The training loss became {self.last} by step {step}; stopping. {checkpoint_note(self.run)}"
             )
-        values = {"train/loss": self.last, "train/lr": learning_rate, **{f"train/{k}": v for k, v in inputs.items()}}
+        values = {"train/loss": self.last, "train/lr": learning_rate, "train/seconds": seconds}
+        values.update({f"train/{k}": v for k, v in inputs.items()})
         self.accelerator.log(values, step=step)
         if self.accelerator.is_main_process:
             self.run.record(step, values)
@@ -836,7 +839,7 @@ def train(
         stopped_by = stop.reached(step, totals.elapsed())
         save = config.save_every and step % config.save_every == 0
         if step % config.log_every == 0 or save or stopped_by:
-            train_loss.log(step, scheduler.get_last_lr()[0], inputs)
+            train_loss.log(step, scheduler.get_last_lr()[0], inputs, totals.seconds())
         if stopped_by:
             break  # the final evaluation, checkpoint and export follow
         if config.eval_every and step % config.eval_every == 0:

@@ -195,3 +195,45 @@ def test_model_settings_are_refused_before_anything_is_read_or_written(flags, me
             + ["--output_dir", str(tmp_path / "run"), *flags]
         )
     assert not (tmp_path / "run").exists()
+
+
+def test_time_to_quality_is_collected_from_each_architectures_sweep(mlm_run, mlm_corpus, tmp_path):
+    """Runs log their wall-clock seconds (`train/seconds`); benchmarks/collect_mlm.py chooses each architecture's
+    learning rate on one held-out metric and times another against those seconds, refusing to do both on one."""
+    from benchmarks import collect_mlm
+
+    flags = ["--config", str(CONFIGS / "mlm_tiny.yaml"), "--tokenizer", str(mlm_run / "final")]
+    flags += ["--train_data", str(mlm_corpus), "--train_split", "train", "--block_size", "64", "--num_proc", "1"]
+    flags += ["--eval_data", f"val={mlm_corpus}:validation", f"held={mlm_corpus}:train", "--best_metric", "val/loss"]
+    flags += ["--max_steps", "4", "--log_every", "2", "--eval_every", "2"]
+    runs = {}
+    for name, architecture, learning_rate in [("ours_a", "hf_encoder", "3e-3"), ("ours_b", "hf_encoder", "1e-4")]:
+        runs[name] = tmp_path / name
+        run_script(
+            "pretrain_mlm.py",
+            *flags,
+            "--architecture",
+            architecture,
+            "--learning_rate",
+            learning_rate,
+            "--output_dir",
+            str(runs[name]),
+        )
+    runs["mb"] = tmp_path / "mb"
+    run_script("pretrain_mlm.py", *flags, "--architecture", "modernbert", "--output_dir", str(runs["mb"]))
+    rows = [json.loads(line) for line in (runs["mb"] / "metrics.jsonl").read_text().splitlines()]
+    seconds = [row["train/seconds"] for row in rows if "train/seconds" in row]
+    assert len(seconds) == 2 and 0 < seconds[0] < seconds[1]
+    arches = [f"--arch=ours={runs['ours_a']},{runs['ours_b']}", f"--arch=modernbert={runs['mb']}"]
+    common = [*arches, "--choose-on", "val/loss", "--output", str(tmp_path / "t.json")]
+    figures = collect_mlm.main([*common, "--metric", "held/loss", "--plot", str(tmp_path / "t.png")])
+    finals = {name: json.loads((runs[name] / "results.json").read_text())["metrics"] for name in runs}
+    expected = min(("ours_a", "ours_b"), key=lambda name: finals[name]["val/loss"])
+    assert figures["chosen"]["ours"]["run"] == str(runs[expected])
+    assert [point["step"] for point in figures["chosen"]["modernbert"]["curve"]] == [2, 4]
+    (row,) = figures["time_to_quality"]
+    assert row["target"] == max(finals[name]["held/loss"] for name in (expected, "mb"))
+    assert all(value is not None for value in row["seconds"].values()) and row["seconds_vs_ours"]["ours"] == 1.0
+    assert (tmp_path / "t.png").stat().st_size > 0 and json.loads((tmp_path / "t.json").read_text())["chosen"]
+    with pytest.raises(ValueError, match="chosen on the figures reported"):
+        collect_mlm.main([*common, "--metric", "val/loss"])
