@@ -1,6 +1,9 @@
 """Gather finished translation runs (hf-encoders train-translation) into one results JSON and one figure: each run's
 command lines, settings, validation curve (greedy BLEU at every evaluation), the averages of its last checkpoints,
 the model chosen on validation, the decodings tried on validation, and the test figures of that model and decoding.
+Beside the run's sacreBLEU on the detokenized references, its test hypotheses are scored as the published Multi30k
+figures are (fairseq's tokenized BLEU): hypotheses and references Moses-tokenized for the target language
+(sacremoses) and lowercased, then BLEU on those tokens (`bleu_tokenized_lowercased`).
 
     python benchmarks/collect_translation.py runs/t25_de_en runs/t25_en_de \
         --output benchmarks/results/translation_recipe_cpu.json --plot benchmarks/results/translation_recipe_cpu.png
@@ -25,6 +28,30 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def tokenized_bleu(hypotheses: list[str], references: list[str], language: str) -> dict:
+    """BLEU of Moses-tokenized, lowercased text (the tokens already split, so sacreBLEU adds no tokenization)."""
+    import sacrebleu
+    from sacremoses import MosesTokenizer
+
+    tokenizer = MosesTokenizer(lang=language)
+    hypotheses, references = (
+        [tokenizer.tokenize(text.lower(), escape=False, return_str=True) for text in texts]
+        for texts in (hypotheses, references)
+    )
+    bleu = sacrebleu.BLEU(tokenize="none")
+    score = bleu.corpus_score(hypotheses, [references])
+    return {"score": score.score, "signature": f"moses-{language}+lowercased|{bleu.get_signature()}"}
+
+
+def test_references(record, split: str) -> list[str]:
+    """The run's references of `split`, read from its data where it recorded it (the absolute path, when local)."""
+    from hf_encoders import load_parallel_dataset
+
+    data = record.data
+    where = record.data_source(data["data"]).get("path", data["data"])
+    return list(load_parallel_dataset(where, data["src"], data["tgt"])[split][data["tgt"]])
+
+
 def read_run(folder: Path) -> dict:
     """One finished run: how it was started and resumed, what it trained, what it was chosen on, what it scored."""
     from hf_encoders.cards import read_run as read_record
@@ -38,9 +65,17 @@ def read_run(folder: Path) -> dict:
         if "validation/bleu" in row
     ]
     test = results["test"]
+    direction, tgt = f"{settings['data']['src']}-{settings['data']['tgt']}", settings["data"]["tgt"]
+    hypotheses = (folder / "best" / f"hypotheses.{test['split']}.{direction}.{tgt}").read_text().splitlines()
+    references = test_references(record, test["split"])
+    if len(hypotheses) != len(references) or len(hypotheses) != test["examples"]:
+        raise ValueError(
+            f"{folder}: {len(hypotheses)} test hypotheses, {len(references)} references in its data now, "
+            f"{test['examples']} when it was tested: the data or the hypotheses file changed since."
+        )
     return {
         "run": str(folder),
-        "direction": f"{settings['data']['src']}-{settings['data']['tgt']}",
+        "direction": direction,
         "architecture": results["architecture"],
         "commands": settings.get("commands", [settings.get("command")]),
         "parameters": results["parameters"],
@@ -64,6 +99,7 @@ def read_run(folder: Path) -> dict:
             "length_penalty": test.get("length_penalty", 1.0),
             "seconds": test["seconds"],
             **{name: test[name] for name in SCORES},
+            "bleu_tokenized_lowercased": tokenized_bleu(hypotheses, references, tgt),
         },
     }
 
@@ -119,7 +155,11 @@ def main() -> None:
     from benchmarks.common import write_result
 
     runs = [read_run(folder) for folder in args.runs]
-    write_result(args.output, args.title, {"metric_note": "sacreBLEU on the detokenized references"}, {"runs": runs})
+    note = (
+        "bleu, bleu_lowercased, chrf: sacreBLEU on the detokenized references; bleu_tokenized_lowercased: BLEU of "
+        "Moses-tokenized, lowercased hypotheses and references, as the published Multi30k figures are scored"
+    )
+    write_result(args.output, args.title, {"metric_note": note}, {"runs": runs})
     if args.plot:
         plot(runs, args.plot)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+import sacrebleu
 from conftest import ROOT, SHARED, run_script
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, MarianMTModel
 
@@ -144,6 +145,10 @@ def test_averaged_checkpoints_and_a_decoding_grid_are_chosen_on_validation(handf
     assert len(run["commands"]) == 2 and "--resume --test_num_beams 3" in run["commands"][1]
     assert set(run["averaged"]) == {"averaged_2", "averaged_3"} and len(run["validation_curve"]) == 3
     assert run["test"]["num_beams"] == 3 and run["test"]["bleu"]["score"] == again["test"]["bleu"]["score"]
+    hypotheses = (output / "best" / "hypotheses.test.de-en.en").read_text().splitlines()
+    references = (handful / "test.en").read_text().splitlines()
+    expected = collect_translation.tokenized_bleu(hypotheses, references, "en")
+    assert run["test"]["bleu_tokenized_lowercased"] == expected and expected["signature"].startswith("moses-en+")
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     saved = {}
@@ -204,3 +209,14 @@ def test_model_settings_are_refused_before_anything_is_read_or_written(flags, me
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         train_translation.main([*TINY, "--output_dir", str(tmp_path / "run"), *flags])
     assert not (tmp_path / "run").exists()
+
+
+def test_tokenized_bleu_scores_moses_tokens_as_published_multi30k_figures_are():
+    """Moses splits the English clitic that sacreBLEU's 13a tokenizer keeps (`dog's` -> `dog 's`), and the case is
+    dropped: 9 tokens, the first one wrong, give n-gram precisions 8/9, 7/8, 6/7, 5/6 (13a: 8 tokens, 7/8 ... 4/5)."""
+    hypothesis, reference = "A dog's toy lies on the grass.", "the dog's toy lies on the grass."
+    scored = collect_translation.tokenized_bleu([hypothesis], [reference], "en")
+    assert scored["score"] == pytest.approx(100 * (5 / 9) ** 0.25)
+    assert sacrebleu.BLEU(lowercase=True).corpus_score([hypothesis], [[reference]]).score == pytest.approx(
+        100 * (4 / 8) ** 0.25
+    )
