@@ -29,18 +29,19 @@ def parse_args() -> argparse.Namespace:
 
 
 def tokenized_bleu(hypotheses: list[str], references: list[str], language: str) -> dict:
-    """BLEU of Moses-tokenized, lowercased text (the tokens already split, so sacreBLEU adds no tokenization)."""
-    import sacrebleu
+    """BLEU of Moses-tokenized, lowercased text: the package's sacreBLEU metric on the tokens (`tokenize="none"`: they
+    are split already)."""
     from sacremoses import MosesTokenizer
+
+    from hf_encoders import metrics
 
     tokenizer = MosesTokenizer(lang=language)
     hypotheses, references = (
         [tokenizer.tokenize(text.lower(), escape=False, return_str=True) for text in texts]
         for texts in (hypotheses, references)
     )
-    bleu = sacrebleu.BLEU(tokenize="none")
-    score = bleu.corpus_score(hypotheses, [references])
-    return {"score": score.score, "signature": f"moses-{language}+lowercased|{bleu.get_signature()}"}
+    score = metrics.load("sacrebleu_bleu").compute(predictions=hypotheses, references=references, tokenize="none")
+    return {"score": score["score"], "signature": f"moses-{language}+lowercased|{score['signature']}"}
 
 
 def test_references(record, split: str) -> list[str]:
